@@ -1,0 +1,99 @@
+//! Wiring: settings → store (migrated) → engine → HTTP server and workers.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::http::{self, AppState};
+use crate::ledger::Store;
+use crate::providers::vercel::VercelClient;
+
+/// A built, bound, not yet serving Backstop.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+}
+
+/// Connects and migrates the store named in the settings.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database.url, settings.database.max_connections as u32)
+        .await
+        .context("cannot connect to database.url")?;
+    store.migrate().await.context("cannot apply database migrations")?;
+    Ok(store)
+}
+
+/// The Vercel client, when a token is configured.
+pub fn vercel_client(settings: &Settings) -> Option<VercelClient> {
+    let v = &settings.vercel;
+    v.token.clone().map(|token| VercelClient::new(&v.api_base, token, v.team_id.clone(), v.timeout))
+}
+
+impl Application {
+    /// Validates, connects, migrates and binds `server.listen` (port 0 picks one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate_for_serve()?;
+        let store = open_store(&settings).await?;
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen = {}", settings.server.listen))?;
+        let port = listener.local_addr()?.port();
+        let vercel = vercel_client(&settings);
+        let settings = Arc::new(settings);
+        let engine = Engine::new(store, settings.clone(), vercel);
+        Ok(Self { listener, port, state: AppState { settings, engine } })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The engine (tests drive it directly).
+    pub fn engine(&self) -> Engine {
+        self.state.engine.clone()
+    }
+
+    /// Serves and works until `shutdown` resolves: then stops taking
+    /// requests, lets each worker finish the run in hand, and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let workers: Vec<_> = (0..self.state.settings.engine.workers)
+            .map(|_| tokio::spawn(self.state.engine.clone().work(stop_rx.clone())))
+            .collect();
+        tracing::info!(port = self.port, workers = workers.len(), "backstop serving");
+        let app = http::router(self.state.clone());
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("server failed")?;
+        tracing::info!("shutting down: finishing runs in hand");
+        let _ = stop_tx.send(true);
+        for w in workers {
+            let _ = w.await;
+        }
+        self.state.engine.store().close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

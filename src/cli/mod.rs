@@ -1,0 +1,232 @@
+//! The command line: parse, load settings, call into the library, print.
+//! No SQL and no decisions here.
+
+mod show;
+pub use show::explain;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, Application};
+use crate::config::Settings;
+use crate::feed;
+use crate::ledger::{NewDeployment, RunId, Verdict};
+
+/// Backstop rolls a Vercel production deployment back when Sentry says the
+/// live release is making users crash, then pages and announces it.
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, about)]
+pub struct Cli {
+    /// Configuration file (default: $BACKSTOP_CONFIG, else ./backstop.toml).
+    #[arg(long, global = true, env = "BACKSTOP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: webhooks, workers, resumption of unfinished runs.
+    Serve,
+    /// Apply database migrations.
+    Migrate,
+    /// Import production deployments and the live alias target from Vercel.
+    Sync {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// How many recent production deployments to import per service.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Inspect and edit the deployment ledger.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
+    /// Inspect runs: what was decided, why, and every attempt.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Stop automatic rollbacks of a service (alerts are escalated instead).
+    Pause {
+        /// Service name.
+        service: String,
+        /// Why, shown in escalations.
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
+    /// Allow automatic rollbacks of a paused service again.
+    Resume {
+        /// Service name.
+        service: String,
+    },
+}
+
+/// `backstop deployments ...`
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// List deployments, newest first.
+    List {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a deployment made outside Vercel's webhooks.
+    Record {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// Vercel deployment id.
+        #[arg(long)]
+        id: String,
+        /// Sentry release.
+        #[arg(long)]
+        release: Option<String>,
+        /// Deployment URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// It is live now (supersedes the live one).
+        #[arg(long)]
+        live: bool,
+    },
+    /// Set a deployment's verdict by hand.
+    Mark {
+        /// Vercel deployment id.
+        id: String,
+        /// `good` or `bad`.
+        verdict: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `backstop runs ...`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The newest runs.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One run: the alert, the decision and its checks, every step and attempt.
+    Show {
+        /// Run id.
+        run: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Loads settings from `--config`, `BACKSTOP_CONFIG` or `./backstop.toml`.
+pub fn load_settings(path: Option<PathBuf>) -> anyhow::Result<Settings> {
+    let (path, required) = match path {
+        Some(p) => (p, true),
+        None => (PathBuf::from("backstop.toml"), false),
+    };
+    Ok(Settings::load(&path, required, std::env::vars())?)
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = load_settings(cli.config)?;
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until(app::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store = app::open_store(&settings).await?;
+            println!("migrations applied; database is at the latest version ({:?})", store.backend());
+            Ok(())
+        }
+        Command::Sync { service, limit } => sync(&settings, service.as_deref(), limit).await,
+        Command::Deployments(cmd) => deployments(&settings, cmd).await,
+        Command::Runs(RunsCommand::List { json, limit }) => {
+            let store = app::open_store(&settings).await?;
+            show::runs_list(&store.list_runs(limit).await?, json)
+        }
+        Command::Runs(RunsCommand::Show { run, json }) => {
+            let store = app::open_store(&settings).await?;
+            show::run_detail(&store.run_detail(&RunId(run)).await?, json)
+        }
+        Command::Pause { service, reason } => {
+            known_service(&settings, &service)?;
+            app::open_store(&settings).await?.set_paused(&service, Some(&reason)).await?;
+            println!("{service}: paused ({reason}); critical alerts will page instead of rolling back");
+            Ok(())
+        }
+        Command::Resume { service } => {
+            known_service(&settings, &service)?;
+            app::open_store(&settings).await?.set_paused(&service, None).await?;
+            println!("{service}: automatic rollbacks resumed");
+            Ok(())
+        }
+    }
+}
+
+fn known_service<'a>(settings: &'a Settings, name: &str) -> anyhow::Result<&'a crate::config::ServiceSettings> {
+    settings.service(name).with_context(|| {
+        let names: Vec<_> = settings.services.iter().map(|s| s.name.as_str()).collect();
+        format!("no service named `{name}` in the config (known: {})", names.join(", "))
+    })
+}
+
+async fn sync(settings: &Settings, only: Option<&str>, limit: usize) -> anyhow::Result<()> {
+    let vercel = app::vercel_client(settings).context("vercel.token is required for sync")?;
+    let store = app::open_store(settings).await?;
+    if let Some(name) = only {
+        known_service(settings, name)?;
+    }
+    for svc in settings.services.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
+        let report = feed::sync_service(&store, &vercel, svc, limit)
+            .await
+            .with_context(|| format!("sync of {} failed", svc.name))?;
+        println!(
+            "{}: imported {} production deployments; live: {}",
+            report.service,
+            report.imported,
+            report.live.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(())
+}
+
+async fn deployments(settings: &Settings, cmd: DeploymentsCommand) -> anyhow::Result<()> {
+    let store = app::open_store(settings).await?;
+    match cmd {
+        DeploymentsCommand::List { service, json } => show::deployments(&store.deployments(service.as_deref()).await?, json),
+        DeploymentsCommand::Record { service, id, release, url, live } => {
+            let svc = known_service(settings, &service)?;
+            let now = crate::ledger::now_ms();
+            store
+                .record_deployment(&NewDeployment { id: id.clone(), service: service.clone(), url, release, created_at_ms: Some(now) })
+                .await?;
+            if live {
+                store.promote(&service, &id, now, svc.bake_time).await?;
+            }
+            println!("recorded {id} for {service}{}", if live { " (live)" } else { "" });
+            Ok(())
+        }
+        DeploymentsCommand::Mark { id, verdict, reason } => {
+            let v = match Verdict::parse(&verdict) {
+                Some(v @ (Verdict::Good | Verdict::Bad)) => v,
+                _ => bail!("verdict must be `good` or `bad`, not `{verdict}`"),
+            };
+            let reason = reason.unwrap_or_else(|| format!("marked {verdict} by a person"));
+            let d = store.mark(&id, v, &reason).await?;
+            println!("{} ({}) is now {}: {reason}", d.id, d.service, d.verdict.as_str());
+            Ok(())
+        }
+    }
+}

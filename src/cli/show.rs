@@ -1,0 +1,115 @@
+//! Printing ledger records for people (tables, explanations) and machines (`--json`).
+
+use std::fmt::Write as _;
+
+use crate::ledger::{Deployment, Run, RunDetail};
+use crate::policy::Decision;
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+        .map(|t| {
+            let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+            t.format(&fmt).unwrap_or_default()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `backstop deployments list`
+pub fn deployments(list: &[Deployment], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("no deployments recorded; run `backstop sync` or point a Vercel webhook at /webhooks/vercel");
+        return Ok(());
+    }
+    println!("{:<32} {:<14} {:<12} {:<9} {:<20} {:<20} LIVE", "DEPLOYMENT", "SERVICE", "RELEASE", "VERDICT", "PROMOTED", "SUPERSEDED");
+    for d in list {
+        let release: String = d.release.as_deref().unwrap_or("-").chars().take(12).collect();
+        println!(
+            "{:<32} {:<14} {:<12} {:<9} {:<20} {:<20} {}",
+            d.id,
+            d.service,
+            release,
+            d.verdict.as_str(),
+            time(d.promoted_at_ms),
+            time(d.superseded_at_ms),
+            if d.live { "yes" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// `backstop runs list`
+pub fn runs_list(runs: &[Run], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&runs);
+    }
+    if runs.is_empty() {
+        println!("no runs yet");
+        return Ok(());
+    }
+    println!("{:<36} {:<20} {:<14} {:<8} {:<11} REASON", "RUN", "RECEIVED", "SERVICE", "STATUS", "OUTCOME");
+    for r in runs {
+        println!(
+            "{:<36} {:<20} {:<14} {:<8} {:<11} {}",
+            r.id,
+            time(Some(r.created_at_ms)),
+            r.service.as_deref().unwrap_or("-"),
+            r.status,
+            r.outcome.as_deref().unwrap_or("-"),
+            r.reason.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `backstop runs show`
+pub fn run_detail(d: &RunDetail, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(d);
+    }
+    print!("{}", explain(d));
+    Ok(())
+}
+
+/// The human explanation of a run.
+pub fn explain(d: &RunDetail) -> String {
+    let r = &d.run;
+    let mut out = String::new();
+    let _ = writeln!(out, "run {}  ({})", r.id, r.status);
+    let _ = writeln!(out, "alert      {} `{}` received {}", d.dedup_key, d.action, time(Some(r.created_at_ms)));
+    let _ = writeln!(out, "service    {}", r.service.as_deref().unwrap_or("(unmapped)"));
+    let _ = writeln!(out, "outcome    {}: {}", r.outcome.as_deref().unwrap_or("(undecided)"), r.reason.as_deref().unwrap_or("-"));
+    if let Some(decision) = r.decision.as_ref().and_then(|v| serde_json::from_value::<Decision>(v.clone()).ok()) {
+        if let Some(live) = &decision.live {
+            let _ = writeln!(out, "live       {} (release {})", live.id, live.release.as_deref().unwrap_or("?"));
+        }
+        if let Some(target) = &decision.target {
+            let _ = writeln!(out, "target     {} (release {})", target.id, target.release.as_deref().unwrap_or("?"));
+        }
+        let _ = writeln!(out, "checks");
+        for c in &decision.checks {
+            let mark = if c.passed { "pass" } else { "STOP" };
+            let _ = writeln!(out, "  {:>2} {mark} {:<22} {}", c.rule, c.name, c.detail);
+        }
+    }
+    let _ = writeln!(out, "steps");
+    for s in &d.steps {
+        let _ = writeln!(out, "  {:<9} {:<10} attempts {}  finished {}", s.name, s.status, s.attempts, time(s.finished_at_ms));
+        if let Some(err) = &s.error {
+            let _ = writeln!(out, "            error: {}", err.get("message").and_then(|m| m.as_str()).unwrap_or("?"));
+        }
+        for a in d.attempts.iter().filter(|a| a.step == s.name) {
+            let took = a.finished_at_ms.map(|f| format!("{} ms", f - a.started_at_ms)).unwrap_or_else(|| "unfinished".into());
+            let err = a.error.as_ref().and_then(|e| e.get("message")).and_then(|m| m.as_str()).unwrap_or("");
+            let _ = writeln!(out, "      #{} {:<9} {:<10} {}", a.attempt, a.outcome.as_deref().unwrap_or("in flight"), took, err);
+        }
+    }
+    out
+}

@@ -1,0 +1,122 @@
+//! The `decide` step: gather the facts (ledger history, and the domains'
+//! live targets from Vercel when rule 7 needs them), apply the pure policy,
+//! and store the decision with the steps it calls for, in one transaction.
+
+use serde_json::{json, Value};
+
+use super::step::{Finished, StepError};
+use super::{Engine, EngineError};
+use crate::config::ServiceSettings;
+use crate::ingest::sentry::{self, Resource};
+use crate::ledger::{now_ms, ClaimedRun, DecisionRecord, History};
+use crate::policy::{self, Decision, DomainTarget, Inputs, Outcome};
+
+impl Engine {
+    pub(super) async fn decide(&self, claimed: &ClaimedRun) -> Result<(), EngineError> {
+        let run = &claimed.run.id;
+        let deadline = self.settings().engine.rollback_deadline;
+        let finished = self
+            .attempt_loop(run, "decide", deadline, false, || async {
+                let decision = self.decide_once(claimed).await?;
+                serde_json::to_value(&decision).map_err(|e| StepError::fatal("internal", e.to_string()))
+            })
+            .await?;
+        let decision: Decision = match finished {
+            Finished::Succeeded(v) => serde_json::from_value(v).map_err(|e| {
+                EngineError::Store(crate::ledger::StoreError::Corrupt(format!("decision: {e}")))
+            })?,
+            Finished::Failed(e) => unreadable(claimed, &e),
+        };
+        let record = self.record(&decision);
+        tracing::info!(outcome = record.outcome, rule = decision.rule, reason = %decision.reason, "decided");
+        self.store().save_decision(run, &record).await?;
+        Ok(())
+    }
+
+    async fn decide_once(&self, claimed: &ClaimedRun) -> Result<Decision, StepError> {
+        let resource = Resource::from_header(&claimed.resource)
+            .ok_or_else(|| StepError::fatal("bad_resource", format!("unknown resource {}", claimed.resource)))?;
+        let alert = sentry::parse(resource, claimed.body.as_bytes()).map_err(|e| StepError::fatal("malformed", e.to_string()))?;
+        let services = &self.settings().services;
+        let now = now_ms();
+        let history = match policy::map_service(&alert, services) {
+            Some(svc) => self
+                .store()
+                .history(&svc.name, &claimed.run.id, now)
+                .await
+                .map_err(|e| StepError::retryable("store", e.to_string()))?,
+            None => History::default(),
+        };
+        let mut inputs = Inputs {
+            alert: &alert,
+            services,
+            history: &history,
+            production: None,
+            received_at_ms: claimed.received_at_ms,
+            now_ms: now,
+        };
+        let decision = policy::decide(inputs);
+        if decision.outcome != Outcome::NeedsProductionState {
+            return Ok(decision);
+        }
+        let svc = policy::map_service(&alert, services).ok_or_else(|| StepError::fatal("internal", "unmapped after mapping"))?;
+        let production = self.production_state(svc).await?;
+        inputs.production = Some(&production);
+        Ok(policy::decide(inputs))
+    }
+
+    /// Which deployment every production domain serves now.
+    pub(crate) async fn production_state(&self, svc: &ServiceSettings) -> Result<Vec<DomainTarget>, StepError> {
+        let vercel = self.vercel().map_err(|e| *e)?;
+        let mut out = Vec::with_capacity(svc.domains.len());
+        for domain in &svc.domains {
+            let deployment_id = vercel.alias_target(domain).await?;
+            out.push(DomainTarget { domain: domain.clone(), deployment_id });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn vercel(&self) -> Result<&crate::providers::vercel::VercelClient, Box<StepError>> {
+        self.inner
+            .vercel
+            .as_ref()
+            .ok_or_else(|| Box::new(StepError::fatal("not_configured", "vercel.token is not configured")))
+    }
+
+    fn record(&self, d: &Decision) -> DecisionRecord {
+        let steps: Vec<String> = match d.outcome {
+            Outcome::Rollback => vec!["rollback".into()],
+            _ => vec![],
+        };
+        let (from, to) = match d.outcome {
+            Outcome::Rollback | Outcome::DryRun => (d.live.as_ref().map(|l| l.id.clone()), d.target.as_ref().map(|t| t.id.clone())),
+            _ => (None, None),
+        };
+        DecisionRecord {
+            service: d.service.clone(),
+            outcome: d.outcome.as_str().into(),
+            reason: d.reason.clone(),
+            detail: serde_json::to_value(d).unwrap_or(Value::Null),
+            rollback_from: if d.outcome == Outcome::Rollback { from } else { None },
+            rollback_to: to,
+            alerted_live: d.alert_hit_live().then(|| d.live.as_ref().map(|l| l.id.clone())).flatten(),
+            steps,
+        }
+    }
+}
+
+/// The decision when the facts could not be gathered in time: escalate,
+/// never stay silent on a critical alert.
+fn unreadable(claimed: &ClaimedRun, e: &StepError) -> Decision {
+    let reason = format!("live state unknown: {}", e.message);
+    Decision {
+        outcome: Outcome::Escalate,
+        rule: 5,
+        reason: reason.clone(),
+        service: claimed.run.service.clone(),
+        live: None,
+        target: None,
+        alert_started_at_ms: None,
+        checks: vec![policy::Check { rule: 5, name: "facts readable".into(), passed: false, detail: json!(e.envelope()).to_string() }],
+    }
+}

@@ -1,0 +1,119 @@
+//! The HTTP adapter: webhook routes, health and readiness. Handlers verify,
+//! parse and hand over to the ledger; no SQL and no decisions here.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::feed;
+use crate::ingest::{self, sentry, signature, vercel, IngestError};
+use crate::ledger::{now_ms, Ingested, NewAlert};
+use crate::policy;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings in force.
+    pub settings: Arc<Settings>,
+    /// The engine (and through it the store).
+    pub engine: Engine,
+}
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let limit = usize::try_from(state.settings.server.max_body_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/webhooks/sentry", post(sentry_webhook))
+        .route("/webhooks/vercel", post(vercel_webhook))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tracing::instrument(skip_all, fields(resource, request_id))]
+async fn sentry_webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let span = tracing::Span::current();
+    span.record("request_id", header(&headers, "request-id").unwrap_or("-"));
+    let settings = &state.settings;
+    let secret = settings.sentry.client_secret.as_ref().ok_or(ApiError::NotConfigured("sentry.client_secret"))?;
+    let signature = header(&headers, "sentry-hook-signature").ok_or(IngestError::MissingSignature)?;
+    if !signature::verify(signature::Digest::Sha256, secret.expose_secret().as_bytes(), &body, signature) {
+        return Err(IngestError::BadSignature.into());
+    }
+    let now = now_ms();
+    ingest::check_timestamp(header(&headers, "sentry-hook-timestamp"), now, settings.sentry.timestamp_tolerance)?;
+    let resource_name = header(&headers, "sentry-hook-resource").unwrap_or("");
+    span.record("resource", resource_name);
+    let Some(resource) = sentry::Resource::from_header(resource_name) else {
+        return Ok((StatusCode::OK, Json(json!({"status": "ignored", "reason": format!("resource `{resource_name}` is not an alert")}))));
+    };
+    let alert = sentry::parse(resource, &body)?;
+    let text = std::str::from_utf8(&body).map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
+    let service = policy::map_service(&alert, &settings.services).map(|s| s.name.clone());
+    let new = NewAlert {
+        dedup_key: alert.dedup_key(),
+        resource: resource_name.to_string(),
+        action: alert.action.clone(),
+        service,
+        body: text.to_string(),
+        received_at_ms: now,
+    };
+    match state.engine.store().ingest_alert(&new).await? {
+        Ingested::Stored(run) => {
+            state.engine.wake();
+            tracing::info!(run.id = %run, key = %new.dedup_key, "alert stored");
+            Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "run": run}))))
+        }
+        Ingested::Duplicate(run) => {
+            tracing::info!(run.id = %run, key = %new.dedup_key, "duplicate alert");
+            Ok((StatusCode::OK, Json(json!({"status": "duplicate", "run": run}))))
+        }
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn vercel_webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let settings = &state.settings;
+    let secret = settings.vercel.webhook_secret.as_ref().ok_or(ApiError::NotConfigured("vercel.webhook_secret"))?;
+    let signature = header(&headers, "x-vercel-signature").ok_or(IngestError::MissingSignature)?;
+    if !signature::verify(signature::Digest::Sha1, secret.expose_secret().as_bytes(), &body, signature) {
+        return Err(IngestError::BadSignature.into());
+    }
+    let Some(event) = vercel::parse(&body)? else {
+        return Ok((StatusCode::OK, Json(json!({"result": "ignored", "why": "not a deployment event"}))));
+    };
+    let applied = feed::apply_vercel_event(state.engine.store(), settings, &event).await?;
+    tracing::info!(kind = %event.kind, deployment = %event.deployment_id, ?applied, "vercel event");
+    Ok((StatusCode::OK, Json(serde_json::to_value(&applied).unwrap_or_default())))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let ping = tokio::time::timeout(Duration::from_secs(2), state.engine.store().ping()).await;
+    match ping {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unavailable"})))
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store timed out"}))),
+    }
+}

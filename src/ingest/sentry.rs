@@ -1,0 +1,308 @@
+//! Sentry integration-platform webhooks: verify, then parse leniently into an
+//! [`Alert`]. Only `action`, `installation`, the incident identifier and the
+//! rule id are required; everything else is optional and malformed
+//! timestamps become `None`, never a panic.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::IngestError;
+
+/// `Sentry-Hook-Resource` values Backstop acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    /// A metric alert (crash-free rate and friends).
+    MetricAlert,
+    /// An issue alert; its event carries a release.
+    EventAlert,
+}
+
+impl Resource {
+    /// Maps the header value; `None` for resources Backstop ignores.
+    pub fn from_header(value: &str) -> Option<Self> {
+        match value {
+            "metric_alert" => Some(Self::MetricAlert),
+            "event_alert" => Some(Self::EventAlert),
+            _ => None,
+        }
+    }
+}
+
+/// The facts of one alert delivery that the decision needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Metric or issue alert.
+    pub resource: Resource,
+    /// `critical`, `warning`, `resolved`, `open`, or `triggered` (issue alerts).
+    pub action: String,
+    /// Alert rule id.
+    pub rule_id: String,
+    /// Alert rule name.
+    pub rule_name: Option<String>,
+    /// Incident identifier (metric alerts) or issue id (issue alerts).
+    pub identifier: String,
+    /// Sentry project slugs.
+    pub projects: Vec<String>,
+    /// Environment the rule or event is scoped to.
+    pub environment: Option<String>,
+    /// The rule's aggregate, e.g. `percentage(sessions_crashed, sessions) AS ...`.
+    pub aggregate: Option<String>,
+    /// The critical trigger's threshold (percent crash-free).
+    pub threshold: Option<f64>,
+    /// The measured value from `description_text` (percent).
+    pub measured: Option<f64>,
+    /// When the incident started, Unix ms; `None` if absent or malformed.
+    pub started_at_ms: Option<i64>,
+    /// Link to the alert in Sentry.
+    pub web_url: Option<String>,
+    /// Human title (`description_title`, incident title or event title).
+    pub title: Option<String>,
+    /// The release (issue alerts only: metric alerts carry none).
+    pub release: Option<String>,
+}
+
+impl Alert {
+    /// The deduplication key: `(resource, rule id, identifier, action)`.
+    pub fn dedup_key(&self) -> String {
+        let resource = match self.resource {
+            Resource::MetricAlert => "metric_alert",
+            Resource::EventAlert => "event_alert",
+        };
+        format!("{resource}:{}:{}:{}", self.rule_id, self.identifier, self.action)
+    }
+
+    /// True when the rule measures a crash-free session or user rate.
+    pub fn is_crash_free_rate(&self) -> bool {
+        self.aggregate.as_deref().is_some_and(|a| {
+            let a = a.replace(' ', "");
+            a.contains("percentage(sessions_crashed,sessions)")
+                || a.contains("percentage(users_crashed,users)")
+                || a.contains("crash_free_rate(")
+                || a.contains("_crash_rate_alert_aggregate")
+        })
+    }
+
+    /// True for a fresh critical signal (`critical`, or an issue alert firing).
+    pub fn is_critical(&self) -> bool {
+        self.action == "critical" || (self.resource == Resource::EventAlert && self.action == "triggered")
+    }
+}
+
+/// Parses a verified body. Fails only when a required field is missing.
+pub fn parse(resource: Resource, body: &[u8]) -> Result<Alert, IngestError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("body is not JSON: {e}")))?;
+    let action = str_at(&v, &["action"]).ok_or_else(|| missing("action"))?;
+    if !v.get("installation").is_some_and(Value::is_object) {
+        return Err(missing("installation"));
+    }
+    match resource {
+        Resource::MetricAlert => parse_metric(&v, action),
+        Resource::EventAlert => parse_event(&v, action),
+    }
+}
+
+fn parse_metric(v: &Value, action: String) -> Result<Alert, IngestError> {
+    let data = v.get("data").ok_or_else(|| missing("data"))?;
+    let incident = data.get("metric_alert").ok_or_else(|| missing("data.metric_alert"))?;
+    let rule = incident.get("alert_rule").unwrap_or(&Value::Null);
+    let identifier = str_at(incident, &["identifier"]).ok_or_else(|| missing("data.metric_alert.identifier"))?;
+    let rule_id = str_at(rule, &["id"]).ok_or_else(|| missing("data.metric_alert.alert_rule.id"))?;
+    let mut projects = strings(incident.get("projects"));
+    if projects.is_empty() {
+        projects = strings(rule.get("projects"));
+    }
+    let started = ["date_started", "date_detected", "date_created"]
+        .iter()
+        .find_map(|k| str_at(incident, &[k]).and_then(|s| parse_time(&s)));
+    Ok(Alert {
+        resource: Resource::MetricAlert,
+        action,
+        rule_id,
+        rule_name: str_at(rule, &["name"]),
+        identifier,
+        projects,
+        environment: str_at(rule, &["environment"]),
+        aggregate: str_at(rule, &["aggregate"]),
+        threshold: critical_threshold(rule),
+        measured: str_at(data, &["description_text"]).and_then(|t| leading_percent(&t)),
+        started_at_ms: started,
+        web_url: str_at(data, &["web_url"]),
+        title: str_at(data, &["description_title"]).or_else(|| str_at(incident, &["title"])),
+        release: None,
+    })
+}
+
+fn parse_event(v: &Value, action: String) -> Result<Alert, IngestError> {
+    let data = v.get("data").ok_or_else(|| missing("data"))?;
+    let event = data.get("event").ok_or_else(|| missing("data.event"))?;
+    let identifier = str_at(event, &["issue_id"])
+        .or_else(|| str_at(event, &["event_id"]))
+        .ok_or_else(|| missing("data.event.issue_id"))?;
+    let rule_id = str_at(data, &["triggered_rule"]).ok_or_else(|| missing("data.triggered_rule"))?;
+    let project = str_at(event, &["url"]).and_then(|u| project_from_event_url(&u));
+    let environment = str_at(event, &["environment"]).or_else(|| tag(event, "environment"));
+    Ok(Alert {
+        resource: Resource::EventAlert,
+        action,
+        rule_name: Some(rule_id.clone()),
+        rule_id,
+        identifier,
+        projects: project.into_iter().collect(),
+        environment,
+        aggregate: None,
+        threshold: None,
+        measured: None,
+        started_at_ms: str_at(event, &["datetime"]).and_then(|s| parse_time(&s)),
+        web_url: str_at(event, &["web_url"]),
+        title: str_at(event, &["title"]),
+        release: str_at(event, &["release"]).or_else(|| tag(event, "release")),
+    })
+}
+
+fn missing(field: &str) -> IngestError {
+    IngestError::Malformed(format!("missing or invalid field `{field}`"))
+}
+
+/// A string or number at `path`, as a string.
+fn str_at(v: &Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(key)?;
+    }
+    match cur {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn tag(event: &Value, name: &str) -> Option<String> {
+    event.get("tags")?.as_array()?.iter().find_map(|t| {
+        let pair = t.as_array()?;
+        (pair.first()?.as_str()? == name).then(|| pair.get(1)?.as_str().map(str::to_owned))?
+    })
+}
+
+fn project_from_event_url(url: &str) -> Option<String> {
+    let rest = url.split("/projects/").nth(1)?;
+    let mut parts = rest.split('/');
+    let _org = parts.next()?;
+    parts.next().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn critical_threshold(rule: &Value) -> Option<f64> {
+    rule.get("triggers")?.as_array()?.iter().find_map(|t| {
+        (t.get("label")?.as_str()? == "critical").then(|| number(t.get("alert_threshold")?))?
+    })
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// `"92% sessions crash free rate in the last hour"` → `92.0`.
+fn leading_percent(text: &str) -> Option<f64> {
+    let (num, _) = text.trim_start().split_once('%')?;
+    num.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+/// RFC 3339 / ISO 8601 to Unix ms; `None` when malformed.
+pub fn parse_time(s: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(s.trim(), &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESOLVED: &str = include_str!("../../tests/fixtures/sentry/metric_alert_resolved.json");
+    const EVENT: &str = include_str!("../../tests/fixtures/sentry/event_alert_triggered.json");
+
+    #[test]
+    fn parses_the_documented_resolved_metric_alert() {
+        let a = parse(Resource::MetricAlert, RESOLVED.as_bytes()).unwrap();
+        assert_eq!(a.action, "resolved");
+        assert_eq!(a.rule_id, "7");
+        assert_eq!(a.identifier, "1");
+        assert_eq!(a.projects, vec!["bar"]);
+        assert_eq!(a.environment, None);
+        assert!(!a.is_crash_free_rate());
+        assert_eq!(a.started_at_ms, Some(1_600_000_000_000));
+        assert_eq!(a.dedup_key(), "metric_alert:7:1:resolved");
+    }
+
+    #[test]
+    fn parses_the_documented_issue_alert_with_its_project() {
+        let a = parse(Resource::EventAlert, EVENT.as_bytes()).unwrap();
+        assert_eq!(a.action, "triggered");
+        assert!(a.is_critical());
+        assert_eq!(a.projects, vec!["front-end"]);
+        assert_eq!(a.identifier, "1117540176");
+        assert_eq!(a.rule_id, "Very Important Alert Rule!");
+    }
+
+    fn crash_alert(started: &str) -> String {
+        serde_json::json!({
+            "action": "critical",
+            "installation": {"uuid": "x"},
+            "data": {
+                "description_text": "92.1% sessions crash free rate in the last hour",
+                "description_title": "Critical: crash-free",
+                "web_url": "https://sentry.io/alerts/1/",
+                "metric_alert": {
+                    "identifier": 42, "projects": ["web"], "date_started": started,
+                    "alert_rule": {
+                        "id": 9, "name": "crash-free", "environment": "production",
+                        "aggregate": "percentage(sessions_crashed, sessions) AS _crash_rate_alert_aggregate",
+                        "triggers": [{"label": "warning", "alert_threshold": 99.9},
+                                     {"label": "critical", "alert_threshold": "99.5"}]
+                    }
+                }
+            }
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn reads_rate_threshold_and_numeric_ids() {
+        let a = parse(Resource::MetricAlert, crash_alert("2025-07-14T11:41:32.000000Z").as_bytes()).unwrap();
+        assert!(a.is_crash_free_rate() && a.is_critical());
+        assert_eq!(a.threshold, Some(99.5));
+        assert_eq!(a.measured, Some(92.1));
+        assert_eq!(a.identifier, "42");
+        assert_eq!(a.rule_id, "9");
+        assert_eq!(a.environment.as_deref(), Some("production"));
+    }
+
+    #[test]
+    fn malformed_dates_become_unknown_not_errors() {
+        for bad in ["2025-07-14T11:41:32+053096Z", "yesterday", "", "9999999999999999-01-01T00:00:00Z"] {
+            let a = parse(Resource::MetricAlert, crash_alert(bad).as_bytes()).unwrap();
+            assert_eq!(a.started_at_ms, None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let err = parse(Resource::MetricAlert, br#"{"action":"critical","installation":{},"data":{"metric_alert":{"alert_rule":{"id":"1"}}}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("identifier"), "{err}");
+        let err = parse(Resource::MetricAlert, br#"{"installation":{}}"#).unwrap_err();
+        assert!(err.to_string().contains("action"), "{err}");
+        let err = parse(Resource::MetricAlert, br#"{"action":["critical"],"installation":{}}"#).unwrap_err();
+        assert!(err.to_string().contains("action"), "{err}");
+    }
+}

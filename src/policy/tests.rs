@@ -1,0 +1,325 @@
+//! Every row of the decision table, and the precedence between rows.
+
+use super::*;
+use crate::config::{Mode, ServiceSettings, Strategy};
+use std::time::Duration;
+
+const MIN: i64 = 60_000;
+const NOW: i64 = 1_800_000_000_000;
+
+fn service() -> ServiceSettings {
+    ServiceSettings {
+        name: "storefront".into(),
+        sentry_projects: vec!["web".into()],
+        environment: "production".into(),
+        vercel_project: "prj_1".into(),
+        domains: vec!["shop.example.com".into(), "www.shop.example.com".into()],
+        strategy: Strategy::Alias,
+        mode: Mode::Auto,
+        bake_time: Duration::from_secs(30 * 60),
+        cooldown: Duration::from_secs(3600),
+        max_rollbacks_per_day: 3,
+        accept_other_rules: false,
+        release_meta_key: "githubCommitSha".into(),
+    }
+}
+
+fn alert() -> Alert {
+    Alert {
+        resource: Resource::MetricAlert,
+        action: "critical".into(),
+        rule_id: "9".into(),
+        rule_name: Some("crash-free".into()),
+        identifier: "42".into(),
+        projects: vec!["web".into()],
+        environment: Some("production".into()),
+        aggregate: Some("percentage(sessions_crashed, sessions) AS _crash_rate_alert_aggregate".into()),
+        threshold: Some(99.5),
+        measured: Some(92.0),
+        started_at_ms: Some(NOW - 5 * MIN),
+        web_url: None,
+        title: None,
+        release: None,
+    }
+}
+
+fn dep(id: &str, promoted: i64, superseded: Option<i64>, verdict: Verdict) -> Deployment {
+    Deployment {
+        id: id.into(),
+        service: "storefront".into(),
+        url: Some(format!("{id}.vercel.app")),
+        release: Some(format!("rel-{id}")),
+        created_at_ms: Some(promoted - MIN),
+        promoted_at_ms: Some(promoted),
+        superseded_at_ms: superseded,
+        live: superseded.is_none(),
+        verdict,
+        verdict_reason: None,
+        alerted_at_ms: None,
+    }
+}
+
+/// good (marked) → baked (unproven, 2 h served) → live (promoted 10 min ago).
+fn history() -> History {
+    History {
+        deployments: vec![
+            dep("dpl_live", NOW - 10 * MIN, None, Verdict::Unproven),
+            dep("dpl_baked", NOW - 130 * MIN, Some(NOW - 10 * MIN), Verdict::Unproven),
+            dep("dpl_old", NOW - 600 * MIN, Some(NOW - 130 * MIN), Verdict::Good),
+        ],
+        ..History::default()
+    }
+}
+
+fn serving(id: &str) -> Vec<DomainTarget> {
+    service()
+        .domains
+        .iter()
+        .map(|d| DomainTarget { domain: d.clone(), deployment_id: Some(id.into()) })
+        .collect()
+}
+
+fn run(alert: &Alert, svc: &ServiceSettings, h: &History, production: Option<&[DomainTarget]>) -> Decision {
+    decide(Inputs {
+        alert,
+        services: std::slice::from_ref(svc),
+        history: h,
+        production,
+        received_at_ms: NOW,
+        now_ms: NOW,
+    })
+}
+
+fn full(alert: &Alert, svc: &ServiceSettings, h: &History) -> Decision {
+    run(alert, svc, h, Some(&serving("dpl_live")))
+}
+
+#[test]
+fn rule_15_rolls_back_a_fresh_crash_alert_to_the_newest_known_good() {
+    let d = full(&alert(), &service(), &history());
+    assert_eq!((d.outcome, d.rule), (Outcome::Rollback, 15));
+    assert_eq!(d.live.as_ref().unwrap().id, "dpl_live");
+    assert_eq!(d.target.as_ref().unwrap().id, "dpl_baked");
+    assert_eq!(d.service.as_deref(), Some("storefront"));
+    assert_eq!(d.checks.len(), 13, "rules 1-13 passed: {:?}", d.checks);
+    assert!(d.checks.iter().all(|c| c.passed));
+    assert!(d.alert_hit_live());
+}
+
+#[test]
+fn rule_1_resolution_wins_over_everything() {
+    let mut a = alert();
+    a.action = "resolved".into();
+    a.projects = vec!["elsewhere".into()];
+    let d = full(&a, &service(), &History::default());
+    assert_eq!((d.outcome, d.rule), (Outcome::Resolution, 1));
+}
+
+#[test]
+fn rule_2_warnings_are_skipped_even_when_unmapped() {
+    for action in ["warning", "open"] {
+        let mut a = alert();
+        a.action = action.into();
+        a.projects = vec!["elsewhere".into()];
+        let d = full(&a, &service(), &history());
+        assert_eq!((d.outcome, d.rule), (Outcome::Skip, 2), "{action}");
+    }
+}
+
+#[test]
+fn rule_3_unmapped_project_or_environment_is_skipped() {
+    let mut a = alert();
+    a.projects = vec!["other".into()];
+    assert_eq!(full(&a, &service(), &history()).rule, 3);
+    let mut a = alert();
+    a.environment = Some("staging".into());
+    assert_eq!(full(&a, &service(), &history()).rule, 3);
+    let mut a = alert();
+    a.environment = None;
+    let d = full(&a, &service(), &history());
+    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 3));
+    assert!(!d.alert_hit_live());
+}
+
+#[test]
+fn rule_4_other_aggregates_are_skipped_unless_accepted() {
+    let mut a = alert();
+    a.aggregate = Some("count()".into());
+    let d = full(&a, &service(), &history());
+    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 4));
+    let mut svc = service();
+    svc.accept_other_rules = true;
+    assert_eq!(full(&a, &svc, &history()).outcome, Outcome::Rollback);
+    let mut users = alert();
+    users.aggregate = Some("percentage(users_crashed, users) AS _crash_rate_alert_aggregate".into());
+    assert_eq!(full(&users, &service(), &history()).outcome, Outcome::Rollback);
+}
+
+#[test]
+fn rule_5_unknown_live_release_escalates() {
+    let mut h = history();
+    h.deployments.retain(|d| !d.live);
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 5));
+    // Precedence: an unmapped alert is skipped before the ledger matters.
+    let mut a = alert();
+    a.projects = vec!["other".into()];
+    assert_eq!(full(&a, &service(), &h).rule, 3);
+}
+
+#[test]
+fn rule_6_alert_started_before_the_promotion_is_stale() {
+    let mut a = alert();
+    a.started_at_ms = Some(NOW - 11 * MIN);
+    let d = full(&a, &service(), &history());
+    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 6));
+    assert!(d.reason.starts_with("stale"));
+    assert!(!d.alert_hit_live());
+}
+
+#[test]
+fn rule_6_unknown_or_future_start_counts_as_received_time() {
+    let mut a = alert();
+    a.started_at_ms = None;
+    assert_eq!(full(&a, &service(), &history()).outcome, Outcome::Rollback);
+    a.started_at_ms = Some(NOW + 1000 * MIN);
+    let d = full(&a, &service(), &history());
+    assert_eq!(d.alert_started_at_ms, Some(NOW));
+    // Received before the live promotion, with a start claimed after it: stale.
+    let d = decide(Inputs {
+        alert: &a,
+        services: &[service()],
+        history: &history(),
+        production: Some(&serving("dpl_live")),
+        received_at_ms: NOW - 20 * MIN,
+        now_ms: NOW,
+    });
+    assert_eq!(d.rule, 6);
+}
+
+#[test]
+fn rule_6_issue_alert_about_another_release_is_stale() {
+    let mut a = alert();
+    a.resource = Resource::EventAlert;
+    a.action = "triggered".into();
+    a.aggregate = None;
+    a.release = Some("rel-dpl_baked".into());
+    let mut svc = service();
+    svc.accept_other_rules = true;
+    assert_eq!(full(&a, &svc, &history()).rule, 6);
+    a.release = Some("rel-dpl_live".into());
+    assert_eq!(full(&a, &svc, &history()).outcome, Outcome::Rollback);
+}
+
+#[test]
+fn rule_7_needs_production_state_then_skips_when_it_moved() {
+    let d = run(&alert(), &service(), &history(), None);
+    assert_eq!(d.outcome, Outcome::NeedsProductionState);
+    let mut prod = serving("dpl_live");
+    prod[1].deployment_id = Some("dpl_someone_else".into());
+    let d = run(&alert(), &service(), &history(), Some(&prod));
+    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 7));
+    assert!(d.reason.contains("www.shop.example.com serves dpl_someone_else"), "{}", d.reason);
+    prod[1].deployment_id = None;
+    assert_eq!(run(&alert(), &service(), &history(), Some(&prod)).rule, 7);
+}
+
+#[test]
+fn rule_8_live_deployment_already_rolled_back_from_is_skipped() {
+    let mut h = history();
+    h.live_rolled_back = true;
+    h.paused = Some("maintenance".into());
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 8), "8 wins over 10");
+}
+
+#[test]
+fn rule_9_mode_off_is_skipped_before_pause() {
+    let mut svc = service();
+    svc.mode = Mode::Off;
+    let mut h = history();
+    h.paused = Some("x".into());
+    let d = full(&alert(), &svc, &h);
+    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 9));
+}
+
+#[test]
+fn rule_10_paused_service_escalates() {
+    let mut h = history();
+    h.paused = Some("release freeze".into());
+    h.rollbacks_last_day = 99;
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 10));
+    assert!(d.reason.contains("release freeze"));
+}
+
+#[test]
+fn rule_11_cooldown_escalates_and_expires() {
+    let mut h = history();
+    h.last_rollback_at_ms = Some(NOW - 30 * MIN);
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 11));
+    h.last_rollback_at_ms = Some(NOW - 61 * MIN);
+    assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
+}
+
+#[test]
+fn rule_12_daily_budget_escalates() {
+    let mut h = history();
+    h.rollbacks_last_day = 3;
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 12));
+    h.rollbacks_last_day = 2;
+    assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
+}
+
+#[test]
+fn rule_13_no_known_good_target_escalates() {
+    let mut h = history();
+    h.deployments[1].verdict = Verdict::Bad;
+    h.deployments[2].verdict = Verdict::Bad;
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 13));
+}
+
+#[test]
+fn rule_13_unbaked_or_alerted_deployments_are_not_targets() {
+    let mut h = history();
+    // dpl_baked served only 20 minutes: falls through to the marked-good one.
+    h.deployments[1].promoted_at_ms = Some(NOW - 30 * MIN);
+    assert_eq!(full(&alert(), &service(), &h).target.unwrap().id, "dpl_old");
+    let mut h = history();
+    h.deployments[1].alerted_at_ms = Some(NOW - 20 * MIN);
+    assert_eq!(full(&alert(), &service(), &h).target.unwrap().id, "dpl_old");
+    // A good deployment promoted after the live one is not "before" it.
+    let mut h = history();
+    h.deployments[1].verdict = Verdict::Bad;
+    h.deployments[2].promoted_at_ms = Some(NOW - MIN);
+    assert_eq!(full(&alert(), &service(), &h).rule, 13);
+}
+
+#[test]
+fn rule_14_dry_run_names_the_target_and_changes_nothing() {
+    let mut svc = service();
+    svc.mode = Mode::DryRun;
+    let d = full(&alert(), &svc, &history());
+    assert_eq!((d.outcome, d.rule), (Outcome::DryRun, 14));
+    assert_eq!(d.target.unwrap().id, "dpl_baked");
+    // Escalation rules still come first in dry-run.
+    let mut h = history();
+    h.rollbacks_last_day = 3;
+    assert_eq!(full(&alert(), &svc, &h).rule, 12);
+}
+
+#[test]
+fn known_good_needs_a_full_bake_without_alerts() {
+    let bake = 30 * MIN;
+    assert!(is_known_good(&dep("a", 0, Some(bake), Verdict::Unproven), bake));
+    assert!(!is_known_good(&dep("a", 0, Some(bake - 1), Verdict::Unproven), bake));
+    assert!(!is_known_good(&dep("a", 0, None, Verdict::Unproven), bake));
+    assert!(is_known_good(&dep("a", 0, None, Verdict::Good), bake));
+    assert!(!is_known_good(&dep("a", 0, Some(10 * bake), Verdict::Bad), bake));
+    let mut alerted = dep("a", 0, Some(10 * bake), Verdict::Unproven);
+    alerted.alerted_at_ms = Some(1);
+    assert!(!is_known_good(&alerted, bake));
+}

@@ -1,0 +1,228 @@
+//! Clients for the providers Backstop calls. Each sorts every failure into
+//! retryable (with an optional `retry_after`) or fatal where the HTTP status
+//! is known, and retries a single request a few times with capped,
+//! jittered exponential backoff that honours `Retry-After` and rate-limit
+//! reset headers. Longer outages are retried durably by the engine.
+
+pub mod vercel;
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde::Serialize;
+
+/// A failed provider call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// Try again later (timeouts, connection errors, 408/409/429, 5xx).
+    #[error("{provider}: {message}")]
+    Retryable {
+        /// `vercel`, `pagerduty`, `slack`.
+        provider: &'static str,
+        /// Status and the provider's own words.
+        message: String,
+        /// How long the provider asked us to wait.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help (other 4xx, invalid responses).
+    #[error("{provider}: {message}")]
+    Fatal {
+        /// `vercel`, `pagerduty`, `slack`.
+        provider: &'static str,
+        /// The provider's error code, e.g. `not_found`.
+        code: Option<String>,
+        /// Status and the provider's own words.
+        message: String,
+    },
+}
+
+/// The stored error envelope `{code, message, retryable}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope {
+    /// Machine-readable code.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+impl ProviderError {
+    /// True for errors worth another attempt.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::Retryable { .. })
+    }
+
+    /// How long the provider asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Retryable { retry_after, .. } => *retry_after,
+            ProviderError::Fatal { .. } => None,
+        }
+    }
+
+    /// The envelope stored with an attempt.
+    pub fn envelope(&self) -> Envelope {
+        match self {
+            ProviderError::Retryable { provider, .. } => Envelope {
+                code: format!("{provider}_unavailable"),
+                message: self.to_string().chars().take(2000).collect(),
+                retryable: true,
+            },
+            ProviderError::Fatal { provider, code, .. } => Envelope {
+                code: code.clone().unwrap_or_else(|| format!("{provider}_error")),
+                message: self.to_string().chars().take(2000).collect(),
+                retryable: false,
+            },
+        }
+    }
+
+    pub(crate) fn from_reqwest(provider: &'static str, e: &reqwest::Error) -> Self {
+        // Timeouts, refused and dropped connections may all succeed later.
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else if e.is_decode() {
+            return ProviderError::Fatal { provider, code: Some("invalid_response".into()), message: format!("invalid response body: {e}") };
+        } else {
+            "request failed"
+        };
+        let message = format!("{kind}: {}", without_url(e));
+        ProviderError::Retryable { provider, message, retry_after: None }
+    }
+}
+
+/// reqwest errors name the URL, which may carry tokens in query strings.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(s) = source {
+        last = Some(s.to_string());
+        source = s.source();
+    }
+    last.unwrap_or_else(|| "no detail".into())
+}
+
+/// Classifies a non-success status. `code`/`message` come from the body.
+pub(crate) fn classify(
+    provider: &'static str,
+    status: reqwest::StatusCode,
+    headers: &HeaderMap,
+    code: Option<String>,
+    message: String,
+) -> ProviderError {
+    let s = status.as_u16();
+    let message = format!("HTTP {s}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default());
+    if s == 408 || s == 409 || s == 429 || status.is_server_error() {
+        ProviderError::Retryable { provider, message, retry_after: retry_after(headers) }
+    } else {
+        ProviderError::Fatal { provider, code, message }
+    }
+}
+
+/// `Retry-After` (seconds), `X-RateLimit-Reset` (epoch seconds) or
+/// `ratelimit-reset` (seconds from now), whichever is present.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let num = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+    if let Some(secs) = num("retry-after") {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Some(reset) = num("x-ratelimit-reset") {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        // A small number is a delta, a large one an epoch time.
+        return Some(Duration::from_secs(if reset > 1_000_000_000 { reset.saturating_sub(now) } else { reset }));
+    }
+    num("ratelimit-reset").map(Duration::from_secs)
+}
+
+/// Capped exponential backoff with jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub base: Duration,
+    /// Largest delay (also caps `Retry-After`).
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Delay before retry number `retry` (0-based): `base * 2^retry` capped at
+    /// `max`, with jitter in its upper half; a provider's `retry_after` wins
+    /// when longer (still capped).
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self.base.saturating_mul(1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX)).min(self.max);
+        let half = exp / 2;
+        let jittered = half + half.mul_f64(fastrand::f64());
+        match retry_after {
+            Some(ra) => ra.min(self.max).max(jittered),
+            None => jittered,
+        }
+    }
+}
+
+/// Retries `call` up to `tries` times while it fails retryably.
+pub(crate) async fn with_retries<T, F, Fut>(tries: u32, backoff: Backoff, mut call: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let mut retry = 0;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && retry + 1 < tries => {
+                let wait = backoff.delay(retry, e.retry_after());
+                tracing::debug!(error = %e, wait_ms = wait.as_millis() as u64, "retrying provider call");
+                tokio::time::sleep(wait).await;
+                retry += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        for retry in 0..10 {
+            let d = b.delay(retry, None);
+            let exp = Duration::from_millis(100 * (1u64 << retry)).min(Duration::from_secs(2));
+            assert!(d >= exp / 2 && d <= exp, "retry {retry}: {d:?}");
+        }
+        assert_eq!(b.delay(0, Some(Duration::from_secs(1))), Duration::from_secs(1));
+        assert_eq!(b.delay(0, Some(Duration::from_secs(60))), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn statuses_are_sorted_into_retryable_and_fatal() {
+        let h = HeaderMap::new();
+        for s in [408, 409, 429, 500, 502, 503] {
+            let e = classify("vercel", reqwest::StatusCode::from_u16(s).unwrap(), &h, None, "x".into());
+            assert!(e.is_retryable(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 422] {
+            let e = classify("vercel", reqwest::StatusCode::from_u16(s).unwrap(), &h, Some("c".into()), "x".into());
+            assert!(!e.is_retryable(), "{s}");
+            assert_eq!(e.envelope().code, "c");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_each_header_style() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let mut h = HeaderMap::new();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        h.insert("x-ratelimit-reset", (now + 30).to_string().parse().unwrap());
+        let got = retry_after(&h).unwrap();
+        assert!(got <= Duration::from_secs(30) && got >= Duration::from_secs(28), "{got:?}");
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-reset", "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+    }
+}

@@ -1,0 +1,244 @@
+//! Vercel REST client: aliases, Instant Rollback, projects and deployments.
+//! `Authorization: Bearer`, `?teamId=` when configured, a timeout on every
+//! call, and errors that keep Vercel's `{error: {code, message}}`.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{classify, with_retries, Backoff, ProviderError};
+
+const PROVIDER: &str = "vercel";
+
+/// A small client around `reqwest::Client` with a configurable base URL.
+#[derive(Clone)]
+pub struct VercelClient {
+    http: reqwest::Client,
+    base: String,
+    token: SecretString,
+    team_id: Option<String>,
+    tries: u32,
+    backoff: Backoff,
+}
+
+/// A production deployment as listed by `GET /v6/deployments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListedDeployment {
+    /// `dpl_...` (the list calls it `uid`).
+    pub id: String,
+    /// `*.vercel.app`
+    pub url: Option<String>,
+    /// Created, Unix ms.
+    pub created_at_ms: Option<i64>,
+    /// Became ready, Unix ms.
+    pub ready_at_ms: Option<i64>,
+    /// `meta`.
+    pub meta: serde_json::Map<String, Value>,
+}
+
+/// `lastAliasRequest` of a project: the state of a rollback or promote job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AliasJob {
+    /// `succeeded`, `failed`, `skipped`, `pending`, `in-progress`.
+    pub job_status: String,
+    /// Deployment the job moves production to.
+    pub to_deployment_id: Option<String>,
+    /// `rollback` or `promote`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+impl VercelClient {
+    /// A client for `base` (e.g. `https://api.vercel.com`).
+    pub fn new(base: &str, token: SecretString, team_id: Option<String>, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            team_id,
+            tries: 4,
+            backoff: Backoff { base: Duration::from_millis(200), max: Duration::from_secs(10) },
+        }
+    }
+
+    /// Overrides the per-request retry schedule (tests use a tiny one).
+    pub fn with_retries(mut self, tries: u32, backoff: Backoff) -> Self {
+        self.tries = tries.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// Points `domain` at `deployment` (`POST /v2/deployments/{id}/aliases`).
+    /// A 409 because the alias already points there counts as success.
+    pub async fn assign_alias(&self, deployment: &str, domain: &str) -> Result<(), ProviderError> {
+        let path = format!("/v2/deployments/{}/aliases", enc(deployment));
+        let body = serde_json::json!({ "alias": domain });
+        // Vercel answers 409 when the alias is already assigned to this
+        // deployment; the read-back verifies production either way.
+        self.call_accepting(Method::POST, &path, &[], Some(&body), &[409]).await.map(|_| ())
+    }
+
+    /// The deployment a domain serves (`GET /v4/aliases/{domain}`); `None` on 404.
+    /// Accepts both the object and the array response shapes.
+    pub async fn alias_target(&self, domain: &str) -> Result<Option<String>, ProviderError> {
+        let path = format!("/v4/aliases/{}", enc(domain));
+        match self.call(Method::GET, &path, &[], None).await {
+            Ok(v) => {
+                let obj = match &v {
+                    Value::Array(items) => items.first().cloned().unwrap_or(Value::Null),
+                    other => other.clone(),
+                };
+                let id = obj
+                    .get("deploymentId")
+                    .and_then(Value::as_str)
+                    .or_else(|| obj.pointer("/deployment/id").and_then(Value::as_str));
+                Ok(id.map(str::to_owned))
+            }
+            Err(ProviderError::Fatal { message, .. }) if message.starts_with("HTTP 404") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts an Instant Rollback (`POST /v1/projects/{p}/rollback/{d}`).
+    pub async fn request_rollback(&self, project: &str, deployment: &str, description: &str) -> Result<(), ProviderError> {
+        let path = format!("/v1/projects/{}/rollback/{}", enc(project), enc(deployment));
+        self.call(Method::POST, &path, &[("description", description)], None).await.map(|_| ())
+    }
+
+    /// The project's `lastAliasRequest` (`GET /v9/projects/{p}`).
+    pub async fn last_alias_request(&self, project: &str) -> Result<Option<AliasJob>, ProviderError> {
+        let v = self.call(Method::GET, &format!("/v9/projects/{}", enc(project)), &[], None).await?;
+        match v.get("lastAliasRequest") {
+            None | Some(Value::Null) => Ok(None),
+            Some(job) => serde_json::from_value(job.clone()).map(Some).map_err(|e| ProviderError::Fatal {
+                provider: PROVIDER,
+                code: Some("invalid_response".into()),
+                message: format!("unexpected lastAliasRequest: {e}"),
+            }),
+        }
+    }
+
+    /// Recent READY production deployments, newest first, following
+    /// `pagination.next` up to `limit` items.
+    pub async fn production_deployments(&self, project: &str, limit: usize) -> Result<Vec<ListedDeployment>, ProviderError> {
+        let mut out = Vec::new();
+        let mut until: Option<String> = None;
+        while out.len() < limit {
+            let page = (limit - out.len()).min(100).to_string();
+            let mut query = vec![("projectId", project), ("target", "production"), ("state", "READY"), ("limit", page.as_str())];
+            if let Some(u) = &until {
+                query.push(("until", u.as_str()));
+            }
+            let v = self.call(Method::GET, "/v6/deployments", &query, None).await?;
+            let items = v.get("deployments").and_then(Value::as_array).cloned().unwrap_or_default();
+            if items.is_empty() {
+                break;
+            }
+            out.extend(items.iter().filter_map(listed));
+            match v.pointer("/pagination/next").and_then(Value::as_i64) {
+                Some(next) => until = Some(next.to_string()),
+                None => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn call(&self, method: Method, path: &str, query: &[(&str, &str)], body: Option<&Value>) -> Result<Value, ProviderError> {
+        self.call_accepting(method, path, query, body, &[]).await
+    }
+
+    /// Like `call`, treating the `accept` statuses as success.
+    async fn call_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        accept: &[u16],
+    ) -> Result<Value, ProviderError> {
+        with_retries(self.tries, self.backoff, || self.once(method.clone(), path, query, body, accept)).await
+    }
+
+    async fn once(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        accept: &[u16],
+    ) -> Result<Value, ProviderError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(self.token.expose_secret())
+            .query(query);
+        if let Some(team) = &self.team_id {
+            req = req.query(&[("teamId", team)]);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
+        if status.is_success() || accept.contains(&status.as_u16()) {
+            if text.trim().is_empty() || !status.is_success() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text).map_err(|e| ProviderError::Fatal {
+                provider: PROVIDER,
+                code: Some("invalid_response".into()),
+                message: format!("HTTP {status} with a body that is not JSON: {e}"),
+            });
+        }
+        let (code, message) = error_body(status, &text);
+        Err(classify(PROVIDER, status, &headers, code, message))
+    }
+}
+
+/// Vercel's `{"error": {"code", "message"}}`, or the raw text.
+fn error_body(status: StatusCode, text: &str) -> (Option<String>, String) {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let code = v.pointer("/error/code").and_then(Value::as_str).map(str::to_owned);
+    let message = v
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let t: String = text.chars().take(300).collect();
+            if t.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { t }
+        });
+    (code, message)
+}
+
+fn listed(v: &Value) -> Option<ListedDeployment> {
+    Some(ListedDeployment {
+        id: v.get("uid").or_else(|| v.get("id"))?.as_str()?.to_string(),
+        url: v.get("url").and_then(Value::as_str).map(str::to_owned),
+        created_at_ms: v.get("createdAt").or_else(|| v.get("created")).and_then(Value::as_i64),
+        ready_at_ms: v.get("ready").and_then(Value::as_i64),
+        meta: v.get("meta").and_then(Value::as_object).cloned().unwrap_or_default(),
+    })
+}
+
+fn enc(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,5 @@
+//! One integration binary: the real app on port 0, a fresh database per test,
+//! providers faked at the HTTP boundary.
+
+mod helpers;
+mod pipeline;
