@@ -6,10 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::config::PagerDutyMode;
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::engine::Providers;
 use crate::http::{self, AppState};
 use crate::ledger::Store;
+use crate::providers::pagerduty::{self, PagerDutyClient};
+use crate::providers::slack::{self, SlackClient};
 use crate::providers::vercel::VercelClient;
 
 /// A built, bound, not yet serving Backstop.
@@ -21,17 +25,55 @@ pub struct Application {
 
 /// Connects and migrates the store named in the settings.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect(&settings.database.url, settings.database.max_connections as u32)
+    let store = Store::connect(
+        &settings.database.url,
+        settings.database.max_connections as u32,
+    )
+    .await
+    .context("cannot connect to database.url")?;
+    store
+        .migrate()
         .await
-        .context("cannot connect to database.url")?;
-    store.migrate().await.context("cannot apply database migrations")?;
+        .context("cannot apply database migrations")?;
     Ok(store)
 }
 
 /// The Vercel client, when a token is configured.
 pub fn vercel_client(settings: &Settings) -> Option<VercelClient> {
     let v = &settings.vercel;
-    v.token.clone().map(|token| VercelClient::new(&v.api_base, token, v.team_id.clone(), v.timeout))
+    v.token
+        .clone()
+        .map(|token| VercelClient::new(&v.api_base, token, v.team_id.clone(), v.timeout))
+}
+
+/// Every configured provider client.
+pub fn providers(settings: &Settings) -> Providers {
+    let pd = &settings.pagerduty;
+    let pd_target = match pd.mode {
+        PagerDutyMode::Events => pd
+            .routing_key
+            .clone()
+            .map(|routing_key| pagerduty::Target::Events { routing_key }),
+        PagerDutyMode::Rest => pd.api_token.clone().map(|token| pagerduty::Target::Rest {
+            token,
+            from: pd.from.clone().unwrap_or_default(),
+            service_id: pd.service_id.clone().unwrap_or_default(),
+            escalation_policy_id: pd.escalation_policy_id.clone(),
+        }),
+    };
+    let sl = &settings.slack;
+    let slack_target = match (&sl.bot_token, &sl.webhook_url) {
+        (Some(token), _) => Some(slack::Target::Bot {
+            token: token.clone(),
+        }),
+        (None, Some(url)) => Some(slack::Target::Webhook { url: url.clone() }),
+        (None, None) => None,
+    };
+    Providers {
+        vercel: vercel_client(settings),
+        pagerduty: pd_target.map(|t| PagerDutyClient::new(pd.base(), t, pd.timeout)),
+        slack: slack_target.map(|t| SlackClient::new(&sl.api_base, t, sl.timeout)),
+    }
 }
 
 impl Application {
@@ -41,12 +83,21 @@ impl Application {
         let store = open_store(&settings).await?;
         let listener = TcpListener::bind(settings.server.listen)
             .await
-            .with_context(|| format!("cannot listen on server.listen = {}", settings.server.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on server.listen = {}",
+                    settings.server.listen
+                )
+            })?;
         let port = listener.local_addr()?.port();
-        let vercel = vercel_client(&settings);
+        let providers = providers(&settings);
         let settings = Arc::new(settings);
-        let engine = Engine::new(store, settings.clone(), vercel);
-        Ok(Self { listener, port, state: AppState { settings, engine } })
+        let engine = Engine::new(store, settings.clone(), providers);
+        Ok(Self {
+            listener,
+            port,
+            state: AppState { settings, engine },
+        })
     }
 
     /// The bound port.
@@ -61,14 +112,24 @@ impl Application {
 
     /// Serves and works until `shutdown` resolves: then stops taking
     /// requests, lets each worker finish the run in hand, and returns.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let workers: Vec<_> = (0..self.state.settings.engine.workers)
             .map(|_| tokio::spawn(self.state.engine.clone().work(stop_rx.clone())))
             .collect();
-        tracing::info!(port = self.port, workers = workers.len(), "backstop serving");
+        tracing::info!(
+            port = self.port,
+            workers = workers.len(),
+            "backstop serving"
+        );
         let app = http::router(self.state.clone());
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("server failed")?;
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("server failed")?;
         tracing::info!("shutting down: finishing runs in hand");
         let _ = stop_tx.send(true);
         for w in workers {

@@ -36,6 +36,9 @@ pub struct Settings {
     /// The background worker that executes runs.
     #[serde(default)]
     pub engine: EngineSettings,
+    /// Message templates (`pagerduty_summary`, `slack_headline`, `slack_text`).
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
     /// The services Backstop protects.
     #[serde(default)]
     pub services: Vec<ServiceSettings>,
@@ -134,17 +137,103 @@ impl Default for VercelSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PagerDutySettings {
+    /// `events` (Events API v2, default) or `rest` (REST API, named escalation policy).
+    pub mode: PagerDutyMode,
     /// Events API v2 integration (routing) key.
     pub routing_key: Option<SecretString>,
-    /// API base URL.
-    pub api_base: String,
+    /// REST API token (`rest` mode).
+    pub api_token: Option<SecretString>,
+    /// Email of the PagerDuty user sending REST requests (`From:` header).
+    pub from: Option<String>,
+    /// PagerDuty service id incidents are opened on (`rest` mode).
+    pub service_id: Option<String>,
+    /// Escalation policy id (`rest` mode, optional).
+    pub escalation_policy_id: Option<String>,
+    /// API base URL; defaults to `https://events.pagerduty.com` or `https://api.pagerduty.com` by mode.
+    pub api_base: Option<String>,
+    /// Severity of the page after a successful rollback.
+    pub severity_rollback: Severity,
+    /// Severity of the page when a rollback failed.
+    pub severity_rollback_failed: Severity,
+    /// Severity of the page when Backstop holds back (escalations).
+    pub severity_escalation: Severity,
+    /// Severity of the page for a dry run (when the service pages on dry runs).
+    pub severity_dry_run: Severity,
+    /// Timeout of one API call.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for PagerDutySettings {
     fn default() -> Self {
         Self {
+            mode: PagerDutyMode::Events,
             routing_key: None,
-            api_base: "https://events.pagerduty.com".into(),
+            api_token: None,
+            from: None,
+            service_id: None,
+            escalation_policy_id: None,
+            api_base: None,
+            severity_rollback: Severity::Error,
+            severity_rollback_failed: Severity::Critical,
+            severity_escalation: Severity::Critical,
+            severity_dry_run: Severity::Info,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PagerDutySettings {
+    /// True when paging is configured.
+    pub fn enabled(&self) -> bool {
+        match self.mode {
+            PagerDutyMode::Events => self.routing_key.is_some(),
+            PagerDutyMode::Rest => self.api_token.is_some(),
+        }
+    }
+
+    /// The API base in force.
+    pub fn base(&self) -> &str {
+        match (&self.api_base, self.mode) {
+            (Some(b), _) => b,
+            (None, PagerDutyMode::Events) => "https://events.pagerduty.com",
+            (None, PagerDutyMode::Rest) => "https://api.pagerduty.com",
+        }
+    }
+}
+
+/// PagerDuty API flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PagerDutyMode {
+    /// Events API v2.
+    Events,
+    /// REST API.
+    Rest,
+}
+
+/// PagerDuty event severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Pages loudly.
+    Critical,
+    /// Pages.
+    Error,
+    /// Low urgency.
+    Warning,
+    /// Informational.
+    Info,
+}
+
+impl Severity {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
         }
     }
 }
@@ -157,8 +246,13 @@ pub struct SlackSettings {
     pub bot_token: Option<SecretString>,
     /// Channel to post in, e.g. `#deploys`.
     pub channel: Option<String>,
+    /// Incoming-webhook URL, for teams without a bot (no threads).
+    pub webhook_url: Option<SecretString>,
     /// API base URL.
     pub api_base: String,
+    /// Timeout of one API call.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for SlackSettings {
@@ -166,8 +260,17 @@ impl Default for SlackSettings {
         Self {
             bot_token: None,
             channel: None,
+            webhook_url: None,
             api_base: "https://slack.com/api".into(),
+            timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl SlackSettings {
+    /// True when announcing is configured.
+    pub fn enabled(&self) -> bool {
+        self.bot_token.is_some() || self.webhook_url.is_some()
     }
 }
 
@@ -264,6 +367,21 @@ pub struct ServiceSettings {
     /// Deployment `meta` key holding the Sentry release.
     #[serde(default = "default_release_key")]
     pub release_meta_key: String,
+    /// Slack channel for this service (overrides `slack.channel`).
+    #[serde(default)]
+    pub slack_channel: Option<String>,
+    /// Resolve the PagerDuty incident when Sentry resolves the alert.
+    #[serde(default)]
+    pub resolve_on_recovery: bool,
+    /// Page (at `pagerduty.severity_dry_run`) on dry runs too.
+    #[serde(default)]
+    pub page_on_dry_run: bool,
+    /// Post a short Slack note when a critical alert is skipped (stale, production changed, already handled).
+    #[serde(default = "default_true")]
+    pub announce_skips: bool,
+    /// Per-service template overrides.
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
 }
 
 fn default_environment() -> String {
@@ -283,6 +401,9 @@ fn default_cooldown() -> Duration {
 }
 fn default_budget() -> u32 {
     3
+}
+fn default_true() -> bool {
+    true
 }
 fn default_release_key() -> String {
     "githubCommitSha".into()
@@ -367,8 +488,14 @@ impl Settings {
             message: message.into(),
         };
         let url = self.database.url.expose_secret();
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
-            return Err(invalid("database.url", "must start with sqlite:// or postgres://"));
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -377,21 +504,50 @@ impl Settings {
                 return Err(invalid(&key("name"), "must not be empty"));
             }
             if !names.insert(s.name.as_str()) {
-                return Err(invalid(&key("name"), "is used by two services; names must be unique"));
+                return Err(invalid(
+                    &key("name"),
+                    "is used by two services; names must be unique",
+                ));
             }
             if s.sentry_projects.is_empty() {
-                return Err(invalid(&key("sentry_projects"), "list at least one Sentry project slug"));
+                return Err(invalid(
+                    &key("sentry_projects"),
+                    "list at least one Sentry project slug",
+                ));
             }
             if s.domains.is_empty() {
-                return Err(invalid(&key("domains"), "list at least one production domain"));
+                return Err(invalid(
+                    &key("domains"),
+                    "list at least one production domain",
+                ));
             }
             if s.vercel_project.trim().is_empty() {
-                return Err(invalid(&key("vercel_project"), "set the Vercel project id (prj_...)"));
+                return Err(invalid(
+                    &key("vercel_project"),
+                    "set the Vercel project id (prj_...)",
+                ));
             }
         }
+        if let Some(key) = &self.pagerduty.routing_key {
+            if key.expose_secret().len() != 32 {
+                return Err(invalid(
+                    "pagerduty.routing_key",
+                    "must be the 32-character Events API v2 integration key",
+                ));
+            }
+        }
+        crate::notify::validate_templates(&self.templates, &self.services).map_err(|e| {
+            ConfigError::Invalid {
+                key: e.key,
+                message: e.message,
+            }
+        })?;
         for (i, a) in self.services.iter().enumerate() {
             for b in &self.services[i + 1..] {
-                let overlap = a.sentry_projects.iter().any(|p| b.sentry_projects.contains(p));
+                let overlap = a
+                    .sentry_projects
+                    .iter()
+                    .any(|p| b.sentry_projects.contains(p));
                 if overlap && a.environment == b.environment {
                     return Err(invalid(
                         &format!("services[{}].sentry_projects", i),
@@ -407,19 +563,57 @@ impl Settings {
     pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
         let missing = |key: &str, why: &str| ConfigError::Invalid {
             key: key.into(),
-            message: format!("is required {why}; set it in the file or as BACKSTOP_{}", env_name(key)),
+            message: format!(
+                "is required {why}; set it in the file or as BACKSTOP_{}",
+                env_name(key)
+            ),
         };
         if self.sentry.client_secret.is_none() {
             return Err(missing("sentry.client_secret", "to verify Sentry webhooks"));
         }
         if !self.services.is_empty() && self.vercel.token.is_none() {
-            return Err(missing("vercel.token", "to read and move production aliases"));
+            return Err(missing(
+                "vercel.token",
+                "to read and move production aliases",
+            ));
         }
         if self.vercel.webhook_secret.is_none() {
-            return Err(missing("vercel.webhook_secret", "to verify Vercel deployment webhooks"));
+            return Err(missing(
+                "vercel.webhook_secret",
+                "to verify Vercel deployment webhooks",
+            ));
         }
         if self.slack.bot_token.is_some() && self.slack.channel.is_none() {
-            return Err(missing("slack.channel", "when slack.bot_token is set"));
+            if let Some(s) = self.services.iter().find(|s| s.slack_channel.is_none()) {
+                return Err(missing(
+                    "slack.channel",
+                    &format!(
+                        "when slack.bot_token is set (service `{}` has no slack_channel)",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        let pd = &self.pagerduty;
+        if pd.mode == PagerDutyMode::Rest {
+            if pd.api_token.is_none() {
+                return Err(missing(
+                    "pagerduty.api_token",
+                    "when pagerduty.mode = \"rest\"",
+                ));
+            }
+            if pd.from.is_none() {
+                return Err(missing(
+                    "pagerduty.from",
+                    "when pagerduty.mode = \"rest\" (a PagerDuty user's email)",
+                ));
+            }
+            if pd.service_id.is_none() {
+                return Err(missing(
+                    "pagerduty.service_id",
+                    "when pagerduty.mode = \"rest\"",
+                ));
+            }
         }
         Ok(())
     }
@@ -474,7 +668,9 @@ fn apply_env(
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(s.trim()).map_err(|e| {
-        serde::de::Error::custom(format!("`{s}` is not a duration like `30s`, `5m` or `1h`: {e}"))
+        serde::de::Error::custom(format!(
+            "`{s}` is not a duration like `30s`, `5m` or `1h`: {e}"
+        ))
     })
 }
 
@@ -535,9 +731,18 @@ mod tests {
     fn env_overrides_beat_the_file() {
         let env = vec![
             ("BACKSTOP_VERCEL__TOKEN".to_string(), "from-env".to_string()),
-            ("BACKSTOP_SERVER__LISTEN".to_string(), "0.0.0.0:9000".to_string()),
-            ("BACKSTOP_SERVER__MAX_BODY_BYTES".to_string(), "2048".to_string()),
-            ("BACKSTOP_SENTRY__TIMESTAMP_TOLERANCE".to_string(), "1m".to_string()),
+            (
+                "BACKSTOP_SERVER__LISTEN".to_string(),
+                "0.0.0.0:9000".to_string(),
+            ),
+            (
+                "BACKSTOP_SERVER__MAX_BODY_BYTES".to_string(),
+                "2048".to_string(),
+            ),
+            (
+                "BACKSTOP_SENTRY__TIMESTAMP_TOLERANCE".to_string(),
+                "1m".to_string(),
+            ),
         ];
         let s = Settings::from_toml(MINIMAL, env).unwrap();
         assert_eq!(s.vercel.token.unwrap().expose_secret(), "from-env");
@@ -552,12 +757,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("services[0]") && err.contains("bake"), "{err}");
-        let err = Settings::from_toml(
-            MINIMAL,
-            vec![("BACKSTOP_VERCEL__TOKN".into(), "x".into())],
-        )
-        .unwrap_err()
-        .to_string();
+        let err = Settings::from_toml(MINIMAL, vec![("BACKSTOP_VERCEL__TOKN".into(), "x".into())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vercel") && err.contains("tokn"), "{err}");
     }
 
@@ -565,7 +767,10 @@ mod tests {
     fn bad_durations_and_modes_are_named() {
         let text = MINIMAL.replace("domains =", "cooldown = \"soon\"\ndomains =");
         let err = Settings::from_toml(&text, none()).unwrap_err().to_string();
-        assert!(err.contains("services[0].cooldown") && err.contains("soon"), "{err}");
+        assert!(
+            err.contains("services[0].cooldown") && err.contains("soon"),
+            "{err}"
+        );
         let text = MINIMAL.replace("domains =", "mode = \"yolo\"\ndomains =");
         let err = Settings::from_toml(&text, none()).unwrap_err().to_string();
         assert!(err.contains("services[0].mode"), "{err}");
@@ -580,7 +785,10 @@ mod tests {
         assert!(err.contains("BACKSTOP_SENTRY__CLIENT_SECRET"), "{err}");
         let s = Settings::from_toml(MINIMAL, none()).unwrap();
         let debug = format!("{s:?}");
-        assert!(!debug.contains("s3cret") && !debug.contains("whs"), "{debug}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("whs"),
+            "{debug}"
+        );
     }
 
     #[test]

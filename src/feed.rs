@@ -27,25 +27,50 @@ pub enum Applied {
 }
 
 /// The service that owns a Vercel project.
-pub fn service_for_project<'a>(settings: &'a Settings, project: Option<&str>) -> Option<&'a ServiceSettings> {
+pub fn service_for_project<'a>(
+    settings: &'a Settings,
+    project: Option<&str>,
+) -> Option<&'a ServiceSettings> {
     let project = project?;
-    settings.services.iter().find(|s| s.vercel_project == project)
+    settings
+        .services
+        .iter()
+        .find(|s| s.vercel_project == project)
 }
 
 /// Applies a verified Vercel deployment event.
-pub async fn apply_vercel_event(store: &Store, settings: &Settings, e: &DeploymentEvent) -> Result<Applied, StoreError> {
+pub async fn apply_vercel_event(
+    store: &Store,
+    settings: &Settings,
+    e: &DeploymentEvent,
+) -> Result<Applied, StoreError> {
     let Some(svc) = service_for_project(settings, e.project_id.as_deref()) else {
-        return Ok(Applied::Ignored { why: format!("no service uses project {}", e.project_id.as_deref().unwrap_or("?")) });
+        return Ok(Applied::Ignored {
+            why: format!(
+                "no service uses project {}",
+                e.project_id.as_deref().unwrap_or("?")
+            ),
+        });
     };
     let promoted = e.kind == "deployment.promoted";
     let production = e.target.as_deref() == Some("production");
     if !promoted && !production {
-        return Ok(Applied::Ignored { why: format!("{} for a non-production deployment", e.kind) });
+        return Ok(Applied::Ignored {
+            why: format!("{} for a non-production deployment", e.kind),
+        });
     }
-    if !matches!(e.kind.as_str(), "deployment.promoted" | "deployment.created" | "deployment.succeeded" | "deployment.ready") {
-        return Ok(Applied::Ignored { why: format!("{} does not change the ledger", e.kind) });
+    if !matches!(
+        e.kind.as_str(),
+        "deployment.promoted" | "deployment.created" | "deployment.succeeded" | "deployment.ready"
+    ) {
+        return Ok(Applied::Ignored {
+            why: format!("{} does not change the ledger", e.kind),
+        });
     }
-    if !store.record_vercel_event(&e.event_id, &e.kind, &e.deployment_id, e.created_at_ms).await? {
+    if !store
+        .record_vercel_event(&e.event_id, &e.kind, &e.deployment_id, e.created_at_ms)
+        .await?
+    {
         return Ok(Applied::Duplicate);
     }
     store
@@ -60,11 +85,16 @@ pub async fn apply_vercel_event(store: &Store, settings: &Settings, e: &Deployme
     if !promoted {
         return Ok(Applied::Recorded);
     }
-    Ok(match store.promote(&svc.name, &e.deployment_id, e.created_at_ms, svc.bake_time).await? {
-        Promotion::Live { superseded } => Applied::Promoted { superseded },
-        Promotion::AlreadyLive => Applied::Recorded,
-        Promotion::Older => Applied::OlderPromotion,
-    })
+    Ok(
+        match store
+            .promote(&svc.name, &e.deployment_id, e.created_at_ms, svc.bake_time)
+            .await?
+        {
+            Promotion::Live { superseded } => Applied::Promoted { superseded },
+            Promotion::AlreadyLive => Applied::Recorded,
+            Promotion::Older => Applied::OlderPromotion,
+        },
+    )
 }
 
 /// Why a sync failed.
@@ -95,15 +125,26 @@ pub struct SyncReport {
 /// Imported history assumes each production deployment served from when it
 /// became ready until the next one did (Vercel's default auto-assignment);
 /// deployments already in the ledger keep their recorded times.
-pub async fn sync_service(store: &Store, vercel: &VercelClient, svc: &ServiceSettings, limit: usize) -> Result<SyncReport, SyncError> {
-    let listed = vercel.production_deployments(&svc.vercel_project, limit).await?;
+pub async fn sync_service(
+    store: &Store,
+    vercel: &VercelClient,
+    svc: &ServiceSettings,
+    limit: usize,
+) -> Result<SyncReport, SyncError> {
+    let listed = vercel
+        .production_deployments(&svc.vercel_project, limit)
+        .await?;
     for d in &listed {
         store
             .record_deployment(&NewDeployment {
                 id: d.id.clone(),
                 service: svc.name.clone(),
                 url: d.url.clone(),
-                release: d.meta.get(&svc.release_meta_key).and_then(|v| v.as_str()).map(str::to_owned),
+                release: d
+                    .meta
+                    .get(&svc.release_meta_key)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
                 created_at_ms: d.created_at_ms,
             })
             .await?;
@@ -113,13 +154,21 @@ pub async fn sync_service(store: &Store, vercel: &VercelClient, svc: &ServiceSet
         None => None,
     };
     // Oldest first, so each promotion supersedes the one before it.
-    let mut history: Vec<_> = listed.iter().filter(|d| d.ready_at_ms.or(d.created_at_ms).is_some()).collect();
+    let mut history: Vec<_> = listed
+        .iter()
+        .filter(|d| d.ready_at_ms.or(d.created_at_ms).is_some())
+        .collect();
     history.sort_by_key(|d| d.ready_at_ms.or(d.created_at_ms));
     let known = store.deployments(Some(&svc.name)).await?;
     for d in history {
-        let already = known.iter().any(|k| k.id == d.id && k.promoted_at_ms.is_some());
+        let already = known
+            .iter()
+            .any(|k| k.id == d.id && k.promoted_at_ms.is_some());
         let newer_than_live = live.as_deref().is_some_and(|l| {
-            let live_at = listed.iter().find(|x| x.id == l).and_then(|x| x.ready_at_ms.or(x.created_at_ms));
+            let live_at = listed
+                .iter()
+                .find(|x| x.id == l)
+                .and_then(|x| x.ready_at_ms.or(x.created_at_ms));
             live_at.is_some_and(|la| d.ready_at_ms.or(d.created_at_ms).is_some_and(|at| at > la))
         });
         if already || newer_than_live {
@@ -133,11 +182,21 @@ pub async fn sync_service(store: &Store, vercel: &VercelClient, svc: &ServiceSet
         if in_ledger.as_ref().is_some_and(|d| !d.live) || in_ledger.is_none() {
             if in_ledger.is_none() {
                 store
-                    .record_deployment(&NewDeployment { id: live_id.clone(), service: svc.name.clone(), ..Default::default() })
+                    .record_deployment(&NewDeployment {
+                        id: live_id.clone(),
+                        service: svc.name.clone(),
+                        ..Default::default()
+                    })
                     .await?;
             }
-            store.promote(&svc.name, live_id, crate::ledger::now_ms(), svc.bake_time).await?;
+            store
+                .promote(&svc.name, live_id, crate::ledger::now_ms(), svc.bake_time)
+                .await?;
         }
     }
-    Ok(SyncReport { service: svc.name.clone(), imported: listed.len(), live })
+    Ok(SyncReport {
+        service: svc.name.clone(),
+        imported: listed.len(),
+        live,
+    })
 }

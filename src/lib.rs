@@ -11,6 +11,7 @@ pub mod feed;
 pub mod http;
 pub mod ingest;
 pub mod ledger;
+pub mod notify;
 pub mod policy;
 pub mod providers;
 pub mod telemetry;

@@ -69,7 +69,12 @@ pub struct DeploymentRef {
 
 impl From<&Deployment> for DeploymentRef {
     fn from(d: &Deployment) -> Self {
-        Self { id: d.id.clone(), url: d.url.clone(), release: d.release.clone(), promoted_at_ms: d.promoted_at_ms }
+        Self {
+            id: d.id.clone(),
+            url: d.url.clone(),
+            release: d.release.clone(),
+            promoted_at_ms: d.promoted_at_ms,
+        }
     }
 }
 
@@ -112,10 +117,16 @@ impl Decision {
 }
 
 /// The service an alert belongs to: one of its projects and its environment.
-pub fn map_service<'a>(alert: &Alert, services: &'a [ServiceSettings]) -> Option<&'a ServiceSettings> {
+pub fn map_service<'a>(
+    alert: &Alert,
+    services: &'a [ServiceSettings],
+) -> Option<&'a ServiceSettings> {
     services.iter().find(|s| {
         alert.projects.iter().any(|p| s.sentry_projects.contains(p))
-            && alert.environment.as_deref().is_some_and(|e| e == s.environment)
+            && alert
+                .environment
+                .as_deref()
+                .is_some_and(|e| e == s.environment)
     })
 }
 
@@ -158,16 +169,38 @@ struct Trail {
 
 impl Trail {
     fn pass(&mut self, rule: u8, name: &str, detail: impl Into<String>) {
-        self.checks.push(Check { rule, name: name.into(), passed: true, detail: detail.into() });
+        self.checks.push(Check {
+            rule,
+            name: name.into(),
+            passed: true,
+            detail: detail.into(),
+        });
     }
 
-    fn stop(mut self, rule: u8, name: &str, outcome: Outcome, reason: impl Into<String>) -> Decision {
+    fn stop(
+        mut self,
+        rule: u8,
+        name: &str,
+        outcome: Outcome,
+        reason: impl Into<String>,
+    ) -> Decision {
         let reason = reason.into();
-        self.checks.push(Check { rule, name: name.into(), passed: false, detail: reason.clone() });
+        self.checks.push(Check {
+            rule,
+            name: name.into(),
+            passed: false,
+            detail: reason.clone(),
+        });
         self.finish(rule, outcome, reason, None)
     }
 
-    fn finish(self, rule: u8, outcome: Outcome, reason: String, target: Option<DeploymentRef>) -> Decision {
+    fn finish(
+        self,
+        rule: u8,
+        outcome: Outcome,
+        reason: String,
+        target: Option<DeploymentRef>,
+    ) -> Decision {
         Decision {
             outcome,
             rule,
@@ -184,18 +217,32 @@ impl Trail {
 /// Applies the rules in order; the first that matches decides.
 pub fn decide(i: Inputs<'_>) -> Decision {
     let a = i.alert;
-    let mut t = Trail { checks: Vec::new(), service: None, live: None, started: None };
+    let mut t = Trail {
+        checks: Vec::new(),
+        service: None,
+        live: None,
+        started: None,
+    };
     if a.action == "resolved" {
+        t.service = map_service(a, i.services).map(|s| s.name.clone());
         return t.stop(1, "resolved", Outcome::Resolution, "the alert resolved");
     }
     t.pass(1, "resolved", format!("action is `{}`", a.action));
     if !a.is_critical() {
-        return t.stop(2, "critical", Outcome::Skip, format!("not critical (action `{}`)", a.action));
+        return t.stop(
+            2,
+            "critical",
+            Outcome::Skip,
+            format!("not critical (action `{}`)", a.action),
+        );
     }
     t.pass(2, "critical", "action is critical");
     let Some(svc) = map_service(a, i.services) else {
         let env = a.environment.as_deref().unwrap_or("(none)");
-        let reason = format!("unmapped: no service for projects {:?} in environment {env}", a.projects);
+        let reason = format!(
+            "unmapped: no service for projects {:?} in environment {env}",
+            a.projects
+        );
         return t.stop(3, "mapped", Outcome::Skip, reason);
     };
     t.service = Some(svc.name.clone());
@@ -203,64 +250,166 @@ pub fn decide(i: Inputs<'_>) -> Decision {
     if !a.is_crash_free_rate() && !svc.accept_other_rules {
         let what = match a.resource {
             Resource::EventAlert => "an issue alert".to_string(),
-            Resource::MetricAlert => format!("aggregate `{}`", a.aggregate.as_deref().unwrap_or("?")),
+            Resource::MetricAlert => {
+                format!("aggregate `{}`", a.aggregate.as_deref().unwrap_or("?"))
+            }
         };
-        return t.stop(4, "crash-free rate", Outcome::Skip, format!("not a crash alert: {what}"));
+        return t.stop(
+            4,
+            "crash-free rate",
+            Outcome::Skip,
+            format!("not a crash alert: {what}"),
+        );
     }
-    t.pass(4, "crash-free rate", a.aggregate.clone().unwrap_or_else(|| "other rules accepted".into()));
+    t.pass(
+        4,
+        "crash-free rate",
+        a.aggregate
+            .clone()
+            .unwrap_or_else(|| "other rules accepted".into()),
+    );
     let Some(live) = i.history.deployments.iter().find(|d| d.live) else {
-        return t.stop(5, "live known", Outcome::Escalate, "live release unknown: the ledger has no live deployment");
+        return t.stop(
+            5,
+            "live known",
+            Outcome::Escalate,
+            "live release unknown: the ledger has no live deployment",
+        );
     };
     t.live = Some(live.into());
-    t.pass(5, "live known", format!("{} (release {})", live.id, live.release.as_deref().unwrap_or("?")));
+    t.pass(
+        5,
+        "live known",
+        format!(
+            "{} (release {})",
+            live.id,
+            live.release.as_deref().unwrap_or("?")
+        ),
+    );
     if let Some(reason) = staleness(a, live, i.received_at_ms, &mut t.started) {
         return t.stop(6, "fresh", Outcome::Skip, format!("stale: {reason}"));
     }
-    t.pass(6, "fresh", "alert started after the live deployment was promoted");
+    t.pass(
+        6,
+        "fresh",
+        "alert started after the live deployment was promoted",
+    );
     let Some(production) = i.production else {
-        return t.finish(7, Outcome::NeedsProductionState, "production state needed".into(), None);
+        return t.finish(
+            7,
+            Outcome::NeedsProductionState,
+            "production state needed".into(),
+            None,
+        );
     };
     let moved: Vec<String> = production
         .iter()
         .filter(|p| p.deployment_id.as_deref() != Some(live.id.as_str()))
-        .map(|p| format!("{} serves {}", p.domain, p.deployment_id.as_deref().unwrap_or("nothing")))
+        .map(|p| {
+            format!(
+                "{} serves {}",
+                p.domain,
+                p.deployment_id.as_deref().unwrap_or("nothing")
+            )
+        })
         .collect();
     if !moved.is_empty() || production.is_empty() {
         let reason = format!("production already changed: {}", moved.join(", "));
         return t.stop(7, "production unchanged", Outcome::Skip, reason);
     }
-    t.pass(7, "production unchanged", format!("all {} domains serve {}", production.len(), live.id));
+    t.pass(
+        7,
+        "production unchanged",
+        format!("all {} domains serve {}", production.len(), live.id),
+    );
     rest_of_rules(i, svc, live, t)
 }
 
-fn rest_of_rules(i: Inputs<'_>, svc: &ServiceSettings, live: &Deployment, mut t: Trail) -> Decision {
+fn rest_of_rules(
+    i: Inputs<'_>,
+    svc: &ServiceSettings,
+    live: &Deployment,
+    mut t: Trail,
+) -> Decision {
     let h = i.history;
     if h.live_rolled_back {
-        return t.stop(8, "not handled", Outcome::Skip, format!("already handled: {} was already rolled back from", live.id));
+        return t.stop(
+            8,
+            "not handled",
+            Outcome::Skip,
+            format!("already handled: {} was already rolled back from", live.id),
+        );
     }
-    t.pass(8, "not handled", "no earlier rollback from the live deployment");
+    t.pass(
+        8,
+        "not handled",
+        "no earlier rollback from the live deployment",
+    );
     if svc.mode == Mode::Off {
         return t.stop(9, "enabled", Outcome::Skip, "disabled: service mode is off");
     }
     t.pass(9, "enabled", format!("mode {:?}", svc.mode));
     if let Some(why) = &h.paused {
-        return t.stop(10, "not paused", Outcome::Escalate, format!("paused by a person: {why}"));
+        return t.stop(
+            10,
+            "not paused",
+            Outcome::Escalate,
+            format!("paused by a person: {why}"),
+        );
     }
     t.pass(10, "not paused", "not paused");
     let cooldown = svc.cooldown.as_millis() as i64;
     if let Some(last) = h.last_rollback_at_ms.filter(|l| i.now_ms - l < cooldown) {
-        let ago = humantime::format_duration(std::time::Duration::from_secs(((i.now_ms - last) / 1000).max(0) as u64));
-        return t.stop(11, "cooldown", Outcome::Escalate, format!("cooldown: the last automatic rollback was {ago} ago, within {}", humantime::format_duration(svc.cooldown)));
+        let ago = humantime::format_duration(std::time::Duration::from_secs(
+            ((i.now_ms - last) / 1000).max(0) as u64,
+        ));
+        return t.stop(
+            11,
+            "cooldown",
+            Outcome::Escalate,
+            format!(
+                "cooldown: the last automatic rollback was {ago} ago, within {}",
+                humantime::format_duration(svc.cooldown)
+            ),
+        );
     }
     t.pass(11, "cooldown", "no automatic rollback within the cooldown");
     if h.rollbacks_last_day >= svc.max_rollbacks_per_day {
-        return t.stop(12, "budget", Outcome::Escalate, format!("budget spent: {} automatic rollbacks in the last 24 h (max {})", h.rollbacks_last_day, svc.max_rollbacks_per_day));
+        return t.stop(
+            12,
+            "budget",
+            Outcome::Escalate,
+            format!(
+                "budget spent: {} automatic rollbacks in the last 24 h (max {})",
+                h.rollbacks_last_day, svc.max_rollbacks_per_day
+            ),
+        );
     }
-    t.pass(12, "budget", format!("{} of {} rollbacks used today", h.rollbacks_last_day, svc.max_rollbacks_per_day));
+    t.pass(
+        12,
+        "budget",
+        format!(
+            "{} of {} rollbacks used today",
+            h.rollbacks_last_day, svc.max_rollbacks_per_day
+        ),
+    );
     let Some(target) = find_target(h, live, svc.bake_time.as_millis() as i64) else {
-        return t.stop(13, "target", Outcome::Escalate, "no target: no known-good deployment older than the live one");
+        return t.stop(
+            13,
+            "target",
+            Outcome::Escalate,
+            "no target: no known-good deployment older than the live one",
+        );
     };
-    t.pass(13, "target", format!("{} (release {})", target.id, target.release.as_deref().unwrap_or("?")));
+    t.pass(
+        13,
+        "target",
+        format!(
+            "{} (release {})",
+            target.id,
+            target.release.as_deref().unwrap_or("?")
+        ),
+    );
     let target_ref = Some(DeploymentRef::from(target));
     if svc.mode == Mode::DryRun {
         let reason = format!("dry run: would roll back {} to {}", live.id, target.id);
@@ -272,15 +421,24 @@ fn rest_of_rules(i: Inputs<'_>, svc: &ServiceSettings, live: &Deployment, mut t:
 }
 
 /// Why the alert is about an earlier release, or `None` if it is fresh.
-fn staleness(a: &Alert, live: &Deployment, received_at_ms: i64, started: &mut Option<i64>) -> Option<String> {
+fn staleness(
+    a: &Alert,
+    live: &Deployment,
+    received_at_ms: i64,
+    started: &mut Option<i64>,
+) -> Option<String> {
     if let (Some(alerted), Some(current)) = (&a.release, &live.release) {
         if alerted != current {
-            return Some(format!("the alert is about release {alerted}, the live release is {current}"));
+            return Some(format!(
+                "the alert is about release {alerted}, the live release is {current}"
+            ));
         }
     }
     // A start in the future cannot be true; an unknown start is at the latest
     // when the alert reached us.
-    let start = a.started_at_ms.map_or(received_at_ms, |s| s.min(received_at_ms));
+    let start = a
+        .started_at_ms
+        .map_or(received_at_ms, |s| s.min(received_at_ms));
     *started = Some(start);
     match live.promoted_at_ms {
         Some(promoted) if start < promoted => Some(format!(
@@ -294,11 +452,18 @@ fn staleness(a: &Alert, live: &Deployment, received_at_ms: i64, started: &mut Op
 
 /// The newest known-good deployment that served production before `live`.
 fn find_target<'a>(h: &'a History, live: &Deployment, bake_ms: i64) -> Option<&'a Deployment> {
-    let live_at = live.promoted_at_ms.or(live.created_at_ms).unwrap_or(i64::MAX);
+    let live_at = live
+        .promoted_at_ms
+        .or(live.created_at_ms)
+        .unwrap_or(i64::MAX);
     h.deployments
         .iter()
         .filter(|d| !d.live && d.id != live.id && is_known_good(d, bake_ms))
-        .filter(|d| d.promoted_at_ms.or(d.created_at_ms).is_some_and(|at| at < live_at))
+        .filter(|d| {
+            d.promoted_at_ms
+                .or(d.created_at_ms)
+                .is_some_and(|at| at < live_at)
+        })
         .max_by_key(|d| d.promoted_at_ms.or(d.created_at_ms))
 }
 

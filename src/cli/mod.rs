@@ -147,7 +147,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let store = app::open_store(&settings).await?;
-            println!("migrations applied; database is at the latest version ({:?})", store.backend());
+            println!(
+                "migrations applied; database is at the latest version ({:?})",
+                store.backend()
+            );
             Ok(())
         }
         Command::Sync { service, limit } => sync(&settings, service.as_deref(), limit).await,
@@ -162,23 +165,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pause { service, reason } => {
             known_service(&settings, &service)?;
-            app::open_store(&settings).await?.set_paused(&service, Some(&reason)).await?;
-            println!("{service}: paused ({reason}); critical alerts will page instead of rolling back");
+            app::open_store(&settings)
+                .await?
+                .set_paused(&service, Some(&reason))
+                .await?;
+            println!(
+                "{service}: paused ({reason}); critical alerts will page instead of rolling back"
+            );
             Ok(())
         }
         Command::Resume { service } => {
             known_service(&settings, &service)?;
-            app::open_store(&settings).await?.set_paused(&service, None).await?;
+            app::open_store(&settings)
+                .await?
+                .set_paused(&service, None)
+                .await?;
             println!("{service}: automatic rollbacks resumed");
             Ok(())
         }
     }
 }
 
-fn known_service<'a>(settings: &'a Settings, name: &str) -> anyhow::Result<&'a crate::config::ServiceSettings> {
+fn known_service<'a>(
+    settings: &'a Settings,
+    name: &str,
+) -> anyhow::Result<&'a crate::config::ServiceSettings> {
     settings.service(name).with_context(|| {
         let names: Vec<_> = settings.services.iter().map(|s| s.name.as_str()).collect();
-        format!("no service named `{name}` in the config (known: {})", names.join(", "))
+        format!(
+            "no service named `{name}` in the config (known: {})",
+            names.join(", ")
+        )
     })
 }
 
@@ -188,7 +205,11 @@ async fn sync(settings: &Settings, only: Option<&str>, limit: usize) -> anyhow::
     if let Some(name) = only {
         known_service(settings, name)?;
     }
-    for svc in settings.services.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
+    for svc in settings
+        .services
+        .iter()
+        .filter(|s| only.is_none_or(|o| o == s.name))
+    {
         let report = feed::sync_service(&store, &vercel, svc, limit)
             .await
             .with_context(|| format!("sync of {} failed", svc.name))?;
@@ -205,27 +226,53 @@ async fn sync(settings: &Settings, only: Option<&str>, limit: usize) -> anyhow::
 async fn deployments(settings: &Settings, cmd: DeploymentsCommand) -> anyhow::Result<()> {
     let store = app::open_store(settings).await?;
     match cmd {
-        DeploymentsCommand::List { service, json } => show::deployments(&store.deployments(service.as_deref()).await?, json),
-        DeploymentsCommand::Record { service, id, release, url, live } => {
+        DeploymentsCommand::List { service, json } => {
+            show::deployments(&store.deployments(service.as_deref()).await?, json)
+        }
+        DeploymentsCommand::Record {
+            service,
+            id,
+            release,
+            url,
+            live,
+        } => {
             let svc = known_service(settings, &service)?;
             let now = crate::ledger::now_ms();
             store
-                .record_deployment(&NewDeployment { id: id.clone(), service: service.clone(), url, release, created_at_ms: Some(now) })
+                .record_deployment(&NewDeployment {
+                    id: id.clone(),
+                    service: service.clone(),
+                    url,
+                    release,
+                    created_at_ms: Some(now),
+                })
                 .await?;
             if live {
                 store.promote(&service, &id, now, svc.bake_time).await?;
             }
-            println!("recorded {id} for {service}{}", if live { " (live)" } else { "" });
+            println!(
+                "recorded {id} for {service}{}",
+                if live { " (live)" } else { "" }
+            );
             Ok(())
         }
-        DeploymentsCommand::Mark { id, verdict, reason } => {
+        DeploymentsCommand::Mark {
+            id,
+            verdict,
+            reason,
+        } => {
             let v = match Verdict::parse(&verdict) {
                 Some(v @ (Verdict::Good | Verdict::Bad)) => v,
                 _ => bail!("verdict must be `good` or `bad`, not `{verdict}`"),
             };
             let reason = reason.unwrap_or_else(|| format!("marked {verdict} by a person"));
             let d = store.mark(&id, v, &reason).await?;
-            println!("{} ({}) is now {}: {reason}", d.id, d.service, d.verdict.as_str());
+            println!(
+                "{} ({}) is now {}: {reason}",
+                d.id,
+                d.service,
+                d.verdict.as_str()
+            );
             Ok(())
         }
     }

@@ -6,12 +6,15 @@ use crate::ledger::{Deployment, Run, RunDetail};
 use crate::policy::Decision;
 
 fn time(ms: Option<i64>) -> String {
-    ms.and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
-        .map(|t| {
-            let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
-            t.format(&fmt).unwrap_or_default()
-        })
-        .unwrap_or_else(|| "-".into())
+    ms.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    })
+    .map(|t| {
+        let fmt =
+            time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+        t.format(&fmt).unwrap_or_default()
+    })
+    .unwrap_or_else(|| "-".into())
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -28,9 +31,18 @@ pub fn deployments(list: &[Deployment], json: bool) -> anyhow::Result<()> {
         println!("no deployments recorded; run `backstop sync` or point a Vercel webhook at /webhooks/vercel");
         return Ok(());
     }
-    println!("{:<32} {:<14} {:<12} {:<9} {:<20} {:<20} LIVE", "DEPLOYMENT", "SERVICE", "RELEASE", "VERDICT", "PROMOTED", "SUPERSEDED");
+    println!(
+        "{:<32} {:<14} {:<12} {:<9} {:<20} {:<20} LIVE",
+        "DEPLOYMENT", "SERVICE", "RELEASE", "VERDICT", "PROMOTED", "SUPERSEDED"
+    );
     for d in list {
-        let release: String = d.release.as_deref().unwrap_or("-").chars().take(12).collect();
+        let release: String = d
+            .release
+            .as_deref()
+            .unwrap_or("-")
+            .chars()
+            .take(12)
+            .collect();
         println!(
             "{:<32} {:<14} {:<12} {:<9} {:<20} {:<20} {}",
             d.id,
@@ -54,7 +66,10 @@ pub fn runs_list(runs: &[Run], json: bool) -> anyhow::Result<()> {
         println!("no runs yet");
         return Ok(());
     }
-    println!("{:<36} {:<20} {:<14} {:<8} {:<11} REASON", "RUN", "RECEIVED", "SERVICE", "STATUS", "OUTCOME");
+    println!(
+        "{:<36} {:<20} {:<14} {:<8} {:<11} REASON",
+        "RUN", "RECEIVED", "SERVICE", "STATUS", "OUTCOME"
+    );
     for r in runs {
         println!(
             "{:<36} {:<20} {:<14} {:<8} {:<11} {}",
@@ -83,15 +98,44 @@ pub fn explain(d: &RunDetail) -> String {
     let r = &d.run;
     let mut out = String::new();
     let _ = writeln!(out, "run {}  ({})", r.id, r.status);
-    let _ = writeln!(out, "alert      {} `{}` received {}", d.dedup_key, d.action, time(Some(r.created_at_ms)));
-    let _ = writeln!(out, "service    {}", r.service.as_deref().unwrap_or("(unmapped)"));
-    let _ = writeln!(out, "outcome    {}: {}", r.outcome.as_deref().unwrap_or("(undecided)"), r.reason.as_deref().unwrap_or("-"));
-    if let Some(decision) = r.decision.as_ref().and_then(|v| serde_json::from_value::<Decision>(v.clone()).ok()) {
+    let _ = writeln!(
+        out,
+        "alert      {} `{}` received {}",
+        d.dedup_key,
+        d.action,
+        time(Some(r.created_at_ms))
+    );
+    let _ = writeln!(
+        out,
+        "service    {}",
+        r.service.as_deref().unwrap_or("(unmapped)")
+    );
+    let _ = writeln!(
+        out,
+        "outcome    {}: {}",
+        r.outcome.as_deref().unwrap_or("(undecided)"),
+        r.reason.as_deref().unwrap_or("-")
+    );
+    if let Some(decision) = r
+        .decision
+        .as_ref()
+        .and_then(|v| serde_json::from_value::<Decision>(v.clone()).ok())
+    {
         if let Some(live) = &decision.live {
-            let _ = writeln!(out, "live       {} (release {})", live.id, live.release.as_deref().unwrap_or("?"));
+            let _ = writeln!(
+                out,
+                "live       {} (release {})",
+                live.id,
+                live.release.as_deref().unwrap_or("?")
+            );
         }
         if let Some(target) = &decision.target {
-            let _ = writeln!(out, "target     {} (release {})", target.id, target.release.as_deref().unwrap_or("?"));
+            let _ = writeln!(
+                out,
+                "target     {} (release {})",
+                target.id,
+                target.release.as_deref().unwrap_or("?")
+            );
         }
         let _ = writeln!(out, "checks");
         for c in &decision.checks {
@@ -101,14 +145,40 @@ pub fn explain(d: &RunDetail) -> String {
     }
     let _ = writeln!(out, "steps");
     for s in &d.steps {
-        let _ = writeln!(out, "  {:<9} {:<10} attempts {}  finished {}", s.name, s.status, s.attempts, time(s.finished_at_ms));
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<10} attempts {}  finished {}",
+            s.name,
+            s.status,
+            s.attempts,
+            time(s.finished_at_ms)
+        );
         if let Some(err) = &s.error {
-            let _ = writeln!(out, "            error: {}", err.get("message").and_then(|m| m.as_str()).unwrap_or("?"));
+            let _ = writeln!(
+                out,
+                "            error: {}",
+                err.get("message").and_then(|m| m.as_str()).unwrap_or("?")
+            );
         }
         for a in d.attempts.iter().filter(|a| a.step == s.name) {
-            let took = a.finished_at_ms.map(|f| format!("{} ms", f - a.started_at_ms)).unwrap_or_else(|| "unfinished".into());
-            let err = a.error.as_ref().and_then(|e| e.get("message")).and_then(|m| m.as_str()).unwrap_or("");
-            let _ = writeln!(out, "      #{} {:<9} {:<10} {}", a.attempt, a.outcome.as_deref().unwrap_or("in flight"), took, err);
+            let took = a
+                .finished_at_ms
+                .map(|f| format!("{} ms", f - a.started_at_ms))
+                .unwrap_or_else(|| "unfinished".into());
+            let err = a
+                .error
+                .as_ref()
+                .and_then(|e| e.get("message"))
+                .and_then(|m| m.as_str())
+                .unwrap_or("");
+            let _ = writeln!(
+                out,
+                "      #{} {:<9} {:<10} {}",
+                a.attempt,
+                a.outcome.as_deref().unwrap_or("in flight"),
+                took,
+                err
+            );
         }
     }
     out

@@ -18,7 +18,8 @@ impl Engine {
         let finished = self
             .attempt_loop(run, "decide", deadline, false, || async {
                 let decision = self.decide_once(claimed).await?;
-                serde_json::to_value(&decision).map_err(|e| StepError::fatal("internal", e.to_string()))
+                serde_json::to_value(&decision)
+                    .map_err(|e| StepError::fatal("internal", e.to_string()))
             })
             .await?;
         let decision: Decision = match finished {
@@ -34,9 +35,14 @@ impl Engine {
     }
 
     async fn decide_once(&self, claimed: &ClaimedRun) -> Result<Decision, StepError> {
-        let resource = Resource::from_header(&claimed.resource)
-            .ok_or_else(|| StepError::fatal("bad_resource", format!("unknown resource {}", claimed.resource)))?;
-        let alert = sentry::parse(resource, claimed.body.as_bytes()).map_err(|e| StepError::fatal("malformed", e.to_string()))?;
+        let resource = Resource::from_header(&claimed.resource).ok_or_else(|| {
+            StepError::fatal(
+                "bad_resource",
+                format!("unknown resource {}", claimed.resource),
+            )
+        })?;
+        let alert = sentry::parse(resource, claimed.body.as_bytes())
+            .map_err(|e| StepError::fatal("malformed", e.to_string()))?;
         let services = &self.settings().services;
         let now = now_ms();
         let history = match policy::map_service(&alert, services) {
@@ -59,37 +65,73 @@ impl Engine {
         if decision.outcome != Outcome::NeedsProductionState {
             return Ok(decision);
         }
-        let svc = policy::map_service(&alert, services).ok_or_else(|| StepError::fatal("internal", "unmapped after mapping"))?;
+        let svc = policy::map_service(&alert, services)
+            .ok_or_else(|| StepError::fatal("internal", "unmapped after mapping"))?;
         let production = self.production_state(svc).await?;
         inputs.production = Some(&production);
         Ok(policy::decide(inputs))
     }
 
     /// Which deployment every production domain serves now.
-    pub(crate) async fn production_state(&self, svc: &ServiceSettings) -> Result<Vec<DomainTarget>, StepError> {
+    pub(crate) async fn production_state(
+        &self,
+        svc: &ServiceSettings,
+    ) -> Result<Vec<DomainTarget>, StepError> {
         let vercel = self.vercel().map_err(|e| *e)?;
         let mut out = Vec::with_capacity(svc.domains.len());
         for domain in &svc.domains {
             let deployment_id = vercel.alias_target(domain).await?;
-            out.push(DomainTarget { domain: domain.clone(), deployment_id });
+            out.push(DomainTarget {
+                domain: domain.clone(),
+                deployment_id,
+            });
         }
         Ok(out)
     }
 
+    /// The steps an outcome calls for, given what is configured.
+    fn steps_for(&self, d: &Decision) -> Vec<String> {
+        let settings = self.settings();
+        let Some(svc) = d.service.as_deref().and_then(|s| settings.service(s)) else {
+            return vec![];
+        };
+        let (page, announce) = match d.outcome {
+            Outcome::Rollback | Outcome::Escalate => (true, true),
+            Outcome::DryRun => (svc.page_on_dry_run, true),
+            Outcome::Resolution => (svc.resolve_on_recovery, true),
+            // Critical alerts for a mapped service that were not acted on.
+            Outcome::Skip => (false, svc.announce_skips && matches!(d.rule, 6..=8)),
+            Outcome::NeedsProductionState => (false, false),
+        };
+        let mut steps = Vec::new();
+        if d.outcome == Outcome::Rollback {
+            steps.push("rollback".to_string());
+        }
+        if page && settings.pagerduty.enabled() {
+            steps.push("page".into());
+        }
+        if announce && settings.slack.enabled() {
+            steps.push("announce".into());
+        }
+        steps
+    }
+
     pub(crate) fn vercel(&self) -> Result<&crate::providers::vercel::VercelClient, Box<StepError>> {
-        self.inner
-            .vercel
-            .as_ref()
-            .ok_or_else(|| Box::new(StepError::fatal("not_configured", "vercel.token is not configured")))
+        self.inner.providers.vercel.as_ref().ok_or_else(|| {
+            Box::new(StepError::fatal(
+                "not_configured",
+                "vercel.token is not configured",
+            ))
+        })
     }
 
     fn record(&self, d: &Decision) -> DecisionRecord {
-        let steps: Vec<String> = match d.outcome {
-            Outcome::Rollback => vec!["rollback".into()],
-            _ => vec![],
-        };
+        let steps = self.steps_for(d);
         let (from, to) = match d.outcome {
-            Outcome::Rollback | Outcome::DryRun => (d.live.as_ref().map(|l| l.id.clone()), d.target.as_ref().map(|t| t.id.clone())),
+            Outcome::Rollback | Outcome::DryRun => (
+                d.live.as_ref().map(|l| l.id.clone()),
+                d.target.as_ref().map(|t| t.id.clone()),
+            ),
             _ => (None, None),
         };
         DecisionRecord {
@@ -97,9 +139,16 @@ impl Engine {
             outcome: d.outcome.as_str().into(),
             reason: d.reason.clone(),
             detail: serde_json::to_value(d).unwrap_or(Value::Null),
-            rollback_from: if d.outcome == Outcome::Rollback { from } else { None },
+            rollback_from: if d.outcome == Outcome::Rollback {
+                from
+            } else {
+                None
+            },
             rollback_to: to,
-            alerted_live: d.alert_hit_live().then(|| d.live.as_ref().map(|l| l.id.clone())).flatten(),
+            alerted_live: d
+                .alert_hit_live()
+                .then(|| d.live.as_ref().map(|l| l.id.clone()))
+                .flatten(),
             steps,
         }
     }
@@ -117,6 +166,11 @@ fn unreadable(claimed: &ClaimedRun, e: &StepError) -> Decision {
         live: None,
         target: None,
         alert_started_at_ms: None,
-        checks: vec![policy::Check { rule: 5, name: "facts readable".into(), passed: false, detail: json!(e.envelope()).to_string() }],
+        checks: vec![policy::Check {
+            rule: 5,
+            name: "facts readable".into(),
+            passed: false,
+            detail: json!(e.envelope()).to_string(),
+        }],
     }
 }

@@ -7,6 +7,7 @@
 //! unfinished step.
 
 mod decide;
+mod notify;
 mod rollback;
 mod step;
 
@@ -19,7 +20,22 @@ use crate::config::Settings;
 use crate::ledger::{run_status, step_status, ClaimedRun, Store, StoreError};
 use crate::providers::vercel::VercelClient;
 
+pub use notify::dedup_key;
 pub use step::StepError;
+
+use crate::providers::pagerduty::PagerDutyClient;
+use crate::providers::slack::SlackClient;
+
+/// The provider clients the engine calls; `None` where not configured.
+#[derive(Clone, Default)]
+pub struct Providers {
+    /// Vercel (rollback, live state).
+    pub vercel: Option<VercelClient>,
+    /// PagerDuty (page).
+    pub pagerduty: Option<PagerDutyClient>,
+    /// Slack (announce).
+    pub slack: Option<SlackClient>,
+}
 
 /// Why a run could not be worked on now.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +58,28 @@ pub struct Engine {
 struct Inner {
     store: Store,
     settings: Arc<Settings>,
-    vercel: Option<VercelClient>,
+    providers: Providers,
     worker: String,
     wake: Notify,
 }
 
 impl Engine {
     /// An engine for this process.
-    pub fn new(store: Store, settings: Arc<Settings>, vercel: Option<VercelClient>) -> Self {
-        let worker = format!("{}-{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        Self { inner: Arc::new(Inner { store, settings, vercel, worker, wake: Notify::new() }) }
+    pub fn new(store: Store, settings: Arc<Settings>, providers: Providers) -> Self {
+        let worker = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                providers,
+                worker,
+                wake: Notify::new(),
+            }),
+        }
     }
 
     /// The store behind the engine.
@@ -77,7 +105,11 @@ impl Engine {
     /// Works until no run is claimable; returns how many runs it worked on.
     pub async fn run_until_idle(&self) -> Result<usize, EngineError> {
         let mut worked = 0;
-        while let Some(claimed) = self.store().claim_run(self.worker_id(), self.lease()).await? {
+        while let Some(claimed) = self
+            .store()
+            .claim_run(self.worker_id(), self.lease())
+            .await?
+        {
             self.process(claimed).await?;
             worked += 1;
         }
@@ -114,9 +146,15 @@ impl Engine {
         let run = claimed.run.id.clone();
         let service = claimed.run.service.clone();
         if let Some(service) = &service {
-            if !self.store().claim_service(service, &run, self.lease()).await? {
+            if !self
+                .store()
+                .claim_service(service, &run, self.lease())
+                .await?
+            {
                 // Another run of this service is deciding or rolling back.
-                self.store().defer_run(&run, self.worker_id(), Duration::from_millis(200)).await?;
+                self.store()
+                    .defer_run(&run, self.worker_id(), Duration::from_millis(200))
+                    .await?;
                 return Ok(());
             }
         }
@@ -130,33 +168,49 @@ impl Engine {
     async fn process_claimed(&self, claimed: &ClaimedRun) -> Result<(), EngineError> {
         let run = &claimed.run.id;
         let steps = self.store().steps(run).await?;
-        if steps.iter().any(|s| s.name == "decide" && s.status == step_status::PENDING) {
+        if steps
+            .iter()
+            .any(|s| s.name == "decide" && s.status == step_status::PENDING)
+        {
             self.decide(claimed).await?;
         }
         let steps = self.store().steps(run).await?;
-        let mut failed = false;
-        for s in steps.iter().filter(|s| s.name != "decide") {
-            if s.status == step_status::PENDING {
-                failed |= !self.execute(claimed, &s.name).await?;
-            } else {
-                failed |= s.status == step_status::FAILED;
-            }
+        let pending = |name: &str| {
+            steps
+                .iter()
+                .any(|s| s.name == name && s.status == step_status::PENDING)
+        };
+        let mut ok = true;
+        if pending("rollback") {
+            ok &= self.rollback(claimed).await?;
         }
-        let status = if failed { run_status::FAILED } else { run_status::DONE };
+        // Page and announce side by side, after the rollback.
+        let (paged, announced) = tokio::join!(
+            async {
+                if pending("page") {
+                    self.page(claimed).await
+                } else {
+                    Ok(true)
+                }
+            },
+            async {
+                if pending("announce") {
+                    self.announce(claimed).await
+                } else {
+                    Ok(true)
+                }
+            },
+        );
+        ok &= paged? & announced?;
+        let steps = self.store().steps(run).await?;
+        let failed = !ok || steps.iter().any(|s| s.status == step_status::FAILED);
+        let status = if failed {
+            run_status::FAILED
+        } else {
+            run_status::DONE
+        };
         self.store().finish_run(run, status).await?;
         tracing::info!(status, "run finished");
         Ok(())
-    }
-
-    /// Runs one named step; false when it failed for good.
-    async fn execute(&self, claimed: &ClaimedRun, step: &str) -> Result<bool, EngineError> {
-        match step {
-            "rollback" => self.rollback(claimed).await,
-            other => {
-                let err = StepError::fatal("unknown_step", format!("no executor for step `{other}`"));
-                self.store().finish_step(&claimed.run.id, other, step_status::FAILED, None, Some(&err.envelope())).await?;
-                Ok(false)
-            }
-        }
     }
 }

@@ -21,11 +21,19 @@ impl Engine {
         let run = &claimed.run.id;
         // The decision is stored on the run; re-read it (we may be resuming).
         let detail = self.store().run_detail(run).await?.run;
-        let (Some(service), Some(from), Some(to)) = (detail.service.clone(), detail.rollback_from.clone(), detail.rollback_to.clone()) else {
-            return Err(EngineError::Store(StoreError::Corrupt(format!("run {run} has no rollback target"))));
+        let (Some(service), Some(from), Some(to)) = (
+            detail.service.clone(),
+            detail.rollback_from.clone(),
+            detail.rollback_to.clone(),
+        ) else {
+            return Err(EngineError::Store(StoreError::Corrupt(format!(
+                "run {run} has no rollback target"
+            ))));
         };
         let Some(svc) = self.settings().service(&service).cloned() else {
-            return Err(EngineError::Store(StoreError::Corrupt(format!("service {service} is no longer configured"))));
+            return Err(EngineError::Store(StoreError::Corrupt(format!(
+                "service {service} is no longer configured"
+            ))));
         };
         let deadline = self.settings().engine.rollback_deadline;
         let received = claimed.received_at_ms;
@@ -48,19 +56,40 @@ impl Engine {
         match finished {
             Finished::Succeeded(output) => {
                 store.complete_rollback(&service, &from, &to, run).await?;
-                store.finish_step(run, "rollback", crate::ledger::step_status::SUCCEEDED, Some(&output), None).await?;
+                store
+                    .finish_step(
+                        run,
+                        "rollback",
+                        crate::ledger::step_status::SUCCEEDED,
+                        Some(&output),
+                        None,
+                    )
+                    .await?;
                 tracing::info!(from, to, "rollback verified");
                 Ok(true)
             }
             Finished::Failed(e) => {
-                store.finish_step(run, "rollback", crate::ledger::step_status::FAILED, None, Some(&e.envelope())).await?;
+                store
+                    .finish_step(
+                        run,
+                        "rollback",
+                        crate::ledger::step_status::FAILED,
+                        None,
+                        Some(&e.envelope()),
+                    )
+                    .await?;
                 tracing::error!(from, to, error = %e, "rollback failed: manual action needed");
                 Ok(false)
             }
         }
     }
 
-    async fn move_production(&self, svc: &ServiceSettings, to: &str, run: String) -> Result<(), StepError> {
+    async fn move_production(
+        &self,
+        svc: &ServiceSettings,
+        to: &str,
+        run: String,
+    ) -> Result<(), StepError> {
         let vercel = self.vercel().map_err(|e| *e)?;
         match svc.strategy {
             Strategy::Alias => {
@@ -72,11 +101,16 @@ impl Engine {
             Strategy::VercelRollback => {
                 let job = vercel.last_alias_request(&svc.vercel_project).await?;
                 let under_way = job.as_ref().is_some_and(|j| {
-                    j.to_deployment_id.as_deref() == Some(to) && j.job_status != "failed" && j.job_status != "skipped"
+                    j.to_deployment_id.as_deref() == Some(to)
+                        && j.job_status != "failed"
+                        && j.job_status != "skipped"
                 });
                 if !under_way {
-                    let description = format!("backstop run {run}: crash-free rate below threshold");
-                    vercel.request_rollback(&svc.vercel_project, to, &description).await?;
+                    let description =
+                        format!("backstop run {run}: crash-free rate below threshold");
+                    vercel
+                        .request_rollback(&svc.vercel_project, to, &description)
+                        .await?;
                 }
                 self.follow_job(svc, to).await
             }
@@ -91,12 +125,28 @@ impl Engine {
         loop {
             let job = vercel.last_alias_request(&svc.vercel_project).await?;
             match job {
-                Some(j) if j.to_deployment_id.as_deref() == Some(to) && j.job_status == "succeeded" => return Ok(()),
-                Some(j) if j.to_deployment_id.as_deref() == Some(to) && (j.job_status == "failed" || j.job_status == "skipped") => {
-                    return Err(StepError::fatal("rollback_job_failed", format!("Vercel rollback job to {to} ended `{}`", j.job_status)));
+                Some(j)
+                    if j.to_deployment_id.as_deref() == Some(to) && j.job_status == "succeeded" =>
+                {
+                    return Ok(())
+                }
+                Some(j)
+                    if j.to_deployment_id.as_deref() == Some(to)
+                        && (j.job_status == "failed" || j.job_status == "skipped") =>
+                {
+                    return Err(StepError::fatal(
+                        "rollback_job_failed",
+                        format!("Vercel rollback job to {to} ended `{}`", j.job_status),
+                    ));
                 }
                 _ if started.elapsed() >= JOB_WAIT => {
-                    return Err(StepError::retryable("rollback_job_pending", format!("Vercel rollback job to {to} not finished after {}s", JOB_WAIT.as_secs())));
+                    return Err(StepError::retryable(
+                        "rollback_job_pending",
+                        format!(
+                            "Vercel rollback job to {to} not finished after {}s",
+                            JOB_WAIT.as_secs()
+                        ),
+                    ));
                 }
                 _ => {
                     tokio::time::sleep(wait).await;
@@ -112,11 +162,23 @@ impl Engine {
         let wrong: Vec<String> = production
             .iter()
             .filter(|p| p.deployment_id.as_deref() != Some(to))
-            .map(|p| format!("{} serves {}", p.domain, p.deployment_id.as_deref().unwrap_or("nothing")))
+            .map(|p| {
+                format!(
+                    "{} serves {}",
+                    p.domain,
+                    p.deployment_id.as_deref().unwrap_or("nothing")
+                )
+            })
             .collect();
         if !wrong.is_empty() {
-            return Err(StepError::retryable("not_verified", format!("production did not move to {to}: {}", wrong.join(", "))));
+            return Err(StepError::retryable(
+                "not_verified",
+                format!("production did not move to {to}: {}", wrong.join(", ")),
+            ));
         }
-        Ok(production.iter().map(|p| json!({"domain": p.domain, "deployment": p.deployment_id})).collect())
+        Ok(production
+            .iter()
+            .map(|p| json!({"domain": p.domain, "deployment": p.deployment_id}))
+            .collect())
     }
 }

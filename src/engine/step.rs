@@ -29,12 +29,22 @@ pub struct StepError {
 impl StepError {
     /// An error no retry will fix.
     pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), retryable: false, retry_after: None }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
     }
 
     /// An error worth another attempt.
     pub fn retryable(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), retryable: true, retry_after: None }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+        }
     }
 
     /// The stored envelope `{code, message, retryable}`.
@@ -46,7 +56,12 @@ impl StepError {
 impl From<ProviderError> for StepError {
     fn from(e: ProviderError) -> Self {
         let env = e.envelope();
-        Self { code: env.code, message: env.message, retryable: env.retryable, retry_after: e.retry_after() }
+        Self {
+            code: env.code,
+            message: env.message,
+            retryable: env.retryable,
+            retry_after: e.retry_after(),
+        }
     }
 }
 
@@ -58,7 +73,10 @@ pub(crate) enum Finished {
     Failed(StepError),
 }
 
-const STEP_BACKOFF: Backoff = Backoff { base: Duration::from_millis(500), max: Duration::from_secs(30) };
+const STEP_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+};
 
 impl Engine {
     /// Runs `attempt` until it succeeds, fails fatally, or `deadline` passes.
@@ -88,7 +106,9 @@ impl Engine {
                 Ok(output) => {
                     store.finish_attempt(run, step, n, "ok", None).await?;
                     if finish {
-                        store.finish_step(run, step, step_status::SUCCEEDED, Some(&output), None).await?;
+                        store
+                            .finish_step(run, step, step_status::SUCCEEDED, Some(&output), None)
+                            .await?;
                     }
                     return Ok(Finished::Succeeded(output));
                 }
@@ -97,11 +117,21 @@ impl Engine {
                     let wait = STEP_BACKOFF.delay((n - 1).clamp(0, 16) as u32, e.retry_after);
                     let retry = e.retryable && elapsed + wait < deadline;
                     let outcome = if e.retryable { "retryable" } else { "fatal" };
-                    store.finish_attempt(run, step, n, outcome, Some(&e.envelope())).await?;
+                    store
+                        .finish_attempt(run, step, n, outcome, Some(&e.envelope()))
+                        .await?;
                     if !retry {
                         tracing::warn!(step, attempt = n, error = %e, "step failed");
                         if finish {
-                            store.finish_step(run, step, step_status::FAILED, None, Some(&e.envelope())).await?;
+                            store
+                                .finish_step(
+                                    run,
+                                    step,
+                                    step_status::FAILED,
+                                    None,
+                                    Some(&e.envelope()),
+                                )
+                                .await?;
                         }
                         return Ok(Finished::Failed(e));
                     }

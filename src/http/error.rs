@@ -29,9 +29,18 @@ impl IntoResponse for ApiError {
         let (status, message) = match &self {
             ApiError::Ingest(IngestError::Malformed(m)) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::Ingest(e) => (StatusCode::UNAUTHORIZED, e.to_string()),
-            ApiError::Store(StoreError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable, retry later".into()),
-            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "could not store the event, retry later".into()),
-            ApiError::NotConfigured(key) => (StatusCode::SERVICE_UNAVAILABLE, format!("{key} is not configured")),
+            ApiError::Store(StoreError::Unavailable(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable, retry later".into(),
+            ),
+            ApiError::Store(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not store the event, retry later".into(),
+            ),
+            ApiError::NotConfigured(key) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{key} is not configured"),
+            ),
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");

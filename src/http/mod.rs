@@ -50,24 +50,48 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 #[tracing::instrument(skip_all, fields(resource, request_id))]
-async fn sentry_webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+async fn sentry_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let span = tracing::Span::current();
     span.record("request_id", header(&headers, "request-id").unwrap_or("-"));
     let settings = &state.settings;
-    let secret = settings.sentry.client_secret.as_ref().ok_or(ApiError::NotConfigured("sentry.client_secret"))?;
-    let signature = header(&headers, "sentry-hook-signature").ok_or(IngestError::MissingSignature)?;
-    if !signature::verify(signature::Digest::Sha256, secret.expose_secret().as_bytes(), &body, signature) {
+    let secret = settings
+        .sentry
+        .client_secret
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("sentry.client_secret"))?;
+    let signature =
+        header(&headers, "sentry-hook-signature").ok_or(IngestError::MissingSignature)?;
+    if !signature::verify(
+        signature::Digest::Sha256,
+        secret.expose_secret().as_bytes(),
+        &body,
+        signature,
+    ) {
         return Err(IngestError::BadSignature.into());
     }
     let now = now_ms();
-    ingest::check_timestamp(header(&headers, "sentry-hook-timestamp"), now, settings.sentry.timestamp_tolerance)?;
+    ingest::check_timestamp(
+        header(&headers, "sentry-hook-timestamp"),
+        now,
+        settings.sentry.timestamp_tolerance,
+    )?;
     let resource_name = header(&headers, "sentry-hook-resource").unwrap_or("");
     span.record("resource", resource_name);
     let Some(resource) = sentry::Resource::from_header(resource_name) else {
-        return Ok((StatusCode::OK, Json(json!({"status": "ignored", "reason": format!("resource `{resource_name}` is not an alert")}))));
+        return Ok((
+            StatusCode::OK,
+            Json(
+                json!({"status": "ignored", "reason": format!("resource `{resource_name}` is not an alert")}),
+            ),
+        ));
     };
     let alert = sentry::parse(resource, &body)?;
-    let text = std::str::from_utf8(&body).map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
     let service = policy::map_service(&alert, &settings.services).map(|s| s.name.clone());
     let new = NewAlert {
         dedup_key: alert.dedup_key(),
@@ -81,29 +105,54 @@ async fn sentry_webhook(State(state): State<AppState>, headers: HeaderMap, body:
         Ingested::Stored(run) => {
             state.engine.wake();
             tracing::info!(run.id = %run, key = %new.dedup_key, "alert stored");
-            Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "run": run}))))
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"status": "accepted", "run": run})),
+            ))
         }
         Ingested::Duplicate(run) => {
             tracing::info!(run.id = %run, key = %new.dedup_key, "duplicate alert");
-            Ok((StatusCode::OK, Json(json!({"status": "duplicate", "run": run}))))
+            Ok((
+                StatusCode::OK,
+                Json(json!({"status": "duplicate", "run": run})),
+            ))
         }
     }
 }
 
 #[tracing::instrument(skip_all)]
-async fn vercel_webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+async fn vercel_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let settings = &state.settings;
-    let secret = settings.vercel.webhook_secret.as_ref().ok_or(ApiError::NotConfigured("vercel.webhook_secret"))?;
+    let secret = settings
+        .vercel
+        .webhook_secret
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("vercel.webhook_secret"))?;
     let signature = header(&headers, "x-vercel-signature").ok_or(IngestError::MissingSignature)?;
-    if !signature::verify(signature::Digest::Sha1, secret.expose_secret().as_bytes(), &body, signature) {
+    if !signature::verify(
+        signature::Digest::Sha1,
+        secret.expose_secret().as_bytes(),
+        &body,
+        signature,
+    ) {
         return Err(IngestError::BadSignature.into());
     }
     let Some(event) = vercel::parse(&body)? else {
-        return Ok((StatusCode::OK, Json(json!({"result": "ignored", "why": "not a deployment event"}))));
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"result": "ignored", "why": "not a deployment event"})),
+        ));
     };
     let applied = feed::apply_vercel_event(state.engine.store(), settings, &event).await?;
     tracing::info!(kind = %event.kind, deployment = %event.deployment_id, ?applied, "vercel event");
-    Ok((StatusCode::OK, Json(serde_json::to_value(&applied).unwrap_or_default())))
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::to_value(&applied).unwrap_or_default()),
+    ))
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -112,8 +161,14 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unavailable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "store unavailable"})),
+            )
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store timed out"}))),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "store timed out"})),
+        ),
     }
 }

@@ -24,11 +24,18 @@ pub enum IngestError {
 }
 
 /// Checks `Sentry-Hook-Timestamp` (Unix seconds) against `now` within `tolerance`.
-pub fn check_timestamp(header: Option<&str>, now_ms: i64, tolerance: std::time::Duration) -> Result<(), IngestError> {
+pub fn check_timestamp(
+    header: Option<&str>,
+    now_ms: i64,
+    tolerance: std::time::Duration,
+) -> Result<(), IngestError> {
     let secs: i64 = header
         .and_then(|h| h.trim().parse::<i64>().ok())
         .ok_or(IngestError::StaleTimestamp)?;
-    let skew_ms = secs.saturating_mul(1000).saturating_sub(now_ms).unsigned_abs();
+    let skew_ms = secs
+        .saturating_mul(1000)
+        .saturating_sub(now_ms)
+        .unsigned_abs();
     if u128::from(skew_ms) > tolerance.as_millis() {
         return Err(IngestError::StaleTimestamp);
     }

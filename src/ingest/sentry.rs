@@ -69,7 +69,10 @@ impl Alert {
             Resource::MetricAlert => "metric_alert",
             Resource::EventAlert => "event_alert",
         };
-        format!("{resource}:{}:{}:{}", self.rule_id, self.identifier, self.action)
+        format!(
+            "{resource}:{}:{}:{}",
+            self.rule_id, self.identifier, self.action
+        )
     }
 
     /// True when the rule measures a crash-free session or user rate.
@@ -85,13 +88,15 @@ impl Alert {
 
     /// True for a fresh critical signal (`critical`, or an issue alert firing).
     pub fn is_critical(&self) -> bool {
-        self.action == "critical" || (self.resource == Resource::EventAlert && self.action == "triggered")
+        self.action == "critical"
+            || (self.resource == Resource::EventAlert && self.action == "triggered")
     }
 }
 
 /// Parses a verified body. Fails only when a required field is missing.
 pub fn parse(resource: Resource, body: &[u8]) -> Result<Alert, IngestError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("body is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| IngestError::Malformed(format!("body is not JSON: {e}")))?;
     let action = str_at(&v, &["action"]).ok_or_else(|| missing("action"))?;
     if !v.get("installation").is_some_and(Value::is_object) {
         return Err(missing("installation"));
@@ -104,10 +109,14 @@ pub fn parse(resource: Resource, body: &[u8]) -> Result<Alert, IngestError> {
 
 fn parse_metric(v: &Value, action: String) -> Result<Alert, IngestError> {
     let data = v.get("data").ok_or_else(|| missing("data"))?;
-    let incident = data.get("metric_alert").ok_or_else(|| missing("data.metric_alert"))?;
+    let incident = data
+        .get("metric_alert")
+        .ok_or_else(|| missing("data.metric_alert"))?;
     let rule = incident.get("alert_rule").unwrap_or(&Value::Null);
-    let identifier = str_at(incident, &["identifier"]).ok_or_else(|| missing("data.metric_alert.identifier"))?;
-    let rule_id = str_at(rule, &["id"]).ok_or_else(|| missing("data.metric_alert.alert_rule.id"))?;
+    let identifier =
+        str_at(incident, &["identifier"]).ok_or_else(|| missing("data.metric_alert.identifier"))?;
+    let rule_id =
+        str_at(rule, &["id"]).ok_or_else(|| missing("data.metric_alert.alert_rule.id"))?;
     let mut projects = strings(incident.get("projects"));
     if projects.is_empty() {
         projects = strings(rule.get("projects"));
@@ -139,7 +148,8 @@ fn parse_event(v: &Value, action: String) -> Result<Alert, IngestError> {
     let identifier = str_at(event, &["issue_id"])
         .or_else(|| str_at(event, &["event_id"]))
         .ok_or_else(|| missing("data.event.issue_id"))?;
-    let rule_id = str_at(data, &["triggered_rule"]).ok_or_else(|| missing("data.triggered_rule"))?;
+    let rule_id =
+        str_at(data, &["triggered_rule"]).ok_or_else(|| missing("data.triggered_rule"))?;
     let project = str_at(event, &["url"]).and_then(|u| project_from_event_url(&u));
     let environment = str_at(event, &["environment"]).or_else(|| tag(event, "environment"));
     Ok(Alert {
@@ -179,7 +189,11 @@ fn str_at(v: &Value, path: &[&str]) -> Option<String> {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -215,6 +229,17 @@ fn number(v: &Value) -> Option<f64> {
 fn leading_percent(text: &str) -> Option<f64> {
     let (num, _) = text.trim_start().split_once('%')?;
     num.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+/// Unix ms to RFC 3339 (empty when out of range).
+pub fn format_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// RFC 3339 / ISO 8601 to Unix ms; `None` when malformed.
@@ -278,7 +303,11 @@ mod tests {
 
     #[test]
     fn reads_rate_threshold_and_numeric_ids() {
-        let a = parse(Resource::MetricAlert, crash_alert("2025-07-14T11:41:32.000000Z").as_bytes()).unwrap();
+        let a = parse(
+            Resource::MetricAlert,
+            crash_alert("2025-07-14T11:41:32.000000Z").as_bytes(),
+        )
+        .unwrap();
         assert!(a.is_crash_free_rate() && a.is_critical());
         assert_eq!(a.threshold, Some(99.5));
         assert_eq!(a.measured, Some(92.1));
@@ -289,7 +318,12 @@ mod tests {
 
     #[test]
     fn malformed_dates_become_unknown_not_errors() {
-        for bad in ["2025-07-14T11:41:32+053096Z", "yesterday", "", "9999999999999999-01-01T00:00:00Z"] {
+        for bad in [
+            "2025-07-14T11:41:32+053096Z",
+            "yesterday",
+            "",
+            "9999999999999999-01-01T00:00:00Z",
+        ] {
             let a = parse(Resource::MetricAlert, crash_alert(bad).as_bytes()).unwrap();
             assert_eq!(a.started_at_ms, None, "{bad}");
         }
@@ -302,7 +336,11 @@ mod tests {
         assert!(err.to_string().contains("identifier"), "{err}");
         let err = parse(Resource::MetricAlert, br#"{"installation":{}}"#).unwrap_err();
         assert!(err.to_string().contains("action"), "{err}");
-        let err = parse(Resource::MetricAlert, br#"{"action":["critical"],"installation":{}}"#).unwrap_err();
+        let err = parse(
+            Resource::MetricAlert,
+            br#"{"action":["critical"],"installation":{}}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("action"), "{err}");
     }
 }

@@ -66,8 +66,16 @@ mod tests {
     fn sha256_matches_a_known_vector() {
         // RFC 4231 test case 2.
         let sig = sign(Digest::Sha256, b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(sig, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        assert!(verify(Digest::Sha256, b"Jefe", b"what do ya want for nothing?", &sig));
+        assert_eq!(
+            sig,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(verify(
+            Digest::Sha256,
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &sig
+        ));
     }
 
     #[test]
@@ -86,7 +94,17 @@ mod tests {
         assert!(!verify(Digest::Sha256, b"k", body, &good[..63]));
         assert!(!verify(Digest::Sha256, b"k", body, ""));
         assert!(!verify(Digest::Sha256, b"other", body, &good));
-        assert!(!verify(Digest::Sha256, b"k", br#"{"action":"resolved"}"#, &good));
-        assert!(!verify(Digest::Sha256, b"k", body, &format!("sha256={good}")));
+        assert!(!verify(
+            Digest::Sha256,
+            b"k",
+            br#"{"action":"resolved"}"#,
+            &good
+        ));
+        assert!(!verify(
+            Digest::Sha256,
+            b"k",
+            body,
+            &format!("sha256={good}")
+        ));
     }
 }

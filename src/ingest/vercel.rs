@@ -30,24 +30,32 @@ pub struct DeploymentEvent {
 impl DeploymentEvent {
     /// The release under `key` in `meta` (default `githubCommitSha`).
     pub fn release(&self, key: &str) -> Option<String> {
-        self.meta.get(key).and_then(Value::as_str).map(str::to_owned)
+        self.meta
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 }
 
 /// Parses a verified body. `Ok(None)` for events that are not about a deployment.
 pub fn parse(body: &[u8]) -> Result<Option<DeploymentEvent>, IngestError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("body is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| IngestError::Malformed(format!("body is not JSON: {e}")))?;
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let kind = text(&v, "type").ok_or_else(|| IngestError::Malformed("missing field `type`".into()))?;
+    let kind =
+        text(&v, "type").ok_or_else(|| IngestError::Malformed("missing field `type`".into()))?;
     if !kind.starts_with("deployment.") {
         return Ok(None);
     }
-    let event_id = text(&v, "id").ok_or_else(|| IngestError::Malformed("missing field `id`".into()))?;
+    let event_id =
+        text(&v, "id").ok_or_else(|| IngestError::Malformed("missing field `id`".into()))?;
     let created_at_ms = v
         .get("createdAt")
         .and_then(Value::as_i64)
         .ok_or_else(|| IngestError::Malformed("missing or invalid field `createdAt`".into()))?;
-    let payload = v.get("payload").ok_or_else(|| IngestError::Malformed("missing field `payload`".into()))?;
+    let payload = v
+        .get("payload")
+        .ok_or_else(|| IngestError::Malformed("missing field `payload`".into()))?;
     let deployment = payload.get("deployment").unwrap_or(&Value::Null);
     let deployment_id = text(deployment, "id")
         .or_else(|| text(payload, "deploymentId"))
@@ -58,9 +66,16 @@ pub fn parse(body: &[u8]) -> Result<Option<DeploymentEvent>, IngestError> {
         created_at_ms,
         deployment_id,
         url: text(deployment, "url").or_else(|| text(payload, "url")),
-        project_id: payload.get("project").and_then(|p| text(p, "id")).or_else(|| text(payload, "projectId")),
+        project_id: payload
+            .get("project")
+            .and_then(|p| text(p, "id"))
+            .or_else(|| text(payload, "projectId")),
         target: text(payload, "target").or_else(|| text(deployment, "target")),
-        meta: deployment.get("meta").and_then(Value::as_object).cloned().unwrap_or_default(),
+        meta: deployment
+            .get("meta")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
     }))
 }
 
@@ -74,22 +89,32 @@ mod tests {
         let e = parse(body).unwrap().unwrap();
         assert_eq!(e.kind, "deployment.succeeded");
         assert_eq!(e.deployment_id, "dpl_12yAAMp54JKe1XxonMYqW4oWtK5K");
-        assert_eq!(e.project_id.as_deref(), Some("prj_vt57HZEY7iilPaJv71LcOVLcEiOp"));
+        assert_eq!(
+            e.project_id.as_deref(),
+            Some("prj_vt57HZEY7iilPaJv71LcOVLcEiOp")
+        );
         assert_eq!(e.target, None);
         assert_eq!(e.created_at_ms, 1698397685674);
-        assert_eq!(e.release("githubCommitSha").as_deref(), Some("d298272f30b0ece055912eb50739ce5106c3d716"));
+        assert_eq!(
+            e.release("githubCommitSha").as_deref(),
+            Some("d298272f30b0ece055912eb50739ce5106c3d716")
+        );
     }
 
     #[test]
     fn other_event_types_are_not_errors() {
-        assert_eq!(parse(br#"{"id":"1","type":"project.created","createdAt":1,"payload":{}}"#).unwrap(), None);
+        assert_eq!(
+            parse(br#"{"id":"1","type":"project.created","createdAt":1,"payload":{}}"#).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn missing_fields_are_named() {
         let err = parse(br#"{"id":"1","type":"deployment.promoted","payload":{}}"#).unwrap_err();
         assert!(err.to_string().contains("createdAt"));
-        let err = parse(br#"{"id":"1","type":"deployment.promoted","createdAt":1,"payload":{}}"#).unwrap_err();
+        let err = parse(br#"{"id":"1","type":"deployment.promoted","createdAt":1,"payload":{}}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("deployment.id"));
     }
 }

@@ -8,7 +8,11 @@ use sqlx::{AnyPool, Executor, Row};
 
 use super::*;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "ledger", include_str!("../../migrations/0001_ledger.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "ledger",
+    include_str!("../../migrations/0001_ledger.sql"),
+)];
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +38,11 @@ impl Store {
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let raw = url.expose_secret();
-        let backend = if raw.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let backend = if raw.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
         let mut url = raw.to_string();
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
         let options = match backend {
@@ -51,7 +59,9 @@ impl Store {
                     })
                 })
             }
-            Backend::Postgres => options.max_connections(max_connections.max(1)).min_connections(0),
+            Backend::Postgres => options
+                .max_connections(max_connections.max(1))
+                .min_connections(0),
         };
         let pool = options.connect(&url).await?;
         Ok(Self { pool, backend })
@@ -81,21 +91,24 @@ impl Store {
             .await?;
         let mut applied = Vec::new();
         for (version, name, sql) in MIGRATIONS {
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM backstop_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM backstop_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             if done.is_some() {
                 continue;
             }
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO backstop_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-                .bind(*version)
-                .bind(*name)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO backstop_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(*version)
+            .bind(*name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             applied.push(*version);
         }
@@ -164,9 +177,17 @@ impl Store {
     }
 
     /// Claims the oldest runnable run: pending, or running under a lapsed lease.
-    pub async fn claim_run(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedRun>, StoreError> {
+    pub async fn claim_run(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedRun>, StoreError> {
         let now = now_ms();
-        let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let lock = if self.backend == Backend::Postgres {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
         let sql = format!(
             "UPDATE runs SET status = 'running', claimed_by = $1, lease_until = $2
              WHERE id = (SELECT id FROM runs WHERE status IN ('pending', 'running') AND not_before <= $3
@@ -195,7 +216,12 @@ impl Store {
     }
 
     /// Extends this worker's lease on a run. False when the claim was lost.
-    pub async fn renew_run(&self, run: &RunId, worker: &str, lease: Duration) -> Result<bool, StoreError> {
+    pub async fn renew_run(
+        &self,
+        run: &RunId,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE runs SET lease_until = $1 WHERE id = $2 AND claimed_by = $3 AND status = 'running'")
             .bind(now_ms() + lease.as_millis() as i64)
             .bind(&run.0)
@@ -206,7 +232,12 @@ impl Store {
     }
 
     /// Hands a claimed run back, to be retried no earlier than `delay` from now.
-    pub async fn defer_run(&self, run: &RunId, worker: &str, delay: Duration) -> Result<(), StoreError> {
+    pub async fn defer_run(
+        &self,
+        run: &RunId,
+        worker: &str,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE runs SET lease_until = NULL, claimed_by = NULL, not_before = $1 WHERE id = $2 AND claimed_by = $3")
             .bind(now_ms() + delay.as_millis() as i64)
             .bind(&run.0)
@@ -217,7 +248,12 @@ impl Store {
     }
 
     /// Claims the right to decide and roll back `service` for `run`.
-    pub async fn claim_service(&self, service: &str, run: &RunId, lease: Duration) -> Result<bool, StoreError> {
+    pub async fn claim_service(
+        &self,
+        service: &str,
+        run: &RunId,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let holder: Option<String> = sqlx::query_scalar(
             "INSERT INTO service_claims (service, run_id, lease_until) VALUES ($1, $2, $3)
@@ -296,13 +332,15 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound(format!("step {step} of run {run}")))?;
         let attempt: i64 = row.try_get("attempts")?;
         let started: i64 = row.try_get("started_at")?;
-        sqlx::query("INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)")
-            .bind(&run.0)
-            .bind(step)
-            .bind(attempt)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&run.0)
+        .bind(step)
+        .bind(attempt)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok((attempt, started))
     }
@@ -351,12 +389,14 @@ impl Store {
 
     /// Finishes a run and drops its claim.
     pub async fn finish_run(&self, run: &RunId, status: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE runs SET status = $1, finished_at = $2, lease_until = NULL WHERE id = $3")
-            .bind(status)
-            .bind(now_ms())
-            .bind(&run.0)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE runs SET status = $1, finished_at = $2, lease_until = NULL WHERE id = $3",
+        )
+        .bind(status)
+        .bind(now_ms())
+        .bind(&run.0)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -373,10 +413,12 @@ impl Store {
 
     /// The newest runs first.
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1"))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(run_from_row).collect()
     }
 
@@ -412,21 +454,38 @@ impl Store {
         })
     }
 
+    /// The run of the alert stored under `dedup_key`.
+    pub async fn run_for_dedup_key(&self, dedup_key: &str) -> Result<Option<RunId>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT r.id FROM runs r JOIN alerts a ON a.id = r.alert_id WHERE a.dedup_key = $1",
+        )
+        .bind(dedup_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(RunId))
+    }
+
     /// Counts runs; used by tests and the demo.
     pub async fn count_runs(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Counts stored alerts.
     pub async fn count_alerts(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM alerts").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM alerts")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Runs not yet finished.
     pub async fn count_unfinished_runs(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE status IN ('pending', 'running')")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE status IN ('pending', 'running')")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     // ---- deployments ------------------------------------------------------
@@ -455,14 +514,22 @@ impl Store {
     /// the live one. A promotion older than the live one's only fills history.
     /// The superseded deployment becomes `good` if it served `bake` with no
     /// critical alert.
-    pub async fn promote(&self, service: &str, id: &str, at_ms: i64, bake: Duration) -> Result<Promotion, StoreError> {
+    pub async fn promote(
+        &self,
+        service: &str,
+        id: &str,
+        at_ms: i64,
+        bake: Duration,
+    ) -> Result<Promotion, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let current = sqlx::query(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 AND live = 1"))
-            .bind(service)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| deployment_from_row(&r))
-            .transpose()?;
+        let current = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 AND live = 1"
+        ))
+        .bind(service)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| deployment_from_row(&r))
+        .transpose()?;
         let now = now_ms();
         if let Some(cur) = &current {
             if cur.id == id {
@@ -492,14 +559,24 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if updated.rows_affected() != 1 {
-            return Err(StoreError::NotFound(format!("deployment {id} of service {service}")));
+            return Err(StoreError::NotFound(format!(
+                "deployment {id} of service {service}"
+            )));
         }
         tx.commit().await?;
-        Ok(Promotion::Live { superseded: current.map(|c| c.id) })
+        Ok(Promotion::Live {
+            superseded: current.map(|c| c.id),
+        })
     }
 
     /// After a verified rollback: `from` is bad and superseded, `to` is live and good.
-    pub async fn complete_rollback(&self, service: &str, from: &str, to: &str, run: &RunId) -> Result<(), StoreError> {
+    pub async fn complete_rollback(
+        &self,
+        service: &str,
+        from: &str,
+        to: &str,
+        run: &RunId,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -532,7 +609,12 @@ impl Store {
     }
 
     /// Sets a verdict by hand.
-    pub async fn mark(&self, id: &str, verdict: Verdict, reason: &str) -> Result<Deployment, StoreError> {
+    pub async fn mark(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        reason: &str,
+    ) -> Result<Deployment, StoreError> {
         let done = sqlx::query("UPDATE deployments SET verdict = $1, verdict_reason = $2, updated_at = $3 WHERE id = $4")
             .bind(verdict.as_str())
             .bind(reason)
@@ -543,17 +625,21 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("deployment {id}")));
         }
-        self.deployment(id).await?.ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))
+        self.deployment(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))
     }
 
     /// One deployment.
     pub async fn deployment(&self, id: &str) -> Result<Option<Deployment>, StoreError> {
-        sqlx::query(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| deployment_from_row(&r))
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| deployment_from_row(&r))
+        .transpose()
     }
 
     /// Deployments, newest first, optionally of one service.
@@ -561,19 +647,32 @@ impl Store {
         let order = "ORDER BY COALESCE(promoted_at, created_at, 0) DESC, id DESC LIMIT 500";
         let rows = match service {
             Some(service) => {
-                sqlx::query(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 {order}"))
-                    .bind(service)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(&format!(
+                    "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 {order}"
+                ))
+                .bind(service)
+                .fetch_all(&self.pool)
+                .await?
             }
-            None => sqlx::query(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments {order}")).fetch_all(&self.pool).await?,
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {DEPLOYMENT_COLS} FROM deployments {order}"
+                ))
+                .fetch_all(&self.pool)
+                .await?
+            }
         };
         rows.iter().map(deployment_from_row).collect()
     }
 
     /// What the decision needs to know about a service; `run` is excluded
     /// from the rollback counts.
-    pub async fn history(&self, service: &str, run: &RunId, now_ms: i64) -> Result<History, StoreError> {
+    pub async fn history(
+        &self,
+        service: &str,
+        run: &RunId,
+        now_ms: i64,
+    ) -> Result<History, StoreError> {
         let deployments = self.deployments(Some(service)).await?;
         let live = deployments.iter().find(|d| d.live).map(|d| d.id.clone());
         let live_rolled_back = match &live {
@@ -599,10 +698,11 @@ impl Store {
             .bind(now_ms - 86_400_000)
             .fetch_one(&self.pool)
             .await?;
-        let paused: Option<Option<String>> = sqlx::query_scalar("SELECT reason FROM service_pauses WHERE service = $1")
-            .bind(service)
-            .fetch_optional(&self.pool)
-            .await?;
+        let paused: Option<Option<String>> =
+            sqlx::query_scalar("SELECT reason FROM service_pauses WHERE service = $1")
+                .bind(service)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(History {
             deployments,
             live_rolled_back,
@@ -630,7 +730,13 @@ impl Store {
     }
 
     /// Records a Vercel webhook delivery id; false if it was seen before.
-    pub async fn record_vercel_event(&self, id: &str, kind: &str, deployment: &str, created_at_ms: i64) -> Result<bool, StoreError> {
+    pub async fn record_vercel_event(
+        &self,
+        id: &str,
+        kind: &str,
+        deployment: &str,
+        created_at_ms: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO vercel_events (id, kind, deployment_id, created_at, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
         )
@@ -645,7 +751,12 @@ impl Store {
     }
 }
 
-async fn supersede(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str, at_ms: i64, bake: Duration) -> Result<(), StoreError> {
+async fn supersede(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    at_ms: i64,
+    bake: Duration,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deployments SET live = 0, superseded_at = $1, updated_at = $1,
            verdict_reason = CASE WHEN verdict = 'unproven' AND alerted_at IS NULL AND promoted_at IS NOT NULL AND $1 - promoted_at >= $2
@@ -662,7 +773,12 @@ async fn supersede(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str, at_ms: i
     Ok(())
 }
 
-async fn insert_steps(tx: &mut sqlx::Transaction<'_, sqlx::Any>, run: &RunId, names: &[String], first_seq: i64) -> Result<(), StoreError> {
+async fn insert_steps(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run: &RunId,
+    names: &[String],
+    first_seq: i64,
+) -> Result<(), StoreError> {
     for (i, name) in names.iter().enumerate() {
         sqlx::query("INSERT INTO steps (run_id, name, seq, status) VALUES ($1, $2, $3, 'pending')")
             .bind(&run.0)
@@ -676,7 +792,9 @@ async fn insert_steps(tx: &mut sqlx::Transaction<'_, sqlx::Any>, run: &RunId, na
 
 /// Wall-clock Unix ms.
 pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -697,7 +815,8 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment, StoreError> {
         promoted_at_ms: row.try_get("promoted_at")?,
         superseded_at_ms: row.try_get("superseded_at")?,
         live: row.try_get::<i64, _>("live")? == 1,
-        verdict: Verdict::parse(&verdict).ok_or_else(|| StoreError::Corrupt(format!("verdict `{verdict}`")))?,
+        verdict: Verdict::parse(&verdict)
+            .ok_or_else(|| StoreError::Corrupt(format!("verdict `{verdict}`")))?,
         verdict_reason: row.try_get("verdict_reason")?,
         alerted_at_ms: row.try_get("alerted_at")?,
     })

@@ -21,6 +21,11 @@ fn service() -> ServiceSettings {
         max_rollbacks_per_day: 3,
         accept_other_rules: false,
         release_meta_key: "githubCommitSha".into(),
+        slack_channel: None,
+        resolve_on_recovery: false,
+        page_on_dry_run: false,
+        announce_skips: true,
+        templates: Default::default(),
     }
 }
 
@@ -33,7 +38,9 @@ fn alert() -> Alert {
         identifier: "42".into(),
         projects: vec!["web".into()],
         environment: Some("production".into()),
-        aggregate: Some("percentage(sessions_crashed, sessions) AS _crash_rate_alert_aggregate".into()),
+        aggregate: Some(
+            "percentage(sessions_crashed, sessions) AS _crash_rate_alert_aggregate".into(),
+        ),
         threshold: Some(99.5),
         measured: Some(92.0),
         started_at_ms: Some(NOW - 5 * MIN),
@@ -64,8 +71,18 @@ fn history() -> History {
     History {
         deployments: vec![
             dep("dpl_live", NOW - 10 * MIN, None, Verdict::Unproven),
-            dep("dpl_baked", NOW - 130 * MIN, Some(NOW - 10 * MIN), Verdict::Unproven),
-            dep("dpl_old", NOW - 600 * MIN, Some(NOW - 130 * MIN), Verdict::Good),
+            dep(
+                "dpl_baked",
+                NOW - 130 * MIN,
+                Some(NOW - 10 * MIN),
+                Verdict::Unproven,
+            ),
+            dep(
+                "dpl_old",
+                NOW - 600 * MIN,
+                Some(NOW - 130 * MIN),
+                Verdict::Good,
+            ),
         ],
         ..History::default()
     }
@@ -75,11 +92,19 @@ fn serving(id: &str) -> Vec<DomainTarget> {
     service()
         .domains
         .iter()
-        .map(|d| DomainTarget { domain: d.clone(), deployment_id: Some(id.into()) })
+        .map(|d| DomainTarget {
+            domain: d.clone(),
+            deployment_id: Some(id.into()),
+        })
         .collect()
 }
 
-fn run(alert: &Alert, svc: &ServiceSettings, h: &History, production: Option<&[DomainTarget]>) -> Decision {
+fn run(
+    alert: &Alert,
+    svc: &ServiceSettings,
+    h: &History,
+    production: Option<&[DomainTarget]>,
+) -> Decision {
     decide(Inputs {
         alert,
         services: std::slice::from_ref(svc),
@@ -151,8 +176,12 @@ fn rule_4_other_aggregates_are_skipped_unless_accepted() {
     svc.accept_other_rules = true;
     assert_eq!(full(&a, &svc, &history()).outcome, Outcome::Rollback);
     let mut users = alert();
-    users.aggregate = Some("percentage(users_crashed, users) AS _crash_rate_alert_aggregate".into());
-    assert_eq!(full(&users, &service(), &history()).outcome, Outcome::Rollback);
+    users.aggregate =
+        Some("percentage(users_crashed, users) AS _crash_rate_alert_aggregate".into());
+    assert_eq!(
+        full(&users, &service(), &history()).outcome,
+        Outcome::Rollback
+    );
 }
 
 #[test]
@@ -219,7 +248,12 @@ fn rule_7_needs_production_state_then_skips_when_it_moved() {
     prod[1].deployment_id = Some("dpl_someone_else".into());
     let d = run(&alert(), &service(), &history(), Some(&prod));
     assert_eq!((d.outcome, d.rule), (Outcome::Skip, 7));
-    assert!(d.reason.contains("www.shop.example.com serves dpl_someone_else"), "{}", d.reason);
+    assert!(
+        d.reason
+            .contains("www.shop.example.com serves dpl_someone_else"),
+        "{}",
+        d.reason
+    );
     prod[1].deployment_id = None;
     assert_eq!(run(&alert(), &service(), &history(), Some(&prod)).rule, 7);
 }
@@ -314,11 +348,20 @@ fn rule_14_dry_run_names_the_target_and_changes_nothing() {
 #[test]
 fn known_good_needs_a_full_bake_without_alerts() {
     let bake = 30 * MIN;
-    assert!(is_known_good(&dep("a", 0, Some(bake), Verdict::Unproven), bake));
-    assert!(!is_known_good(&dep("a", 0, Some(bake - 1), Verdict::Unproven), bake));
+    assert!(is_known_good(
+        &dep("a", 0, Some(bake), Verdict::Unproven),
+        bake
+    ));
+    assert!(!is_known_good(
+        &dep("a", 0, Some(bake - 1), Verdict::Unproven),
+        bake
+    ));
     assert!(!is_known_good(&dep("a", 0, None, Verdict::Unproven), bake));
     assert!(is_known_good(&dep("a", 0, None, Verdict::Good), bake));
-    assert!(!is_known_good(&dep("a", 0, Some(10 * bake), Verdict::Bad), bake));
+    assert!(!is_known_good(
+        &dep("a", 0, Some(10 * bake), Verdict::Bad),
+        bake
+    ));
     let mut alerted = dep("a", 0, Some(10 * bake), Verdict::Unproven);
     alerted.alerted_at_ms = Some(1);
     assert!(!is_known_good(&alerted, bake));

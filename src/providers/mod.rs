@@ -4,6 +4,8 @@
 //! jittered exponential backoff that honours `Retry-After` and rate-limit
 //! reset headers. Longer outages are retried durably by the engine.
 
+pub mod pagerduty;
+pub mod slack;
 pub mod vercel;
 
 use std::time::Duration;
@@ -85,13 +87,63 @@ impl ProviderError {
         } else if e.is_connect() {
             "connection failed"
         } else if e.is_decode() {
-            return ProviderError::Fatal { provider, code: Some("invalid_response".into()), message: format!("invalid response body: {e}") };
+            return ProviderError::Fatal {
+                provider,
+                code: Some("invalid_response".into()),
+                message: format!("invalid response body: {e}"),
+            };
         } else {
             "request failed"
         };
         let message = format!("{kind}: {}", without_url(e));
-        ProviderError::Retryable { provider, message, retry_after: None }
+        ProviderError::Retryable {
+            provider,
+            message,
+            retry_after: None,
+        }
     }
+}
+
+/// Sends a request and reads the whole response; transport failures are
+/// sorted here, statuses by the caller.
+pub(crate) async fn send(
+    provider: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, HeaderMap, String), ProviderError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ProviderError::from_reqwest(provider, &e))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| ProviderError::from_reqwest(provider, &e))?;
+    Ok((status, headers, text))
+}
+
+/// An HTTP client with a per-call timeout and Backstop's user agent.
+pub(crate) fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// A successful body that must be JSON.
+pub(crate) fn json_body(
+    provider: &'static str,
+    status: reqwest::StatusCode,
+    text: &str,
+) -> Result<serde_json::Value, ProviderError> {
+    serde_json::from_str(text).map_err(|e| ProviderError::Fatal {
+        provider,
+        code: Some("invalid_response".into()),
+        message: format!("HTTP {status} with a body that is not JSON: {e}"),
+    })
 }
 
 /// reqwest errors name the URL, which may carry tokens in query strings.
@@ -114,11 +166,22 @@ pub(crate) fn classify(
     message: String,
 ) -> ProviderError {
     let s = status.as_u16();
-    let message = format!("HTTP {s}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default());
+    let message = format!(
+        "HTTP {s}{}: {message}",
+        code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
+    );
     if s == 408 || s == 409 || s == 429 || status.is_server_error() {
-        ProviderError::Retryable { provider, message, retry_after: retry_after(headers) }
+        ProviderError::Retryable {
+            provider,
+            message,
+            retry_after: retry_after(headers),
+        }
     } else {
-        ProviderError::Fatal { provider, code, message }
+        ProviderError::Fatal {
+            provider,
+            code,
+            message,
+        }
     }
 }
 
@@ -130,9 +193,16 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     if let Some(reset) = num("x-ratelimit-reset") {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         // A small number is a delta, a large one an epoch time.
-        return Some(Duration::from_secs(if reset > 1_000_000_000 { reset.saturating_sub(now) } else { reset }));
+        return Some(Duration::from_secs(if reset > 1_000_000_000 {
+            reset.saturating_sub(now)
+        } else {
+            reset
+        }));
     }
     num("ratelimit-reset").map(Duration::from_secs)
 }
@@ -151,7 +221,10 @@ impl Backoff {
     /// `max`, with jitter in its upper half; a provider's `retry_after` wins
     /// when longer (still capped).
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.base.saturating_mul(1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX)).min(self.max);
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX))
+            .min(self.max);
         let half = exp / 2;
         let jittered = half + half.mul_f64(fastrand::f64());
         match retry_after {
@@ -162,7 +235,11 @@ impl Backoff {
 }
 
 /// Retries `call` up to `tries` times while it fails retryably.
-pub(crate) async fn with_retries<T, F, Fut>(tries: u32, backoff: Backoff, mut call: F) -> Result<T, ProviderError>
+pub(crate) async fn with_retries<T, F, Fut>(
+    tries: u32,
+    backoff: Backoff,
+    mut call: F,
+) -> Result<T, ProviderError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ProviderError>>,
@@ -187,25 +264,46 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {
-        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
         for retry in 0..10 {
             let d = b.delay(retry, None);
             let exp = Duration::from_millis(100 * (1u64 << retry)).min(Duration::from_secs(2));
             assert!(d >= exp / 2 && d <= exp, "retry {retry}: {d:?}");
         }
-        assert_eq!(b.delay(0, Some(Duration::from_secs(1))), Duration::from_secs(1));
-        assert_eq!(b.delay(0, Some(Duration::from_secs(60))), Duration::from_secs(2));
+        assert_eq!(
+            b.delay(0, Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            b.delay(0, Some(Duration::from_secs(60))),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]
     fn statuses_are_sorted_into_retryable_and_fatal() {
         let h = HeaderMap::new();
         for s in [408, 409, 429, 500, 502, 503] {
-            let e = classify("vercel", reqwest::StatusCode::from_u16(s).unwrap(), &h, None, "x".into());
+            let e = classify(
+                "vercel",
+                reqwest::StatusCode::from_u16(s).unwrap(),
+                &h,
+                None,
+                "x".into(),
+            );
             assert!(e.is_retryable(), "{s}");
         }
         for s in [400, 401, 403, 404, 422] {
-            let e = classify("vercel", reqwest::StatusCode::from_u16(s).unwrap(), &h, Some("c".into()), "x".into());
+            let e = classify(
+                "vercel",
+                reqwest::StatusCode::from_u16(s).unwrap(),
+                &h,
+                Some("c".into()),
+                "x".into(),
+            );
             assert!(!e.is_retryable(), "{s}");
             assert_eq!(e.envelope().code, "c");
         }
@@ -217,10 +315,16 @@ mod tests {
         h.insert("retry-after", "7".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         let mut h = HeaderMap::new();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         h.insert("x-ratelimit-reset", (now + 30).to_string().parse().unwrap());
         let got = retry_after(&h).unwrap();
-        assert!(got <= Duration::from_secs(30) && got >= Duration::from_secs(28), "{got:?}");
+        assert!(
+            got <= Duration::from_secs(30) && got >= Duration::from_secs(28),
+            "{got:?}"
+        );
         let mut h = HeaderMap::new();
         h.insert("ratelimit-reset", "3".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{classify, with_retries, Backoff, ProviderError};
+use super::{classify, http_client, json_body, send, with_retries, Backoff, ProviderError};
 
 const PROVIDER: &str = "vercel";
 
@@ -54,20 +54,22 @@ pub struct AliasJob {
 
 impl VercelClient {
     /// A client for `base` (e.g. `https://api.vercel.com`).
-    pub fn new(base: &str, token: SecretString, team_id: Option<String>, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+    pub fn new(
+        base: &str,
+        token: SecretString,
+        team_id: Option<String>,
+        timeout: Duration,
+    ) -> Self {
         Self {
-            http,
+            http: http_client(timeout),
             base: base.trim_end_matches('/').to_string(),
             token,
             team_id,
             tries: 4,
-            backoff: Backoff { base: Duration::from_millis(200), max: Duration::from_secs(10) },
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(10),
+            },
         }
     }
 
@@ -85,7 +87,9 @@ impl VercelClient {
         let body = serde_json::json!({ "alias": domain });
         // Vercel answers 409 when the alias is already assigned to this
         // deployment; the read-back verifies production either way.
-        self.call_accepting(Method::POST, &path, &[], Some(&body), &[409]).await.map(|_| ())
+        self.call_accepting(Method::POST, &path, &[], Some(&body), &[409])
+            .await
+            .map(|_| ())
     }
 
     /// The deployment a domain serves (`GET /v4/aliases/{domain}`); `None` on 404.
@@ -104,43 +108,81 @@ impl VercelClient {
                     .or_else(|| obj.pointer("/deployment/id").and_then(Value::as_str));
                 Ok(id.map(str::to_owned))
             }
-            Err(ProviderError::Fatal { message, .. }) if message.starts_with("HTTP 404") => Ok(None),
+            Err(ProviderError::Fatal { message, .. }) if message.starts_with("HTTP 404") => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
 
     /// Starts an Instant Rollback (`POST /v1/projects/{p}/rollback/{d}`).
-    pub async fn request_rollback(&self, project: &str, deployment: &str, description: &str) -> Result<(), ProviderError> {
+    pub async fn request_rollback(
+        &self,
+        project: &str,
+        deployment: &str,
+        description: &str,
+    ) -> Result<(), ProviderError> {
         let path = format!("/v1/projects/{}/rollback/{}", enc(project), enc(deployment));
-        self.call(Method::POST, &path, &[("description", description)], None).await.map(|_| ())
+        self.call(Method::POST, &path, &[("description", description)], None)
+            .await
+            .map(|_| ())
     }
 
     /// The project's `lastAliasRequest` (`GET /v9/projects/{p}`).
-    pub async fn last_alias_request(&self, project: &str) -> Result<Option<AliasJob>, ProviderError> {
-        let v = self.call(Method::GET, &format!("/v9/projects/{}", enc(project)), &[], None).await?;
+    pub async fn last_alias_request(
+        &self,
+        project: &str,
+    ) -> Result<Option<AliasJob>, ProviderError> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/v9/projects/{}", enc(project)),
+                &[],
+                None,
+            )
+            .await?;
         match v.get("lastAliasRequest") {
             None | Some(Value::Null) => Ok(None),
-            Some(job) => serde_json::from_value(job.clone()).map(Some).map_err(|e| ProviderError::Fatal {
-                provider: PROVIDER,
-                code: Some("invalid_response".into()),
-                message: format!("unexpected lastAliasRequest: {e}"),
-            }),
+            Some(job) => {
+                serde_json::from_value(job.clone())
+                    .map(Some)
+                    .map_err(|e| ProviderError::Fatal {
+                        provider: PROVIDER,
+                        code: Some("invalid_response".into()),
+                        message: format!("unexpected lastAliasRequest: {e}"),
+                    })
+            }
         }
     }
 
     /// Recent READY production deployments, newest first, following
     /// `pagination.next` up to `limit` items.
-    pub async fn production_deployments(&self, project: &str, limit: usize) -> Result<Vec<ListedDeployment>, ProviderError> {
+    pub async fn production_deployments(
+        &self,
+        project: &str,
+        limit: usize,
+    ) -> Result<Vec<ListedDeployment>, ProviderError> {
         let mut out = Vec::new();
         let mut until: Option<String> = None;
         while out.len() < limit {
             let page = (limit - out.len()).min(100).to_string();
-            let mut query = vec![("projectId", project), ("target", "production"), ("state", "READY"), ("limit", page.as_str())];
+            let mut query = vec![
+                ("projectId", project),
+                ("target", "production"),
+                ("state", "READY"),
+                ("limit", page.as_str()),
+            ];
             if let Some(u) = &until {
                 query.push(("until", u.as_str()));
             }
-            let v = self.call(Method::GET, "/v6/deployments", &query, None).await?;
-            let items = v.get("deployments").and_then(Value::as_array).cloned().unwrap_or_default();
+            let v = self
+                .call(Method::GET, "/v6/deployments", &query, None)
+                .await?;
+            let items = v
+                .get("deployments")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if items.is_empty() {
                 break;
             }
@@ -154,7 +196,13 @@ impl VercelClient {
         Ok(out)
     }
 
-    async fn call(&self, method: Method, path: &str, query: &[(&str, &str)], body: Option<&Value>) -> Result<Value, ProviderError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, ProviderError> {
         self.call_accepting(method, path, query, body, &[]).await
     }
 
@@ -167,7 +215,10 @@ impl VercelClient {
         body: Option<&Value>,
         accept: &[u16],
     ) -> Result<Value, ProviderError> {
-        with_retries(self.tries, self.backoff, || self.once(method.clone(), path, query, body, accept)).await
+        with_retries(self.tries, self.backoff, || {
+            self.once(method.clone(), path, query, body, accept)
+        })
+        .await
     }
 
     async fn once(
@@ -189,19 +240,12 @@ impl VercelClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
+        let (status, headers, text) = send(PROVIDER, req).await?;
         if status.is_success() || accept.contains(&status.as_u16()) {
             if text.trim().is_empty() || !status.is_success() {
                 return Ok(Value::Null);
             }
-            return serde_json::from_str(&text).map_err(|e| ProviderError::Fatal {
-                provider: PROVIDER,
-                code: Some("invalid_response".into()),
-                message: format!("HTTP {status} with a body that is not JSON: {e}"),
-            });
+            return json_body(PROVIDER, status, &text);
         }
         let (code, message) = error_body(status, &text);
         Err(classify(PROVIDER, status, &headers, code, message))
@@ -211,14 +255,21 @@ impl VercelClient {
 /// Vercel's `{"error": {"code", "message"}}`, or the raw text.
 fn error_body(status: StatusCode, text: &str) -> (Option<String>, String) {
     let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let code = v.pointer("/error/code").and_then(Value::as_str).map(str::to_owned);
+    let code = v
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let message = v
         .pointer("/error/message")
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| {
             let t: String = text.chars().take(300).collect();
-            if t.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { t }
+            if t.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                t
+            }
         });
     (code, message)
 }
@@ -227,9 +278,16 @@ fn listed(v: &Value) -> Option<ListedDeployment> {
     Some(ListedDeployment {
         id: v.get("uid").or_else(|| v.get("id"))?.as_str()?.to_string(),
         url: v.get("url").and_then(Value::as_str).map(str::to_owned),
-        created_at_ms: v.get("createdAt").or_else(|| v.get("created")).and_then(Value::as_i64),
+        created_at_ms: v
+            .get("createdAt")
+            .or_else(|| v.get("created"))
+            .and_then(Value::as_i64),
         ready_at_ms: v.get("ready").and_then(Value::as_i64),
-        meta: v.get("meta").and_then(Value::as_object).cloned().unwrap_or_default(),
+        meta: v
+            .get("meta")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 
@@ -237,7 +295,9 @@ fn enc(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

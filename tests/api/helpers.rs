@@ -55,22 +55,35 @@ impl TestDatabase {
             Db::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("backstop.db").display());
-                Some(Self { url, _dir: Some(dir) })
+                Some(Self {
+                    url,
+                    _dir: Some(dir),
+                })
             }
             Db::Postgres => {
                 let base = postgres_url()?;
                 let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-                let admin = Store::connect(&SecretString::from(base.clone()), 1).await.expect("connect to test Postgres");
-                admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+                let admin = Store::connect(&SecretString::from(base.clone()), 1)
+                    .await
+                    .expect("connect to test Postgres");
+                admin
+                    .execute_raw(&format!("CREATE SCHEMA {schema}"))
+                    .await
+                    .expect("create schema");
                 admin.close().await;
                 let sep = if base.contains('?') { '&' } else { '?' };
-                Some(Self { url: format!("{base}{sep}options=-c%20search_path%3D{schema}"), _dir: None })
+                Some(Self {
+                    url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+                    _dir: None,
+                })
             }
         }
     }
 
     pub async fn store(&self) -> Store {
-        let store = Store::connect(&SecretString::from(self.url.clone()), 5).await.expect("connect");
+        let store = Store::connect(&SecretString::from(self.url.clone()), 5)
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
         store
     }
@@ -130,12 +143,22 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option
     let vercel = MockServer::start().await;
     let mut settings = settings(&database.url, &vercel.uri());
     tweak(&mut settings);
-    let app = Application::build(settings.clone()).await.expect("app builds");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine();
     tokio::spawn(app.run_until(std::future::pending()));
     let store = engine.store().clone();
-    Some(TestApp { address, engine, store, vercel, http: reqwest::Client::new(), settings: Arc::new(settings), _db: database })
+    Some(TestApp {
+        address,
+        engine,
+        store,
+        vercel,
+        http: reqwest::Client::new(),
+        settings: Arc::new(settings),
+        _db: database,
+    })
 }
 
 /// A crash-free-session critical alert exactly as Sentry serialises it.
@@ -165,8 +188,10 @@ pub fn crash_alert(identifier: &str, started_ms: i64) -> Value {
 }
 
 pub fn rfc3339(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).expect("time");
-    t.format(&time::format_description::well_known::Rfc3339).expect("format")
+    let t =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).expect("time");
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
 }
 
 /// Compact JSON, as Sentry sends it.
@@ -178,10 +203,22 @@ impl TestApp {
     /// POSTs a body to the Sentry route with Sentry's four headers.
     pub async fn post_sentry(&self, resource: &str, body: &[u8]) -> reqwest::Response {
         let sig = sign(Digest::Sha256, SENTRY_SECRET.as_bytes(), body);
-        self.post_sentry_raw(resource, body, Some(&sig), Some(&(now_ms() / 1000).to_string())).await
+        self.post_sentry_raw(
+            resource,
+            body,
+            Some(&sig),
+            Some(&(now_ms() / 1000).to_string()),
+        )
+        .await
     }
 
-    pub async fn post_sentry_raw(&self, resource: &str, body: &[u8], sig: Option<&str>, ts: Option<&str>) -> reqwest::Response {
+    pub async fn post_sentry_raw(
+        &self,
+        resource: &str,
+        body: &[u8],
+        sig: Option<&str>,
+        ts: Option<&str>,
+    ) -> reqwest::Response {
         let mut req = self
             .http
             .post(format!("{}/webhooks/sentry", self.address))
@@ -216,7 +253,10 @@ impl TestApp {
     /// 10 min ago, baked) and `dpl_new` (promoted 10 min ago, live).
     pub async fn seed_history(&self) {
         let now = now_ms();
-        for (id, sha, at) in [("dpl_old", "9be1c07", now - 180 * MIN), ("dpl_new", "3f2c1a9", now - 10 * MIN)] {
+        for (id, sha, at) in [
+            ("dpl_old", "9be1c07", now - 180 * MIN),
+            ("dpl_new", "3f2c1a9", now - 10 * MIN),
+        ] {
             let resp = self.post_vercel(&promoted(id, sha, at)).await;
             assert_eq!(resp.status(), 200, "seeding {id}");
         }
@@ -263,8 +303,15 @@ impl TestApp {
         let requests = self.vercel.received_requests().await.unwrap_or_default();
         requests
             .iter()
-            .filter(|r| r.method == wiremock::http::Method::POST && r.url.path().ends_with("/aliases"))
-            .map(|r| (r.url.path().to_string(), serde_json::from_slice(&r.body).unwrap_or(Value::Null)))
+            .filter(|r| {
+                r.method == wiremock::http::Method::POST && r.url.path().ends_with("/aliases")
+            })
+            .map(|r| {
+                (
+                    r.url.path().to_string(),
+                    serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+                )
+            })
             .collect()
     }
 }
@@ -283,7 +330,13 @@ pub fn promoted(id: &str, sha: &str, at_ms: i64) -> Value {
     deployment_event("deployment.promoted", id, sha, at_ms, Some("production"))
 }
 
-pub fn deployment_event(kind: &str, id: &str, sha: &str, at_ms: i64, target: Option<&str>) -> Value {
+pub fn deployment_event(
+    kind: &str,
+    id: &str,
+    sha: &str,
+    at_ms: i64,
+    target: Option<&str>,
+) -> Value {
     json!({
         "id": format!("evt_{id}_{kind}"),
         "type": kind,

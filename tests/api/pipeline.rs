@@ -35,7 +35,9 @@ async fn fire(app: &TestApp, body: &Value) -> (u16, Value) {
 }
 
 async fn crash_alert_about_live_release_rolls_every_domain_back_and_verifies(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_rollback_works("dpl_new", "dpl_old").await;
 
@@ -45,34 +47,67 @@ async fn crash_alert_about_live_release_rolls_every_domain_back_and_verifies(db:
     assert_eq!(app.engine.run_until_idle().await.unwrap(), 1);
 
     let writes = app.alias_writes().await;
-    let domains: Vec<_> = writes.iter().map(|(p, b)| (p.as_str(), b["alias"].as_str().unwrap_or(""))).collect();
+    let domains: Vec<_> = writes
+        .iter()
+        .map(|(p, b)| (p.as_str(), b["alias"].as_str().unwrap_or("")))
+        .collect();
     assert_eq!(
         domains,
-        vec![("/v2/deployments/dpl_old/aliases", DOMAINS[0]), ("/v2/deployments/dpl_old/aliases", DOMAINS[1])]
+        vec![
+            ("/v2/deployments/dpl_old/aliases", DOMAINS[0]),
+            ("/v2/deployments/dpl_old/aliases", DOMAINS[1])
+        ]
     );
     let requests = app.vercel.received_requests().await.unwrap();
     for r in &requests {
-        assert_eq!(r.headers.get("authorization").unwrap(), &format!("Bearer {VERCEL_TOKEN}"));
-        assert!(r.url.query().unwrap_or("").contains("teamId=team_test"), "{}", r.url);
+        assert_eq!(
+            r.headers.get("authorization").unwrap(),
+            &format!("Bearer {VERCEL_TOKEN}")
+        );
+        assert!(
+            r.url.query().unwrap_or("").contains("teamId=team_test"),
+            "{}",
+            r.url
+        );
     }
-    let reads_after_write = requests.iter().skip_while(|r| r.method.as_str() != "POST").filter(|r| r.method.as_str() == "GET").count();
-    assert_eq!(reads_after_write, 2, "every domain is read back after the move");
+    let reads_after_write = requests
+        .iter()
+        .skip_while(|r| r.method.as_str() != "POST")
+        .filter(|r| r.method.as_str() == "GET")
+        .count();
+    assert_eq!(
+        reads_after_write, 2,
+        "every domain is read back after the move"
+    );
 
     let old = app.store.deployment("dpl_old").await.unwrap().unwrap();
     let new = app.store.deployment("dpl_new").await.unwrap().unwrap();
     assert!(old.live && old.verdict == Verdict::Good);
     assert!(!new.live && new.verdict == Verdict::Bad);
 
-    let detail = app.store.run_detail(&backstop::ledger::RunId(run)).await.unwrap();
+    let detail = app
+        .store
+        .run_detail(&backstop::ledger::RunId(run))
+        .await
+        .unwrap();
     assert_eq!(detail.run.status, "done");
     assert_eq!(detail.run.outcome.as_deref(), Some("rollback"));
     assert_eq!(detail.run.rollback_from.as_deref(), Some("dpl_new"));
     assert_eq!(detail.run.rollback_to.as_deref(), Some("dpl_old"));
     let rollback = detail.steps.iter().find(|s| s.name == "rollback").unwrap();
     assert_eq!(rollback.status, "succeeded");
-    assert_eq!(rollback.output.as_ref().unwrap()["domains"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        rollback.output.as_ref().unwrap()["domains"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let text = backstop::cli::explain(&detail);
-    assert!(text.contains("roll back dpl_new to known-good dpl_old"), "{text}");
+    assert!(
+        text.contains("roll back dpl_new to known-good dpl_old"),
+        "{text}"
+    );
     assert!(text.contains("production unchanged"), "{text}");
 }
 
@@ -83,12 +118,20 @@ async fn assert_no_writes(app: &TestApp, expected_outcome: &str, reason_part: &s
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].outcome.as_deref(), Some(expected_outcome));
     let reason = runs[0].reason.clone().unwrap_or_default();
-    assert!(reason.contains(reason_part), "reason `{reason}` lacks `{reason_part}`");
-    assert!(app.store.deployment("dpl_new").await.unwrap().unwrap().live, "ledger unchanged");
+    assert!(
+        reason.contains(reason_part),
+        "reason `{reason}` lacks `{reason_part}`"
+    );
+    assert!(
+        app.store.deployment("dpl_new").await.unwrap().unwrap().live,
+        "ledger unchanged"
+    );
 }
 
 async fn stale_alert_does_not_touch_vercel(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_serves("dpl_new").await;
     let (status, _) = fire(&app, &crash_alert("102", now_ms() - 30 * MIN)).await;
@@ -97,7 +140,9 @@ async fn stale_alert_does_not_touch_vercel(db: Db) {
 }
 
 async fn unmapped_project_does_not_touch_vercel(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_serves("dpl_new").await;
     let mut alert = crash_alert("103", now_ms() - MIN);
@@ -108,7 +153,9 @@ async fn unmapped_project_does_not_touch_vercel(db: Db) {
 }
 
 async fn warning_does_not_touch_vercel(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_serves("dpl_new").await;
     let mut alert = crash_alert("104", now_ms() - MIN);
@@ -119,7 +166,9 @@ async fn warning_does_not_touch_vercel(db: Db) {
 }
 
 async fn drifted_production_does_not_touch_vercel(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_serves("dpl_hotfix_by_hand").await;
     fire(&app, &crash_alert("105", now_ms() - MIN)).await;
@@ -127,7 +176,11 @@ async fn drifted_production_does_not_touch_vercel(db: Db) {
 }
 
 async fn dry_run_service_does_not_touch_vercel(db: Db) {
-    let Some(app) = spawn_app_with(db, |s| s.services[0].mode = backstop::config::Mode::DryRun).await else { return };
+    let Some(app) =
+        spawn_app_with(db, |s| s.services[0].mode = backstop::config::Mode::DryRun).await
+    else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_serves("dpl_new").await;
     fire(&app, &crash_alert("106", now_ms() - MIN)).await;
@@ -135,13 +188,23 @@ async fn dry_run_service_does_not_touch_vercel(db: Db) {
 }
 
 async fn forged_signature_is_refused_and_stores_nothing(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     let body = compact(&crash_alert("107", now_ms() - MIN));
-    let forged = backstop::ingest::signature::sign(backstop::ingest::signature::Digest::Sha256, b"not-the-secret", &body);
+    let forged = backstop::ingest::signature::sign(
+        backstop::ingest::signature::Digest::Sha256,
+        b"not-the-secret",
+        &body,
+    );
     let ts = (now_ms() / 1000).to_string();
-    let resp = app.post_sentry_raw("metric_alert", &body, Some(&forged), Some(&ts)).await;
+    let resp = app
+        .post_sentry_raw("metric_alert", &body, Some(&forged), Some(&ts))
+        .await;
     assert_eq!(resp.status(), 401);
-    let resp = app.post_sentry_raw("metric_alert", &body, None, Some(&ts)).await;
+    let resp = app
+        .post_sentry_raw("metric_alert", &body, None, Some(&ts))
+        .await;
     assert_eq!(resp.status(), 401);
     assert_eq!(app.store.count_alerts().await.unwrap(), 0);
     assert_eq!(app.store.count_runs().await.unwrap(), 0);
@@ -149,30 +212,43 @@ async fn forged_signature_is_refused_and_stores_nothing(db: Db) {
 }
 
 async fn duplicate_delivery_answers_200_and_rolls_back_once(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_rollback_works("dpl_new", "dpl_old").await;
     let alert = crash_alert("108", now_ms() - 5 * MIN);
     let (first, body1) = fire(&app, &alert).await;
     let (second, body2) = fire(&app, &alert).await;
     assert_eq!((first, second), (202, 200));
-    assert_eq!(body1["run"], body2["run"], "the duplicate names the existing run");
+    assert_eq!(
+        body1["run"], body2["run"],
+        "the duplicate names the existing run"
+    );
     assert_eq!(body2["status"], "duplicate");
     app.engine.run_until_idle().await.unwrap();
     let (third, _) = fire(&app, &alert).await;
     assert_eq!(third, 200);
     app.engine.run_until_idle().await.unwrap();
-    assert_eq!(app.alias_writes().await.len(), 2, "one write per domain, once");
+    assert_eq!(
+        app.alias_writes().await.len(),
+        2,
+        "one write per domain, once"
+    );
     assert_eq!(app.store.count_runs().await.unwrap(), 1);
 }
 
 async fn failed_alias_write_fails_the_run_and_keeps_the_ledger(db: Db) {
-    let Some(app) = spawn_app(db).await else { return };
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_serves("dpl_new").await;
     Mock::given(method("POST"))
         .and(path_regex("^/v2/deployments/.*/aliases$"))
-        .respond_with(ResponseTemplate::new(403).set_body_json(serde_json::json!({"error": {"code": "forbidden", "message": "Not authorized"}})))
+        .respond_with(ResponseTemplate::new(403).set_body_json(
+            serde_json::json!({"error": {"code": "forbidden", "message": "Not authorized"}}),
+        ))
         .mount(&app.vercel)
         .await;
     fire(&app, &crash_alert("109", now_ms() - MIN)).await;
@@ -183,6 +259,12 @@ async fn failed_alias_write_fails_the_run_and_keeps_the_ledger(db: Db) {
     let step = detail.steps.iter().find(|s| s.name == "rollback").unwrap();
     assert_eq!(step.attempts, 1, "403 is fatal at once");
     assert_eq!(step.error.as_ref().unwrap()["code"], "forbidden");
-    assert!(step.error.as_ref().unwrap()["message"].as_str().unwrap().contains("Not authorized"));
-    assert!(app.store.deployment("dpl_new").await.unwrap().unwrap().live, "the ledger only moves after a verified rollback");
+    assert!(step.error.as_ref().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .contains("Not authorized"));
+    assert!(
+        app.store.deployment("dpl_new").await.unwrap().unwrap().live,
+        "the ledger only moves after a verified rollback"
+    );
 }

@@ -1,0 +1,377 @@
+//! What Backstop tells people: the facts of a run as a [`Notice`], rendered
+//! into a PagerDuty summary and a Slack decision card. Headlines and
+//! summaries are minijinja templates with built-in defaults and per-service
+//! overrides; a template that fails to parse stops startup, one that fails to
+//! render falls back to the default and says so.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::ServiceSettings;
+use crate::ingest::sentry::Alert;
+use crate::policy::{Decision, DeploymentRef};
+
+/// Template names, also the config keys.
+pub const TEMPLATE_NAMES: [&str; 3] = ["pagerduty_summary", "slack_headline", "slack_text"];
+
+const DEFAULT_SUMMARY: &str = "{% if outcome == 'rolled-back' %}{{ service }} rolled back: crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }} on release {{ release_short }} — restored {{ to_id }} (release {{ target_release_short }})\
+{% elif outcome == 'rollback-failed' %}{{ service }}: rollback failed — manual action needed: {{ error }} (crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }} on release {{ release_short }})\
+{% elif outcome == 'dry-run' %}{{ service }} dry run: would roll back release {{ release_short }} to {{ to_id }} (crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }})\
+{% elif outcome == 'resolved' %}{{ service }}: crash-free {{ metric }} recovered\
+{% else %}{{ service }}: crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }} on release {{ release_short }} — not rolled back: {{ reason }}{% endif %}";
+
+const DEFAULT_HEADLINE: &str = "{% if outcome == 'rolled-back' %}:rewind: *{{ service }}* rolled back from {{ release_short }} to {{ target_release_short }}{% if time_to_rollback %} in {{ time_to_rollback }}{% endif %}\
+{% elif outcome == 'rollback-failed' %}:rotating_light: *{{ service }}*: rollback failed — manual action needed\
+{% elif outcome == 'dry-run' %}:test_tube: *{{ service }}* dry run: would have rolled back {{ release_short }} to {{ target_release_short }}\
+{% elif outcome == 'resolved' %}:white_check_mark: *{{ service }}*: the crash-free alert resolved\
+{% elif outcome == 'skipped' %}:information_source: *{{ service }}*: critical alert not acted on — {{ reason }}\
+{% else %}:warning: *{{ service }}*: not rolled back — {{ reason }}{% endif %}";
+
+const DEFAULT_TEXT: &str = "{% if outcome == 'rolled-back' %}{{ service }} rolled back from release {{ release_short }} to {{ target_release_short }}: crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }}\
+{% elif outcome == 'rollback-failed' %}{{ service }}: rollback failed — manual action needed: {{ error }}\
+{% elif outcome == 'dry-run' %}{{ service }} dry run: would have rolled back {{ release_short }} to {{ target_release_short }}\
+{% elif outcome == 'resolved' %}{{ service }}: the crash-free alert resolved\
+{% else %}{{ service }}: not rolled back — {{ reason }}{% endif %}";
+
+/// The default template for a name.
+pub fn default_template(name: &str) -> &'static str {
+    match name {
+        "pagerduty_summary" => DEFAULT_SUMMARY,
+        "slack_headline" => DEFAULT_HEADLINE,
+        _ => DEFAULT_TEXT,
+    }
+}
+
+/// A template that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("template `{key}` does not parse: {message}")]
+pub struct TemplateError {
+    /// Config key.
+    pub key: String,
+    /// minijinja's words.
+    pub message: String,
+}
+
+/// Checks that every configured template parses.
+pub fn validate_templates(
+    global: &BTreeMap<String, String>,
+    services: &[ServiceSettings],
+) -> Result<(), TemplateError> {
+    let env = minijinja::Environment::new();
+    let all = global
+        .iter()
+        .map(|(k, v)| (format!("templates.{k}"), k, v))
+        .chain(services.iter().enumerate().flat_map(|(i, s)| {
+            s.templates
+                .iter()
+                .map(move |(k, v)| (format!("services[{i}].templates.{k}"), k, v))
+        }));
+    for (key, name, text) in all {
+        if !TEMPLATE_NAMES.contains(&name.as_str()) {
+            return Err(TemplateError {
+                key,
+                message: format!("unknown template; known: {}", TEMPLATE_NAMES.join(", ")),
+            });
+        }
+        env.template_from_str(text).map_err(|e| TemplateError {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// What happened, as people are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Production moved back and was verified.
+    RolledBack,
+    /// The rollback failed: a human must act.
+    RollbackFailed,
+    /// Backstop held back and pages a human.
+    Escalated,
+    /// Dry run.
+    DryRun,
+    /// A critical alert that was skipped (stale, already handled...).
+    Skipped,
+    /// The alert resolved.
+    Resolved,
+}
+
+/// The facts of a run that messages carry. Also the template context.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    /// Outcome (`rolled-back`, `rollback-failed`, `escalated`, `dry-run`, `skipped`, `resolved`).
+    pub outcome: Kind,
+    /// Service name.
+    pub service: String,
+    /// Vercel project id.
+    pub vercel_project: String,
+    /// The decision's reason.
+    pub reason: String,
+    /// Deployment rolled back from (the live one when alerted).
+    pub from: Option<DeploymentRef>,
+    /// Deployment rolled back to.
+    pub to: Option<DeploymentRef>,
+    /// Measured crash-free rate, percent.
+    pub rate: Option<f64>,
+    /// The rule's critical threshold, percent.
+    pub threshold: Option<f64>,
+    /// `sessions` or `users`.
+    pub metric: String,
+    /// Alert rule name.
+    pub rule_name: Option<String>,
+    /// Incident identifier.
+    pub identifier: String,
+    /// Link to the alert.
+    pub alert_url: Option<String>,
+    /// When the alert started (RFC 3339).
+    pub alert_started: Option<String>,
+    /// Alert to verified rollback, ms.
+    pub time_to_rollback_ms: Option<i64>,
+    /// The rules that passed.
+    pub checks_passed: Vec<String>,
+    /// Why the rollback failed.
+    pub error: Option<String>,
+    /// PagerDuty incident link, when known.
+    pub pagerduty_url: Option<String>,
+    /// Run id.
+    pub run_id: String,
+}
+
+impl Notice {
+    /// Facts from a decision and its alert.
+    pub fn new(
+        kind: Kind,
+        svc: &ServiceSettings,
+        d: &Decision,
+        alert: &Alert,
+        run_id: &str,
+    ) -> Self {
+        let metric = match alert.aggregate.as_deref() {
+            Some(a) if a.contains("users") => "users",
+            _ => "sessions",
+        };
+        Self {
+            outcome: kind,
+            service: svc.name.clone(),
+            vercel_project: svc.vercel_project.clone(),
+            reason: d.reason.clone(),
+            from: d.live.clone(),
+            to: d.target.clone(),
+            rate: alert.measured,
+            threshold: alert.threshold,
+            metric: metric.into(),
+            rule_name: alert.rule_name.clone(),
+            identifier: alert.identifier.clone(),
+            alert_url: alert.web_url.clone(),
+            alert_started: d.alert_started_at_ms.map(rfc3339),
+            time_to_rollback_ms: None,
+            checks_passed: d
+                .checks
+                .iter()
+                .filter(|c| c.passed)
+                .map(|c| c.name.clone())
+                .collect(),
+            error: None,
+            pagerduty_url: None,
+            run_id: run_id.into(),
+        }
+    }
+
+    fn context(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        let short = |r: Option<&DeploymentRef>| {
+            r.map(|d| {
+                d.release
+                    .clone()
+                    .unwrap_or_else(|| d.id.clone())
+                    .chars()
+                    .take(7)
+                    .collect::<String>()
+            })
+            .unwrap_or_else(|| "?".into())
+        };
+        let pct = |x: Option<f64>| {
+            x.map(|x| format!("{}%", (x * 100.0).round() / 100.0))
+                .unwrap_or_else(|| "?".into())
+        };
+        v["release"] = json!(self.from.as_ref().and_then(|d| d.release.clone()));
+        v["release_short"] = json!(short(self.from.as_ref()));
+        v["target_release"] = json!(self.to.as_ref().and_then(|d| d.release.clone()));
+        v["target_release_short"] = json!(short(self.to.as_ref()));
+        v["from_id"] = json!(self.from.as_ref().map(|d| d.id.clone()));
+        v["to_id"] = json!(self.to.as_ref().map(|d| d.id.clone()));
+        v["from_url"] = json!(self.from.as_ref().and_then(|d| d.url.as_deref().map(https)));
+        v["to_url"] = json!(self.to.as_ref().and_then(|d| d.url.as_deref().map(https)));
+        v["rate_text"] = json!(pct(self.rate));
+        v["threshold_text"] = json!(pct(self.threshold));
+        v["time_to_rollback"] = json!(self
+            .time_to_rollback_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0)));
+        v
+    }
+
+    /// Renders template `name` (service override, else global, else
+    /// default). Returns the text and, if a configured template failed, why.
+    pub fn render(
+        &self,
+        name: &str,
+        global: &BTreeMap<String, String>,
+        svc: &ServiceSettings,
+    ) -> (String, Option<String>) {
+        let ctx = self.context();
+        let default = || {
+            render_str(default_template(name), &ctx)
+                .unwrap_or_else(|e| format!("{} ({e})", self.reason))
+        };
+        match svc.templates.get(name).or_else(|| global.get(name)) {
+            None => (default(), None),
+            Some(text) => match render_str(text, &ctx) {
+                Ok(out) => (out, None),
+                Err(e) => (
+                    default(),
+                    Some(format!(
+                        "template `{name}` failed to render, used the default: {e}"
+                    )),
+                ),
+            },
+        }
+    }
+
+    /// Links for PagerDuty and Slack: the alert and both deployments.
+    pub fn links(&self) -> Vec<(String, String)> {
+        let mut links = Vec::new();
+        if let Some(url) = &self.alert_url {
+            links.push((url.clone(), "Sentry alert".to_string()));
+        }
+        if let Some(d) = &self.from {
+            if let Some(u) = &d.url {
+                links.push((https(u), format!("Rolled back from {}", d.id)));
+            }
+        }
+        if let Some(d) = &self.to {
+            if let Some(u) = &d.url {
+                links.push((https(u), format!("Restored {}", d.id)));
+            }
+        }
+        links
+    }
+
+    /// The Slack decision card: a headline, the facts as fields, the checks
+    /// that passed, and links.
+    pub fn card(&self, headline: &str) -> Vec<Value> {
+        let ctx = self.context();
+        let text = |k: &str| ctx[k].as_str().unwrap_or("?").to_string();
+        let mut fields = vec![field("Service", &self.service)];
+        if self.from.is_some() || self.to.is_some() {
+            fields.push(field(
+                "Release",
+                &format!(
+                    "{} → {}",
+                    text("release_short"),
+                    text("target_release_short")
+                ),
+            ));
+        }
+        fields.push(field(
+            "Crash-free rate",
+            &format!(
+                "{} {} (threshold {})",
+                text("rate_text"),
+                self.metric,
+                text("threshold_text")
+            ),
+        ));
+        if let Some(t) = ctx["time_to_rollback"].as_str() {
+            fields.push(field("Time to rollback", t));
+        }
+        let mut blocks = vec![
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": clip(headline, 3000)}}),
+            json!({"type": "section", "fields": fields}),
+        ];
+        if let Some(e) = &self.error {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": clip(&format!("*Error:* {e}"), 3000)}}));
+        }
+        if !self.checks_passed.is_empty() {
+            let checks = self
+                .checks_passed
+                .iter()
+                .map(|c| format!("✓ {c}"))
+                .collect::<Vec<_>>()
+                .join("  ");
+            blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": clip(&checks, 3000)}]}));
+        }
+        let mut links: Vec<String> = self
+            .links()
+            .into_iter()
+            .map(|(href, t)| format!("<{href}|{t}>"))
+            .collect();
+        if let Some(pd) = &self.pagerduty_url {
+            links.push(format!("<{pd}|PagerDuty incident>"));
+        }
+        if !links.is_empty() {
+            blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": clip(&links.join(" · "), 3000)}]}));
+        }
+        blocks
+    }
+
+    /// The card as plain text (the demo prints this).
+    pub fn card_as_text(blocks: &[Value]) -> String {
+        let mut out = Vec::new();
+        for b in blocks {
+            if let Some(t) = b.pointer("/text/text").and_then(Value::as_str) {
+                out.push(t.to_string());
+            }
+            for f in b
+                .get("fields")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out.push(format!(
+                    "  {}",
+                    f["text"].as_str().unwrap_or("").replace('\n', " ")
+                ));
+            }
+            for e in b
+                .get("elements")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out.push(format!("  {}", e["text"].as_str().unwrap_or("")));
+            }
+        }
+        out.join("\n")
+    }
+}
+
+fn render_str(template: &str, ctx: &Value) -> Result<String, minijinja::Error> {
+    let env = minijinja::Environment::new();
+    env.render_str(template, ctx)
+}
+
+fn field(title: &str, value: &str) -> Value {
+    json!({"type": "mrkdwn", "text": clip(&format!("*{title}*\n{value}"), 2000)})
+}
+
+/// Cuts text to Slack's limits on a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    crate::providers::pagerduty::truncate(s, max)
+}
+
+fn https(url: &str) -> String {
+    if url.starts_with("http") {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    crate::ingest::sentry::format_time(ms)
+}

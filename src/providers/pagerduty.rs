@@ -1,0 +1,304 @@
+//! PagerDuty: Events API v2 (`POST /v2/enqueue`, the default) or the REST
+//! API (`POST /incidents`, for a named escalation policy). The same
+//! `dedup_key` / `incident_key` always means the same incident.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{classify, http_client, json_body, send, with_retries, Backoff, ProviderError};
+
+const PROVIDER: &str = "pagerduty";
+/// PagerDuty's limit on `payload.summary`.
+pub const SUMMARY_MAX: usize = 1024;
+/// PagerDuty's limit on `dedup_key`.
+pub const DEDUP_MAX: usize = 255;
+
+/// Where incidents are opened.
+#[derive(Clone)]
+pub enum Target {
+    /// Events API v2 with an integration (routing) key.
+    Events {
+        /// 32-character integration key.
+        routing_key: SecretString,
+    },
+    /// REST API with an API token.
+    Rest {
+        /// REST API token (`Authorization: Token token=...`).
+        token: SecretString,
+        /// `From:` header: a PagerDuty user's email.
+        from: String,
+        /// Service id the incident belongs to.
+        service_id: String,
+        /// Optional escalation policy id.
+        escalation_policy_id: Option<String>,
+    },
+}
+
+/// A PagerDuty client.
+#[derive(Clone)]
+pub struct PagerDutyClient {
+    http: reqwest::Client,
+    base: String,
+    target: Target,
+    tries: u32,
+    backoff: Backoff,
+}
+
+/// One page to open (or resolve).
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// Same key, same incident.
+    pub dedup_key: String,
+    /// One line (truncated to 1024 chars).
+    pub summary: String,
+    /// `critical`, `error`, `warning`, `info`.
+    pub severity: String,
+    /// Service name.
+    pub component: String,
+    /// Vercel project.
+    pub group: String,
+    /// `rollback`, `rollback-failed`, `escalation`, `dry-run`.
+    pub class: String,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// Everything else.
+    pub custom_details: Value,
+    /// `(href, text)`.
+    pub links: Vec<(String, String)>,
+}
+
+/// What PagerDuty said.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Opened {
+    /// The dedup key (Events) or incident key (REST).
+    pub dedup_key: String,
+    /// REST incident id.
+    pub incident_id: Option<String>,
+    /// Link to the incident, when known.
+    pub html_url: Option<String>,
+    /// PagerDuty already had an open incident with this key.
+    pub already_open: bool,
+}
+
+/// Cuts `s` to at most `max` characters, ending in `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+impl PagerDutyClient {
+    /// A client for `base` (`https://events.pagerduty.com` or `https://api.pagerduty.com`).
+    pub fn new(base: &str, target: Target, timeout: Duration) -> Self {
+        Self {
+            http: http_client(timeout),
+            base: base.trim_end_matches('/').to_string(),
+            target,
+            tries: 3,
+            backoff: Backoff {
+                base: Duration::from_millis(300),
+                max: Duration::from_secs(20),
+            },
+        }
+    }
+
+    /// Overrides the per-request retry schedule.
+    pub fn with_retries(mut self, tries: u32, backoff: Backoff) -> Self {
+        self.tries = tries.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// Opens (or re-triggers) the incident for `page.dedup_key`.
+    pub async fn trigger(&self, page: &Page) -> Result<Opened, ProviderError> {
+        with_retries(self.tries, self.backoff, || async {
+            match &self.target {
+                Target::Events { routing_key } => self.enqueue(routing_key, "trigger", page).await,
+                Target::Rest { .. } => self.create_incident(page).await,
+            }
+        })
+        .await
+    }
+
+    /// Resolves the incident for `page.dedup_key` (Events API only; REST
+    /// incidents are resolved by the responder).
+    pub async fn resolve(&self, page: &Page) -> Result<Opened, ProviderError> {
+        with_retries(self.tries, self.backoff, || async {
+            match &self.target {
+                Target::Events { routing_key } => self.enqueue(routing_key, "resolve", page).await,
+                Target::Rest { .. } => Err(ProviderError::Fatal {
+                    provider: PROVIDER,
+                    code: Some("unsupported".into()),
+                    message: "resolving is only supported with the Events API".into(),
+                }),
+            }
+        })
+        .await
+    }
+
+    /// The Events API v2 body for `action`.
+    pub fn event_body(routing_key: &str, action: &str, page: &Page) -> Value {
+        let mut body = json!({
+            "routing_key": routing_key,
+            "event_action": action,
+            "dedup_key": truncate(&page.dedup_key, DEDUP_MAX),
+        });
+        if action == "trigger" {
+            body["payload"] = json!({
+                "summary": truncate(&page.summary, SUMMARY_MAX),
+                "source": "backstop",
+                "severity": page.severity,
+                "timestamp": page.timestamp,
+                "component": page.component,
+                "group": page.group,
+                "class": page.class,
+                "custom_details": page.custom_details,
+            });
+            body["links"] = page
+                .links
+                .iter()
+                .map(|(href, text)| json!({"href": href, "text": text}))
+                .collect();
+            body["client"] = json!("Backstop");
+        }
+        body
+    }
+
+    async fn enqueue(
+        &self,
+        routing_key: &SecretString,
+        action: &str,
+        page: &Page,
+    ) -> Result<Opened, ProviderError> {
+        let body = Self::event_body(routing_key.expose_secret(), action, page);
+        let req = self
+            .http
+            .post(format!("{}/v2/enqueue", self.base))
+            .json(&body);
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        if status.is_success() {
+            let v = json_body(PROVIDER, status, &text)?;
+            let key = v
+                .get("dedup_key")
+                .and_then(Value::as_str)
+                .unwrap_or(&page.dedup_key);
+            return Ok(Opened {
+                dedup_key: key.to_string(),
+                incident_id: None,
+                html_url: None,
+                already_open: false,
+            });
+        }
+        Err(classify(
+            PROVIDER,
+            status,
+            &headers,
+            None,
+            error_text(&text),
+        ))
+    }
+
+    async fn create_incident(&self, page: &Page) -> Result<Opened, ProviderError> {
+        let Target::Rest {
+            token,
+            from,
+            service_id,
+            escalation_policy_id,
+        } = &self.target
+        else {
+            unreachable!("create_incident is only called in REST mode")
+        };
+        let urgency = if page.severity == "critical" || page.severity == "error" {
+            "high"
+        } else {
+            "low"
+        };
+        let mut incident = json!({
+            "type": "incident",
+            "title": truncate(&page.summary, SUMMARY_MAX),
+            "service": {"id": service_id, "type": "service_reference"},
+            "urgency": urgency,
+            "incident_key": truncate(&page.dedup_key, DEDUP_MAX),
+            "body": {"type": "incident_body", "details": serde_json::to_string_pretty(&page.custom_details).unwrap_or_default()},
+        });
+        if let Some(ep) = escalation_policy_id {
+            incident["escalation_policy"] =
+                json!({"id": ep, "type": "escalation_policy_reference"});
+        }
+        let req = self
+            .http
+            .post(format!("{}/incidents", self.base))
+            .header(
+                "Authorization",
+                format!("Token token={}", token.expose_secret()),
+            )
+            .header("From", from)
+            .header("Accept", "application/vnd.pagerduty+json;version=2")
+            .json(&json!({ "incident": incident }));
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        if status.is_success() {
+            let v = json_body(PROVIDER, status, &text)?;
+            let inc = v.get("incident").cloned().unwrap_or(Value::Null);
+            return Ok(Opened {
+                dedup_key: page.dedup_key.clone(),
+                incident_id: inc.get("id").and_then(Value::as_str).map(str::to_owned),
+                html_url: inc
+                    .get("html_url")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                already_open: false,
+            });
+        }
+        let message = error_text(&text);
+        if status == StatusCode::BAD_REQUEST
+            && message
+                .to_lowercase()
+                .contains("matching dedup key already exists")
+        {
+            return Ok(Opened {
+                dedup_key: page.dedup_key.clone(),
+                incident_id: None,
+                html_url: None,
+                already_open: true,
+            });
+        }
+        let code = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.pointer("/error/code").map(|c| c.to_string()));
+        Err(classify(PROVIDER, status, &headers, code, message))
+    }
+}
+
+/// PagerDuty's words from either error shape (`{status, message, errors}`
+/// or `{error: {code, message, errors}}`).
+fn error_text(text: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return text.chars().take(300).collect();
+    };
+    let root = v.get("error").unwrap_or(&v);
+    let message = root
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let errors: Vec<String> = root
+        .get("errors")
+        .and_then(Value::as_array)
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if errors.is_empty() {
+        message.to_string()
+    } else {
+        format!("{message}: {}", errors.join("; "))
+    }
+}

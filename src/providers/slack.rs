@@ -1,0 +1,192 @@
+//! Slack: `chat.postMessage` with a bot token (threads supported), or an
+//! incoming webhook. The Web API answers HTTP 200 even on failure, so `ok`
+//! is always checked; `ratelimited` and HTTP 429 are retried after
+//! `Retry-After`, every other error is fatal and kept.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{classify, http_client, json_body, send, with_retries, Backoff, ProviderError};
+
+const PROVIDER: &str = "slack";
+/// Slack's limit on blocks per message.
+pub const MAX_BLOCKS: usize = 50;
+
+/// How messages reach Slack.
+#[derive(Clone)]
+pub enum Target {
+    /// Web API with a bot token.
+    Bot {
+        /// `xoxb-...`
+        token: SecretString,
+    },
+    /// An incoming-webhook URL (no threads).
+    Webhook {
+        /// `https://hooks.slack.com/services/...`
+        url: SecretString,
+    },
+}
+
+/// A Slack client.
+#[derive(Clone)]
+pub struct SlackClient {
+    http: reqwest::Client,
+    base: String,
+    target: Target,
+    tries: u32,
+    backoff: Backoff,
+}
+
+/// A message as posted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Posted {
+    /// Channel id (empty for webhooks).
+    pub channel: String,
+    /// Message timestamp (empty for webhooks).
+    pub ts: String,
+}
+
+impl SlackClient {
+    /// A client for `base` (`https://slack.com/api`).
+    pub fn new(base: &str, target: Target, timeout: Duration) -> Self {
+        Self {
+            http: http_client(timeout),
+            base: base.trim_end_matches('/').to_string(),
+            target,
+            tries: 3,
+            backoff: Backoff {
+                base: Duration::from_millis(300),
+                max: Duration::from_secs(30),
+            },
+        }
+    }
+
+    /// Overrides the per-request retry schedule.
+    pub fn with_retries(mut self, tries: u32, backoff: Backoff) -> Self {
+        self.tries = tries.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// True when replies can be threaded (bot token).
+    pub fn threads(&self) -> bool {
+        matches!(self.target, Target::Bot { .. })
+    }
+
+    /// Posts `text` (the notification fallback) with `blocks` to `channel`,
+    /// in the thread `thread_ts` when given.
+    pub async fn post(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &[Value],
+        thread_ts: Option<&str>,
+    ) -> Result<Posted, ProviderError> {
+        let blocks: Vec<&Value> = blocks.iter().take(MAX_BLOCKS).collect();
+        with_retries(self.tries, self.backoff, || async {
+            match &self.target {
+                Target::Bot { token } => {
+                    self.post_message(token, channel, text, &blocks, thread_ts)
+                        .await
+                }
+                Target::Webhook { url } => self.post_webhook(url, text, &blocks).await,
+            }
+        })
+        .await
+    }
+
+    async fn post_message(
+        &self,
+        token: &SecretString,
+        channel: &str,
+        text: &str,
+        blocks: &[&Value],
+        thread_ts: Option<&str>,
+    ) -> Result<Posted, ProviderError> {
+        let mut body =
+            json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
+        if let Some(ts) = thread_ts {
+            body["thread_ts"] = json!(ts);
+        }
+        let req = self
+            .http
+            .post(format!("{}/chat.postMessage", self.base))
+            .bearer_auth(token.expose_secret())
+            .json(&body);
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        if !status.is_success() {
+            return Err(classify(
+                PROVIDER,
+                status,
+                &headers,
+                None,
+                text.chars().take(300).collect(),
+            ));
+        }
+        let v = json_body(PROVIDER, status, &text)?;
+        if v.get("ok").and_then(Value::as_bool) == Some(true) {
+            let field = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            return Ok(Posted {
+                channel: field("channel"),
+                ts: field("ts"),
+            });
+        }
+        let error = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown_error")
+            .to_string();
+        if error == "ratelimited"
+            || error == "internal_error"
+            || error == "fatal_error"
+            || error == "service_unavailable"
+        {
+            return Err(ProviderError::Retryable {
+                provider: PROVIDER,
+                message: format!("ok=false: {error}"),
+                retry_after: super::retry_after(&headers),
+            });
+        }
+        Err(ProviderError::Fatal {
+            provider: PROVIDER,
+            message: format!("ok=false: {error}"),
+            code: Some(error),
+        })
+    }
+
+    async fn post_webhook(
+        &self,
+        url: &SecretString,
+        text: &str,
+        blocks: &[&Value],
+    ) -> Result<Posted, ProviderError> {
+        let req = self
+            .http
+            .post(url.expose_secret())
+            .json(&json!({"text": text, "blocks": blocks}));
+        let (status, headers, body) = send(PROVIDER, req).await?;
+        if status.is_success() {
+            return Ok(Posted {
+                channel: String::new(),
+                ts: String::new(),
+            });
+        }
+        // Incoming webhooks answer plain-text error codes (`no_team`, `invalid_payload`, ...).
+        let code = body.trim().to_string();
+        Err(classify(
+            PROVIDER,
+            status,
+            &headers,
+            Some(code.clone()),
+            code,
+        ))
+    }
+}
