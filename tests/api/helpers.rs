@@ -1,8 +1,6 @@
 //! Spawning the real app on port 0 with a fresh database (SQLite file or a
 //! Postgres schema of its own) and Vercel faked at the HTTP boundary.
 
-use std::sync::Arc;
-
 use backstop::app::Application;
 use backstop::config::Settings;
 use backstop::engine::Engine;
@@ -19,6 +17,9 @@ pub const VERCEL_TOKEN: &str = "vercel-token-31415926";
 pub const PROJECT: &str = "prj_storefront";
 pub const DOMAINS: [&str; 2] = ["shop.example.com", "www.shop.example.com"];
 pub const MIN: i64 = 60_000;
+pub const ROUTING_KEY: &str = "e93facc04764012d7bfb002500d5d1a6";
+pub const SLACK_TOKEN: &str = "xoxb-test-2718281828";
+pub const SLACK_TS: &str = "1503435956.000247";
 
 /// Which backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +91,9 @@ impl TestDatabase {
 }
 
 /// Settings for one storefront service with two domains.
-pub fn settings(db_url: &str, vercel_base: &str) -> Settings {
+pub fn settings(db_url: &str, vercel_base: &str, pd_base: &str, slack_base: &str) -> Settings {
     let text = format!(
-        r#"
+        r##"
         [server]
         listen = "127.0.0.1:0"
         [database]
@@ -105,6 +106,15 @@ pub fn settings(db_url: &str, vercel_base: &str) -> Settings {
         webhook_secret = "{VERCEL_SECRET}"
         api_base = "{vercel_base}"
         timeout = "2s"
+        [pagerduty]
+        routing_key = "{ROUTING_KEY}"
+        api_base = "{pd_base}"
+        timeout = "2s"
+        [slack]
+        bot_token = "{SLACK_TOKEN}"
+        channel = "#deploys"
+        api_base = "{slack_base}"
+        timeout = "2s"
         [engine]
         workers = 0
         rollback_deadline = "3s"
@@ -116,7 +126,7 @@ pub fn settings(db_url: &str, vercel_base: &str) -> Settings {
         domains = ["{}", "{}"]
         bake_time = "30m"
         cooldown = "1h"
-        "#,
+        "##,
         DOMAINS[0], DOMAINS[1]
     );
     Settings::from_toml(&text, Vec::new()).expect("test settings")
@@ -128,8 +138,9 @@ pub struct TestApp {
     pub engine: Engine,
     pub store: Store,
     pub vercel: MockServer,
+    pub pagerduty: MockServer,
+    pub slack: MockServer,
     pub http: reqwest::Client,
-    pub settings: Arc<Settings>,
     _db: TestDatabase,
 }
 
@@ -141,7 +152,11 @@ pub async fn spawn_app(db: Db) -> Option<TestApp> {
 pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let database = TestDatabase::new(db).await?;
     let vercel = MockServer::start().await;
-    let mut settings = settings(&database.url, &vercel.uri());
+    let pagerduty = MockServer::start().await;
+    let slack = MockServer::start().await;
+    healthy_pagerduty(&pagerduty).await;
+    healthy_slack(&slack).await;
+    let mut settings = settings(&database.url, &vercel.uri(), &pagerduty.uri(), &slack.uri());
     tweak(&mut settings);
     let app = Application::build(settings.clone())
         .await
@@ -155,10 +170,43 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option
         engine,
         store,
         vercel,
+        pagerduty,
+        slack,
         http: reqwest::Client::new(),
-        settings: Arc::new(settings),
         _db: database,
     })
+}
+
+/// PagerDuty answering every event with its documented 202.
+pub async fn healthy_pagerduty(server: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/v2/enqueue"))
+        .respond_with(ResponseTemplate::new(202).set_body_json(json!({"status": "success", "message": "Event processed", "dedup_key": "from-pagerduty"})))
+        .with_priority(10)
+        .mount(server)
+        .await;
+}
+
+/// Slack accepting every message, as `chat.postMessage` documents.
+pub async fn healthy_slack(server: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/chat.postMessage"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "channel": "C123ABC456", "ts": SLACK_TS, "message": {"type": "message", "ts": SLACK_TS}})))
+        .with_priority(10)
+        .mount(server)
+        .await;
+}
+
+/// JSON bodies a fake received on `path`.
+pub async fn bodies(server: &MockServer, at: &str) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == at)
+        .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+        .collect()
 }
 
 /// A crash-free-session critical alert exactly as Sentry serialises it.
