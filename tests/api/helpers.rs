@@ -141,6 +141,7 @@ pub struct TestApp {
     pub pagerduty: MockServer,
     pub slack: MockServer,
     pub http: reqwest::Client,
+    pub db_url: String,
     _db: TestDatabase,
 }
 
@@ -173,6 +174,7 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option
         pagerduty,
         slack,
         http: reqwest::Client::new(),
+        db_url: database.url.clone(),
         _db: database,
     })
 }
@@ -248,6 +250,28 @@ pub fn compact(v: &Value) -> Vec<u8> {
 }
 
 impl TestApp {
+    /// Another instance on the same database and fakes: a restart, or a
+    /// second replica. Returns its address and engine; it serves until the
+    /// test ends.
+    pub async fn another_instance(&self, tweak: impl FnOnce(&mut Settings)) -> (String, Engine) {
+        let mut s = settings(&self.db_url, &self.vercel.uri(), &self.pagerduty.uri(), &self.slack.uri());
+        tweak(&mut s);
+        let app = Application::build(s).await.expect("second instance builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let engine = app.engine();
+        tokio::spawn(app.run_until(std::future::pending()));
+        (address, engine)
+    }
+
+    /// Waits (bounded) until every run is finished.
+    pub async fn until_runs_finish(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.store.count_unfinished_runs().await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "runs did not finish in time");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// POSTs a body to the Sentry route with Sentry's four headers.
     pub async fn post_sentry(&self, resource: &str, body: &[u8]) -> reqwest::Response {
         let sig = sign(Digest::Sha256, SENTRY_SECRET.as_bytes(), body);
