@@ -2,4 +2,5 @@
 //! providers faked at the HTTP boundary.
 
 mod helpers;
+mod notify_clients;
 mod pipeline;
