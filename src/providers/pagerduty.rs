@@ -247,7 +247,7 @@ impl PagerDutyClient {
             let v = json_body(PROVIDER, status, &text)?;
             let inc = v.get("incident").cloned().unwrap_or(Value::Null);
             return Ok(Opened {
-                dedup_key: page.dedup_key.clone(),
+                dedup_key: truncate(&page.dedup_key, DEDUP_MAX),
                 incident_id: inc.get("id").and_then(Value::as_str).map(str::to_owned),
                 html_url: inc
                     .get("html_url")
@@ -271,7 +271,7 @@ impl PagerDutyClient {
         }
         let code = serde_json::from_str::<Value>(&text)
             .ok()
-            .and_then(|v| v.pointer("/error/code").map(|c| c.to_string()));
+            .and_then(|v| v.pointer("/error/code").map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned)));
         Err(classify(PROVIDER, status, &headers, code, message))
     }
 }

@@ -5,4 +5,5 @@ mod engine;
 mod helpers;
 mod ingest;
 mod notify;
+mod notify_clients;
 mod pipeline;
