@@ -263,15 +263,16 @@ impl PagerDutyClient {
                 .contains("matching dedup key already exists")
         {
             return Ok(Opened {
-                dedup_key: page.dedup_key.clone(),
+                dedup_key: truncate(&page.dedup_key, DEDUP_MAX),
                 incident_id: None,
                 html_url: None,
                 already_open: true,
             });
         }
-        let code = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.pointer("/error/code").map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned)));
+        let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v.pointer("/error/code")
+                .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
+        });
         Err(classify(PROVIDER, status, &headers, code, message))
     }
 }

@@ -254,7 +254,12 @@ impl TestApp {
     /// second replica. Returns its address and engine; it serves until the
     /// test ends.
     pub async fn another_instance(&self, tweak: impl FnOnce(&mut Settings)) -> (String, Engine) {
-        let mut s = settings(&self.db_url, &self.vercel.uri(), &self.pagerduty.uri(), &self.slack.uri());
+        let mut s = settings(
+            &self.db_url,
+            &self.vercel.uri(),
+            &self.pagerduty.uri(),
+            &self.slack.uri(),
+        );
         tweak(&mut s);
         let app = Application::build(s).await.expect("second instance builds");
         let address = format!("http://127.0.0.1:{}", app.port());
@@ -267,7 +272,10 @@ impl TestApp {
     pub async fn until_runs_finish(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while self.store.count_unfinished_runs().await.unwrap() > 0 {
-            assert!(std::time::Instant::now() < deadline, "runs did not finish in time");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "runs did not finish in time"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
