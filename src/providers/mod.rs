@@ -81,26 +81,19 @@ impl ProviderError {
     }
 
     pub(crate) fn from_reqwest(provider: &'static str, e: &reqwest::Error) -> Self {
-        // Timeouts, refused and dropped connections may all succeed later.
+        // Timeouts, refused and dropped connections, and bodies cut short
+        // may all succeed later. (JSON is parsed separately, from the text.)
         let kind = if e.is_timeout() {
             "timed out"
         } else if e.is_connect() {
             "connection failed"
-        } else if e.is_decode() {
-            return ProviderError::Fatal {
-                provider,
-                code: Some("invalid_response".into()),
-                message: format!("invalid response body: {e}"),
-            };
+        } else if e.is_body() || e.is_decode() {
+            "response cut short"
         } else {
             "request failed"
         };
         let message = format!("{kind}: {}", without_url(e));
-        ProviderError::Retryable {
-            provider,
-            message,
-            retry_after: None,
-        }
+        ProviderError::Retryable { provider, message, retry_after: None }
     }
 }
 
