@@ -2,4 +2,6 @@
 //! providers faked at the HTTP boundary.
 
 mod helpers;
+mod ledger;
 mod pipeline;
+mod vercel_client;
