@@ -435,7 +435,9 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let attempts = sqlx::query(
-            "SELECT step, attempt, started_at, finished_at, outcome, error FROM attempts WHERE run_id = $1 ORDER BY started_at, attempt",
+            "SELECT a.step, a.attempt, a.started_at, a.finished_at, a.outcome, a.error FROM attempts a
+             JOIN steps s ON s.run_id = a.run_id AND s.name = a.step
+             WHERE a.run_id = $1 ORDER BY s.seq, a.attempt",
         )
         .bind(&run.0)
         .fetch_all(&self.pool)
@@ -593,7 +595,7 @@ impl Store {
             .bind(service)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        let moved = sqlx::query(
             "UPDATE deployments SET live = 1, promoted_at = $1, superseded_at = NULL, updated_at = $1,
                verdict_reason = CASE WHEN verdict = 'good' THEN verdict_reason ELSE $2 END, verdict = 'good'
              WHERE id = $3 AND service = $4",
@@ -604,6 +606,12 @@ impl Store {
         .bind(service)
         .execute(&mut *tx)
         .await?;
+        if moved.rows_affected() != 1 {
+            // Dropping the transaction rolls it back: the ledger keeps its live deployment.
+            return Err(StoreError::NotFound(format!(
+                "deployment {to} of service {service}"
+            )));
+        }
         tx.commit().await?;
         Ok(())
     }

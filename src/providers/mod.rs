@@ -93,7 +93,11 @@ impl ProviderError {
             "request failed"
         };
         let message = format!("{kind}: {}", without_url(e));
-        ProviderError::Retryable { provider, message, retry_after: None }
+        ProviderError::Retryable {
+            provider,
+            message,
+            retry_after: None,
+        }
     }
 }
 

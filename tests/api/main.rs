@@ -5,6 +5,8 @@ mod cli;
 mod engine;
 mod helpers;
 mod ingest;
+mod ledger;
 mod notify;
 mod notify_clients;
 mod pipeline;
+mod vercel_client;

@@ -1,0 +1,488 @@
+//! The Vercel REST client against a fake Vercel speaking the documented wire
+//! format: request shapes, error sorting, retries and response parsing.
+
+use std::time::{Duration, Instant};
+
+use backstop::providers::vercel::{AliasJob, VercelClient};
+use backstop::providers::Backoff;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const GET_ALIAS: &str = include_str!("../fixtures/vercel/get_alias_200.json");
+const ASSIGN_ALIAS: &str = include_str!("../fixtures/vercel/assign_alias_200.json");
+const NOT_FOUND: &str = include_str!("../fixtures/vercel/error_not_found.json");
+const FORBIDDEN: &str = include_str!("../fixtures/vercel/error_forbidden.json");
+const RATE_LIMITED: &str = include_str!("../fixtures/vercel/error_rate_limited.json");
+const INTERNAL: &str = include_str!("../fixtures/vercel/error_internal.json");
+const LIST_DEPLOYMENTS: &str = include_str!("../fixtures/vercel/list_deployments_200.json");
+
+const ASSIGN_PATH: &str = "/v2/deployments/dpl_x/aliases";
+const DOMAIN: &str = "shop.example.com";
+
+fn client(server: &MockServer) -> VercelClient {
+    VercelClient::new(
+        &server.uri(),
+        SecretString::from("tok"),
+        Some("team_1".into()),
+        Duration::from_millis(500),
+    )
+    .with_retries(
+        3,
+        Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_secs(5),
+        },
+    )
+}
+
+fn json_body(status: u16, body: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), "application/json")
+}
+
+async fn requests(server: &MockServer) -> Vec<Request> {
+    server
+        .received_requests()
+        .await
+        .expect("request recording is on")
+}
+
+fn query(r: &Request, key: &str) -> Option<String> {
+    r.url
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+// ---- assign_alias -------------------------------------------------------------
+
+#[tokio::test]
+async fn assign_alias_posts_the_domain_with_the_token_and_team() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .and(header("authorization", "Bearer tok"))
+        .and(query_param("teamId", "team_1"))
+        .and(body_json(json!({"alias": DOMAIN})))
+        .respond_with(json_body(200, ASSIGN_ALIAS))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    client(&server)
+        .assign_alias("dpl_x", DOMAIN)
+        .await
+        .expect("assigned");
+
+    let got = requests(&server).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].body,
+        br#"{"alias":"shop.example.com"}"#.to_vec(),
+        "exactly the documented body"
+    );
+    assert_eq!(
+        got[0]
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
+        Some("application/json")
+    );
+}
+
+#[tokio::test]
+async fn conflict_on_assign_counts_as_success() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(
+            409,
+            r#"{"error":{"code":"alias_in_use","message":"The alias is already assigned to this deployment"}}"#,
+        ))
+        .mount(&server)
+        .await;
+
+    client(&server)
+        .assign_alias("dpl_x", DOMAIN)
+        .await
+        .expect("409 is success for assign");
+    assert_eq!(requests(&server).await.len(), 1, "no retries");
+}
+
+#[tokio::test]
+async fn not_found_on_assign_is_fatal_and_keeps_vercels_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(404, NOT_FOUND))
+        .mount(&server)
+        .await;
+
+    let err = client(&server)
+        .assign_alias("dpl_x", DOMAIN)
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("Could not find the RESOURCE: ID"),
+        "{err}"
+    );
+    let envelope = err.envelope();
+    assert_eq!(envelope.code, "not_found");
+    assert!(!envelope.retryable);
+    assert_eq!(
+        requests(&server).await.len(),
+        1,
+        "fatal errors are not retried"
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_assign_waits_as_told_then_succeeds() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(429, RATE_LIMITED).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(200, ASSIGN_ALIAS))
+        .mount(&server)
+        .await;
+
+    let started = Instant::now();
+    client(&server)
+        .assign_alias("dpl_x", DOMAIN)
+        .await
+        .expect("succeeds after the rate limit");
+    let elapsed = started.elapsed();
+
+    assert_eq!(requests(&server).await.len(), 2);
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "Retry-After: 1 was not honoured, retried after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_error_then_success_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(500, INTERNAL))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(200, ASSIGN_ALIAS))
+        .mount(&server)
+        .await;
+
+    client(&server)
+        .assign_alias("dpl_x", DOMAIN)
+        .await
+        .expect("succeeds on the second try");
+    let got = requests(&server).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].body, got[1].body,
+        "the retry repeats the same request"
+    );
+}
+
+#[tokio::test]
+async fn persistent_server_error_gives_up_after_every_try_with_vercels_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(500, INTERNAL))
+        .mount(&server)
+        .await;
+
+    let err = client(&server)
+        .assign_alias("dpl_x", DOMAIN)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "a 5xx may succeed later: {err}");
+    assert!(
+        err.to_string()
+            .contains("An unexpected internal error occurred"),
+        "{err}"
+    );
+    assert_eq!(requests(&server).await.len(), 3, "three tries configured");
+}
+
+#[tokio::test]
+async fn hung_vercel_times_out_on_every_try() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(json_body(200, ASSIGN_ALIAS).set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+
+    let err = client(&server)
+        .assign_alias("dpl_x", DOMAIN)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(requests(&server).await.len(), 3, "every try was made");
+}
+
+// ---- alias_target ---------------------------------------------------------------
+
+#[tokio::test]
+async fn alias_target_reads_the_documented_array_response() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v4/aliases/{DOMAIN}")))
+        .and(header("authorization", "Bearer tok"))
+        .and(query_param("teamId", "team_1"))
+        .respond_with(json_body(200, GET_ALIAS))
+        .mount(&server)
+        .await;
+
+    let target = client(&server).alias_target(DOMAIN).await.unwrap();
+    assert_eq!(target.as_deref(), Some("dpl_5m8CQaRBm3FnWRW1od3wKTpaECPx"));
+}
+
+#[tokio::test]
+async fn alias_target_reads_an_object_response() {
+    let server = MockServer::start().await;
+    let fixture: Value = serde_json::from_str(GET_ALIAS).unwrap();
+    let mut object = fixture[0].clone();
+    object["deploymentId"] = "dpl_object".into();
+    object["deployment"]["id"] = "dpl_object".into();
+    Mock::given(method("GET"))
+        .and(path(format!("/v4/aliases/{DOMAIN}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(object))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v4/aliases/www.example.com"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"alias": "www.example.com", "deployment": {"id": "dpl_nested"}}),
+            ),
+        )
+        .mount(&server)
+        .await;
+
+    let vercel = client(&server);
+    assert_eq!(
+        vercel.alias_target(DOMAIN).await.unwrap().as_deref(),
+        Some("dpl_object")
+    );
+    assert_eq!(
+        vercel
+            .alias_target("www.example.com")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("dpl_nested"),
+        "deployment.id alone is enough"
+    );
+}
+
+#[tokio::test]
+async fn alias_target_of_an_unknown_domain_is_none() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v4/aliases/{DOMAIN}")))
+        .respond_with(json_body(404, NOT_FOUND))
+        .mount(&server)
+        .await;
+
+    assert_eq!(client(&server).alias_target(DOMAIN).await.unwrap(), None);
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn alias_target_without_permission_is_an_error_not_none() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v4/aliases/{DOMAIN}")))
+        .respond_with(json_body(403, FORBIDDEN))
+        .mount(&server)
+        .await;
+
+    let err = client(&server).alias_target(DOMAIN).await.unwrap_err();
+    assert!(!err.is_retryable());
+    assert_eq!(err.envelope().code, "forbidden");
+}
+
+// ---- production_deployments -------------------------------------------------------
+
+#[tokio::test]
+async fn production_deployments_asks_for_ready_production_and_follows_pagination() {
+    let server = MockServer::start().await;
+    let second_page = json!({
+        "pagination": {"count": 1, "next": null, "prev": 1540095775951i64},
+        "deployments": [{"uid": "dpl_older", "url": "docs-older.vercel.app", "created": 1609400000000i64,
+                          "createdAt": 1609400000000i64, "ready": 1609400100000i64, "state": "READY",
+                          "target": "production", "meta": {"githubCommitSha": "9be1c07"}}]
+    });
+    Mock::given(method("GET"))
+        .and(path("/v6/deployments"))
+        .and(query_param("until", "1540095775951"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(second_page))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v6/deployments"))
+        .and(query_param_is_missing("until"))
+        .respond_with(json_body(200, LIST_DEPLOYMENTS))
+        .mount(&server)
+        .await;
+
+    let listed = client(&server)
+        .production_deployments("prj_1", 10)
+        .await
+        .unwrap();
+
+    let ids: Vec<_> = listed.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, vec!["dpl_2euZBFqxYdDMDG1jTrHFnNZ2eUVa", "dpl_older"]);
+    assert_eq!(listed[0].url.as_deref(), Some("docs-9jaeg38me.vercel.app"));
+    assert_eq!(listed[0].created_at_ms, Some(1609492210000));
+    assert_eq!(listed[0].ready_at_ms, Some(1609492210000));
+    assert_eq!(
+        listed[1].meta.get("githubCommitSha"),
+        Some(&json!("9be1c07"))
+    );
+
+    let got = requests(&server).await;
+    assert_eq!(got.len(), 2, "stops when there is no next page");
+    for r in &got {
+        assert_eq!(query(r, "projectId").as_deref(), Some("prj_1"), "{}", r.url);
+        assert_eq!(
+            query(r, "target").as_deref(),
+            Some("production"),
+            "{}",
+            r.url
+        );
+        assert_eq!(query(r, "state").as_deref(), Some("READY"), "{}", r.url);
+        assert_eq!(query(r, "teamId").as_deref(), Some("team_1"), "{}", r.url);
+    }
+    assert_eq!(query(&got[0], "limit").as_deref(), Some("10"));
+    assert_eq!(query(&got[0], "until"), None);
+    assert_eq!(
+        query(&got[1], "limit").as_deref(),
+        Some("9"),
+        "asks only for what is still missing"
+    );
+    assert_eq!(
+        query(&got[1], "until").as_deref(),
+        Some("1540095775951"),
+        "pagination.next becomes until"
+    );
+}
+
+#[tokio::test]
+async fn production_deployments_stops_at_an_empty_page() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v6/deployments"))
+        .and(query_param("until", "1540095775951"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "pagination": {"count": 0, "next": 1540095775951i64, "prev": null}, "deployments": []
+        })))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v6/deployments"))
+        .respond_with(json_body(200, LIST_DEPLOYMENTS))
+        .mount(&server)
+        .await;
+
+    let listed = client(&server)
+        .production_deployments("prj_1", 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        requests(&server).await.len(),
+        2,
+        "an empty page ends the listing even if it names a next page"
+    );
+}
+
+// ---- Instant Rollback ---------------------------------------------------------------
+
+#[tokio::test]
+async fn request_rollback_posts_to_instant_rollback_with_a_description() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects/prj_1/rollback/dpl_1"))
+        .and(query_param(
+            "description",
+            "backstop run 42: crash-free sessions below 99.5%",
+        ))
+        .and(query_param("teamId", "team_1"))
+        .and(header("authorization", "Bearer tok"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    client(&server)
+        .request_rollback(
+            "prj_1",
+            "dpl_1",
+            "backstop run 42: crash-free sessions below 99.5%",
+        )
+        .await
+        .expect("rollback requested");
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn last_alias_request_reads_the_rollback_job() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v9/projects/prj_1"))
+        .and(query_param("teamId", "team_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "prj_1", "name": "storefront",
+            "lastAliasRequest": {"jobStatus": "succeeded", "toDeploymentId": "dpl_1", "fromDeploymentId": "dpl_0",
+                                 "requestedAt": 1, "type": "rollback"}
+        })))
+        .mount(&server)
+        .await;
+
+    let job = client(&server).last_alias_request("prj_1").await.unwrap();
+    assert_eq!(
+        job,
+        Some(AliasJob {
+            job_status: "succeeded".into(),
+            to_deployment_id: Some("dpl_1".into()),
+            kind: Some("rollback".into())
+        })
+    );
+}
+
+#[tokio::test]
+async fn project_without_an_alias_request_has_no_job() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v9/projects/prj_1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"id": "prj_1", "lastAliasRequest": null})),
+        )
+        .mount(&server)
+        .await;
+
+    assert_eq!(
+        client(&server).last_alias_request("prj_1").await.unwrap(),
+        None
+    );
+}
