@@ -93,6 +93,12 @@ pub struct SentrySettings {
     /// How far `Sentry-Hook-Timestamp` may be from now.
     #[serde(deserialize_with = "de_duration")]
     pub timestamp_tolerance: Duration,
+    /// Optional API token (`project:read`), used by `backstop check`.
+    pub token: Option<SecretString>,
+    /// Organization slug, with `token`.
+    pub org: Option<String>,
+    /// API base URL.
+    pub api_base: String,
 }
 
 impl Default for SentrySettings {
@@ -100,6 +106,9 @@ impl Default for SentrySettings {
         Self {
             client_secret: None,
             timestamp_tolerance: Duration::from_secs(300),
+            token: None,
+            org: None,
+            api_base: "https://sentry.io".into(),
         }
     }
 }
@@ -593,6 +602,12 @@ impl Settings {
                     ),
                 ));
             }
+        }
+        if self.sentry.token.is_some() && self.sentry.org.is_none() {
+            return Err(missing(
+                "sentry.org",
+                "when sentry.token is set (the organization slug)",
+            ));
         }
         let pd = &self.pagerduty;
         if pd.mode == PagerDutyMode::Rest {

@@ -14,4 +14,5 @@ pub mod ledger;
 pub mod notify;
 pub mod policy;
 pub mod providers;
+pub mod sim;
 pub mod telemetry;

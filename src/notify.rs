@@ -209,9 +209,10 @@ impl Notice {
         v["to_url"] = json!(self.to.as_ref().and_then(|d| d.url.as_deref().map(https)));
         v["rate_text"] = json!(pct(self.rate));
         v["threshold_text"] = json!(pct(self.threshold));
-        v["time_to_rollback"] = json!(self
-            .time_to_rollback_ms
-            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0)));
+        v["time_to_rollback"] = json!(self.time_to_rollback_ms.map(|ms| match ms {
+            ms if ms < 1000 => format!("{ms} ms"),
+            ms => format!("{:.1}s", ms as f64 / 1000.0),
+        }));
         v
     }
 

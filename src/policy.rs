@@ -348,7 +348,15 @@ fn rest_of_rules(
     if svc.mode == Mode::Off {
         return t.stop(9, "enabled", Outcome::Skip, "disabled: service mode is off");
     }
-    t.pass(9, "enabled", format!("mode {:?}", svc.mode));
+    t.pass(
+        9,
+        "enabled",
+        if svc.mode == Mode::DryRun {
+            "mode dry-run"
+        } else {
+            "mode auto"
+        },
+    );
     if let Some(why) = &h.paused {
         return t.stop(
             10,

@@ -1,7 +1,10 @@
 //! The command line: parse, load settings, call into the library, print.
 //! No SQL and no decisions here.
 
+pub mod check;
+pub mod demo;
 mod show;
+pub mod test_alert;
 pub use show::explain;
 
 use std::path::PathBuf;
@@ -32,6 +35,34 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: webhooks, workers, resumption of unfinished runs.
     Serve,
+    /// The whole flow on simulated providers, no setup.
+    Demo {
+        /// Leave Backstop and the simulator running afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Validate the config and make one harmless call to every provider.
+    Check,
+    /// Decide (and, without --dry-run, act) on a sample Sentry webhook body.
+    TestAlert {
+        /// A Sentry webhook body (JSON); no signature needed.
+        file: PathBuf,
+        /// Decide and print only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Act without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Run the provider simulator, or send a signed alert the way Sentry does.
+    Sim {
+        /// Where the simulator listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+        /// Send an alert instead of serving.
+        #[command(subcommand)]
+        command: Option<SimCommand>,
+    },
     /// Apply database migrations.
     Migrate,
     /// Import production deployments and the live alias target from Vercel.
@@ -61,6 +92,32 @@ pub enum Command {
     Resume {
         /// Service name.
         service: String,
+    },
+}
+
+/// `backstop sim ...`
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Build, sign and send a crash-free metric alert exactly as Sentry does.
+    SendAlert {
+        /// Backstop's Sentry webhook URL.
+        #[arg(long)]
+        url: String,
+        /// The integration's client secret.
+        #[arg(long, env = "BACKSTOP_SENTRY__CLIENT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Incident identifier (a new one is a new incident).
+        #[arg(long, default_value = "1")]
+        identifier: String,
+        /// Sentry project slug.
+        #[arg(long, default_value = "storefront-web")]
+        project: String,
+        /// `critical`, `warning` or `resolved`.
+        #[arg(long, default_value = "critical")]
+        action: String,
+        /// How long ago the incident started, e.g. `1m`.
+        #[arg(long, default_value = "1m")]
+        started_ago: String,
     },
 }
 
@@ -139,8 +196,40 @@ pub fn load_settings(path: Option<PathBuf>) -> anyhow::Result<Settings> {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // These need no configuration.
+    match cli.command {
+        Command::Demo { keep } => {
+            let mut out = std::io::stdout();
+            demo::run(&mut out, keep).await?;
+            return Ok(());
+        }
+        Command::Sim { listen, command } => return sim(listen, command).await,
+        _ => {}
+    }
     let settings = load_settings(cli.config)?;
     match cli.command {
+        Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled above"),
+        Command::Check => {
+            let rows = check::run(&settings).await;
+            if !check::print(&mut std::io::stdout(), &rows)? {
+                bail!("some checks failed");
+            }
+            Ok(())
+        }
+        Command::TestAlert { file, dry_run, yes } => {
+            let opts = test_alert::Options {
+                file: &file,
+                dry_run,
+                yes,
+            };
+            test_alert::run(
+                settings,
+                opts,
+                &mut std::io::stdout(),
+                &mut std::io::stdin().lock(),
+            )
+            .await
+        }
         Command::Serve => {
             let app = Application::build(settings).await?;
             app.run_until(app::shutdown_signal()).await
@@ -181,6 +270,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .set_paused(&service, None)
                 .await?;
             println!("{service}: automatic rollbacks resumed");
+            Ok(())
+        }
+    }
+}
+
+async fn sim(listen: std::net::SocketAddr, command: Option<SimCommand>) -> anyhow::Result<()> {
+    match command {
+        Some(SimCommand::SendAlert {
+            url,
+            secret,
+            identifier,
+            project,
+            action,
+            started_ago,
+        }) => {
+            let ago = humantime::parse_duration(&started_ago)
+                .with_context(|| format!("--started-ago `{started_ago}` is not a duration"))?;
+            let mut alert = crate::sim::sender::CrashAlert::critical(
+                &project,
+                &identifier,
+                crate::ledger::now_ms() - ago.as_millis() as i64,
+            );
+            alert.action = action;
+            let (status, body) = crate::sim::sender::deliver(
+                &reqwest::Client::new(),
+                &url,
+                &secret,
+                "metric_alert",
+                &alert.body(),
+            )
+            .await?;
+            println!("HTTP {status} {body}");
+            Ok(())
+        }
+        None => {
+            let running = demo::demo_sim()
+                .start(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!(
+                "simulator serving at {} (state: {}/_sim/state)",
+                running.base, running.base
+            );
+            for p in [
+                crate::sim::Provider::Vercel,
+                crate::sim::Provider::Pagerduty,
+                crate::sim::Provider::Slack,
+                crate::sim::Provider::Sentry,
+            ] {
+                println!(
+                    "  {:<10} api_base = \"{}\"",
+                    format!("{p:?}").to_lowercase(),
+                    running.api_base(p)
+                );
+            }
+            println!("credentials are the demo's (see src/cli/demo.rs); Ctrl-C to stop");
+            app::shutdown_signal().await;
             Ok(())
         }
     }

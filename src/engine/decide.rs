@@ -35,20 +35,47 @@ impl Engine {
     }
 
     async fn decide_once(&self, claimed: &ClaimedRun) -> Result<Decision, StepError> {
-        let resource = Resource::from_header(&claimed.resource).ok_or_else(|| {
-            StepError::fatal(
-                "bad_resource",
-                format!("unknown resource {}", claimed.resource),
-            )
+        self.evaluate(
+            &claimed.resource,
+            &claimed.body,
+            claimed.received_at_ms,
+            &claimed.run.id,
+        )
+        .await
+    }
+
+    /// Decides on an alert body without storing anything: `test-alert` uses
+    /// this to show what would happen.
+    pub async fn preview(&self, resource: &str, body: &str) -> Result<Decision, StepError> {
+        self.evaluate(
+            resource,
+            body,
+            now_ms(),
+            &crate::ledger::RunId(String::new()),
+        )
+        .await
+    }
+
+    /// Gathers the facts and applies the policy; `run` is left out of the
+    /// rollback counts.
+    async fn evaluate(
+        &self,
+        resource: &str,
+        body: &str,
+        received_at_ms: i64,
+        run: &crate::ledger::RunId,
+    ) -> Result<Decision, StepError> {
+        let resource = Resource::from_header(resource).ok_or_else(|| {
+            StepError::fatal("bad_resource", format!("unknown resource {resource}"))
         })?;
-        let alert = sentry::parse(resource, claimed.body.as_bytes())
+        let alert = sentry::parse(resource, body.as_bytes())
             .map_err(|e| StepError::fatal("malformed", e.to_string()))?;
         let services = &self.settings().services;
         let now = now_ms();
         let history = match policy::map_service(&alert, services) {
             Some(svc) => self
                 .store()
-                .history(&svc.name, &claimed.run.id, now)
+                .history(&svc.name, run, now)
                 .await
                 .map_err(|e| StepError::retryable("store", e.to_string()))?,
             None => History::default(),
@@ -58,7 +85,7 @@ impl Engine {
             services,
             history: &history,
             production: None,
-            received_at_ms: claimed.received_at_ms,
+            received_at_ms,
             now_ms: now,
         };
         let decision = policy::decide(inputs);
@@ -70,6 +97,73 @@ impl Engine {
         let production = self.production_state(svc).await?;
         inputs.production = Some(&production);
         Ok(policy::decide(inputs))
+    }
+
+    /// The provider calls a decision leads to, for people to read.
+    pub fn planned_calls(&self, d: &Decision) -> Vec<String> {
+        let settings = self.settings();
+        let Some(svc) = d.service.as_deref().and_then(|s| settings.service(s)) else {
+            return vec![];
+        };
+        let vercel = &settings.vercel.api_base;
+        let mut calls = Vec::new();
+        for step in self.steps_for(d) {
+            match step.as_str() {
+                "rollback" => {
+                    let to = d.target.as_ref().map(|t| t.id.as_str()).unwrap_or("?");
+                    match svc.strategy {
+                        crate::config::Strategy::Alias => {
+                            for dom in &svc.domains {
+                                calls.push(format!("POST {vercel}/v2/deployments/{to}/aliases {{\"alias\":\"{dom}\"}}"));
+                            }
+                        }
+                        crate::config::Strategy::VercelRollback => {
+                            calls.push(format!(
+                                "POST {vercel}/v1/projects/{}/rollback/{to}?description=...",
+                                svc.vercel_project
+                            ));
+                            calls.push(format!("GET {vercel}/v9/projects/{} until lastAliasRequest.jobStatus = succeeded", svc.vercel_project));
+                        }
+                    }
+                    for dom in &svc.domains {
+                        calls.push(format!(
+                            "GET {vercel}/v4/aliases/{dom} (verify it serves {to})"
+                        ));
+                    }
+                }
+                "page" => {
+                    let key = super::notify::dedup_key(&svc.name, d);
+                    let action = if d.outcome == Outcome::Resolution {
+                        "resolve"
+                    } else {
+                        "trigger"
+                    };
+                    calls.push(match settings.pagerduty.mode {
+                        crate::config::PagerDutyMode::Events => format!(
+                            "POST {}/v2/enqueue event_action={action} dedup_key={key}",
+                            settings.pagerduty.base()
+                        ),
+                        crate::config::PagerDutyMode::Rest => format!(
+                            "POST {}/incidents incident_key={key}",
+                            settings.pagerduty.base()
+                        ),
+                    });
+                }
+                "announce" => {
+                    let channel = svc
+                        .slack_channel
+                        .clone()
+                        .or_else(|| settings.slack.channel.clone())
+                        .unwrap_or_else(|| "(webhook)".into());
+                    calls.push(format!(
+                        "POST {}/chat.postMessage channel={channel}",
+                        settings.slack.api_base
+                    ));
+                }
+                _ => {}
+            }
+        }
+        calls
     }
 
     /// Which deployment every production domain serves now.
@@ -90,7 +184,7 @@ impl Engine {
     }
 
     /// The steps an outcome calls for, given what is configured.
-    fn steps_for(&self, d: &Decision) -> Vec<String> {
+    pub(crate) fn steps_for(&self, d: &Decision) -> Vec<String> {
         let settings = self.settings();
         let Some(svc) = d.service.as_deref().and_then(|s| settings.service(s)) else {
             return vec![];

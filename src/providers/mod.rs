@@ -5,6 +5,7 @@
 //! reset headers. Longer outages are retried durably by the engine.
 
 pub mod pagerduty;
+pub mod sentry;
 pub mod slack;
 pub mod vercel;
 

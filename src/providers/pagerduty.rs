@@ -143,6 +143,44 @@ impl PagerDutyClient {
         .await
     }
 
+    /// A harmless authenticated call: reads the REST service; for the
+    /// Events API (which has no read call) only checks the key's shape.
+    pub async fn check(&self) -> Result<String, ProviderError> {
+        match &self.target {
+            Target::Events { routing_key } if routing_key.expose_secret().len() == 32 => {
+                Ok("Events API v2 has no read-only call; integration key is well-formed".into())
+            }
+            Target::Events { .. } => Err(ProviderError::Fatal {
+                provider: PROVIDER,
+                code: None,
+                message: "integration key must be 32 characters".into(),
+            }),
+            Target::Rest {
+                token, service_id, ..
+            } => {
+                let req = self
+                    .http
+                    .get(format!("{}/services/{service_id}", self.base))
+                    .header(
+                        "Authorization",
+                        format!("Token token={}", token.expose_secret()),
+                    )
+                    .header("Accept", "application/vnd.pagerduty+json;version=2");
+                let (status, headers, text) = send(PROVIDER, req).await?;
+                if status.is_success() {
+                    return Ok(format!("service {service_id} readable"));
+                }
+                Err(classify(
+                    PROVIDER,
+                    status,
+                    &headers,
+                    None,
+                    error_text(&text),
+                ))
+            }
+        }
+    }
+
     /// The Events API v2 body for `action`.
     pub fn event_body(routing_key: &str, action: &str, page: &Page) -> Value {
         let mut body = json!({

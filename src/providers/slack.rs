@@ -98,6 +98,46 @@ impl SlackClient {
         .await
     }
 
+    /// `auth.test`: proves the bot token works (webhooks cannot be checked
+    /// without posting).
+    pub async fn auth_test(&self) -> Result<String, ProviderError> {
+        let Target::Bot { token } = &self.target else {
+            return Ok("incoming webhook: not checked (posting is its only call)".into());
+        };
+        let req = self
+            .http
+            .post(format!("{}/auth.test", self.base))
+            .bearer_auth(token.expose_secret());
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        if !status.is_success() {
+            return Err(classify(
+                PROVIDER,
+                status,
+                &headers,
+                None,
+                text.chars().take(300).collect(),
+            ));
+        }
+        let v = json_body(PROVIDER, status, &text)?;
+        if v.get("ok").and_then(Value::as_bool) == Some(true) {
+            return Ok(format!(
+                "bot {} in team {}",
+                v["user"].as_str().unwrap_or("?"),
+                v["team"].as_str().unwrap_or("?")
+            ));
+        }
+        let error = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown_error")
+            .to_string();
+        Err(ProviderError::Fatal {
+            provider: PROVIDER,
+            message: format!("ok=false: {error}"),
+            code: Some(error),
+        })
+    }
+
     async fn post_message(
         &self,
         token: &SecretString,

@@ -3,10 +3,12 @@
 
 mod cli;
 mod engine;
+mod first_run;
 mod helpers;
 mod ingest;
 mod ledger;
 mod notify;
 mod notify_clients;
 mod pipeline;
+mod sim;
 mod vercel_client;

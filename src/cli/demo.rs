@@ -1,0 +1,402 @@
+//! `backstop demo`: the whole flow in seconds, with nothing to set up. A
+//! temporary SQLite ledger, the in-process simulator, a service with a
+//! history, then a signed crash alert, a stale one and a duplicate.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::app::Application;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::ingest::signature::{sign, Digest};
+use crate::ledger::{now_ms, RunDetail, RunId};
+use crate::notify::Notice;
+use crate::sim::sender::{self, CrashAlert};
+use crate::sim::{Credentials, Provider, Running, Sim};
+
+/// Credentials shared by the demo's Backstop and simulator (not secrets).
+pub const SENTRY_SECRET: &str = "demo-sentry-client-secret";
+const VERCEL_SECRET: &str = "demo-vercel-webhook-secret";
+const VERCEL_TOKEN: &str = "demo-vercel-token";
+const ROUTING_KEY: &str = "demo0000000000000000000000000key";
+const SLACK_TOKEN: &str = "xoxb-demo";
+const PROJECT: &str = "prj_storefront";
+const DOMAINS: [&str; 2] = ["shop.example.com", "www.shop.example.com"];
+const MIN: i64 = 60_000;
+
+/// What the demo showed; the test suite asserts it.
+#[derive(Debug, Clone, Default)]
+pub struct DemoReport {
+    /// Every production domain ended on the restored deployment.
+    pub rollback_verified: bool,
+    /// Alert to verified rollback, ms (as measured by Backstop).
+    pub alert_to_verified_ms: Option<i64>,
+    /// How long the webhook took to be acknowledged, ms.
+    pub ack_ms: u128,
+    /// The stale alert was skipped.
+    pub stale_skipped: bool,
+    /// The duplicate delivery was answered `200` with the first run.
+    pub duplicate_deduplicated: bool,
+    /// PagerDuty incidents opened.
+    pub incidents: usize,
+    /// Slack messages posted.
+    pub slack_messages: usize,
+}
+
+/// The simulator seeded with the demo's world: two good deployments and a
+/// live one promoted two minutes ago.
+pub fn demo_sim() -> Sim {
+    let sim = Sim::new(Credentials {
+        vercel_token: VERCEL_TOKEN.into(),
+        routing_keys: vec![ROUTING_KEY.into()],
+        pagerduty_token: "demo-pagerduty-token".into(),
+        slack_token: SLACK_TOKEN.into(),
+        sentry_token: "demo-sentry-token".into(),
+    });
+    let now = now_ms();
+    {
+        let mut w = sim.world();
+        w.add_project(PROJECT, &DOMAINS);
+        for (id, sha, at) in history(now) {
+            w.add_deployment(PROJECT, id, sha, at);
+        }
+        w.serve(PROJECT, "dpl_3f2c1a9live");
+        w.add_channel("#deploys");
+        w.crash_free.insert("3f2c1a9".into(), 0.921);
+        w.crash_free.insert("9be1c07".into(), 0.998);
+        w.sentry_projects
+            .insert("storefront-web".into(), 4505676595200000);
+    }
+    sim
+}
+
+fn history(now: i64) -> [(&'static str, &'static str, i64); 3] {
+    [
+        ("dpl_a1b2c3dgood", "a1b2c3d", now - 360 * MIN),
+        ("dpl_9be1c07good", "9be1c07", now - 180 * MIN),
+        ("dpl_3f2c1a9live", "3f2c1a9", now - 2 * MIN),
+    ]
+}
+
+/// Settings pointing every provider at the simulator.
+pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow::Result<Settings> {
+    let text = format!(
+        r##"
+        [server]
+        listen = "{listen}"
+        [database]
+        url = "{db_url}"
+        [sentry]
+        client_secret = "{SENTRY_SECRET}"
+        [vercel]
+        token = "{VERCEL_TOKEN}"
+        webhook_secret = "{VERCEL_SECRET}"
+        api_base = "{vercel}"
+        [pagerduty]
+        routing_key = "{ROUTING_KEY}"
+        api_base = "{pagerduty}"
+        [slack]
+        bot_token = "{SLACK_TOKEN}"
+        channel = "#deploys"
+        api_base = "{slack}"
+        [engine]
+        poll_interval = "200ms"
+        [[services]]
+        name = "storefront"
+        sentry_projects = ["storefront-web"]
+        vercel_project = "{PROJECT}"
+        domains = ["{d0}", "{d1}"]
+        mode = "auto"
+        "##,
+        vercel = sim.api_base(Provider::Vercel),
+        pagerduty = sim.api_base(Provider::Pagerduty),
+        slack = sim.api_base(Provider::Slack),
+        d0 = DOMAINS[0],
+        d1 = DOMAINS[1],
+    );
+    Ok(Settings::from_toml(&text, Vec::new())?)
+}
+
+/// Runs the demo, printing the timeline to `out`. With `keep`, leaves
+/// everything running until Ctrl-C.
+pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<DemoReport> {
+    let dir = tempfile_dir()?;
+    let db_url = format!("sqlite://{}", dir.join("backstop-demo.db").display());
+    let sim = demo_sim()
+        .start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("cannot start the simulator")?;
+    let settings = demo_settings(&sim, &db_url, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let app = Application::build(settings).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let engine = app.engine();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let result = script(out, &http, &base, &engine, &sim).await;
+    if keep && result.is_ok() {
+        writeln!(out, "\nStill running (Ctrl-C to stop):")?;
+        writeln!(out, "  backstop   {base}   (ledger {db_url})")?;
+        writeln!(
+            out,
+            "  simulator  {}   (state: {}/_sim/state)",
+            sim.base, sim.base
+        )?;
+        writeln!(out, "Fire another alert:")?;
+        writeln!(out, "  backstop sim send-alert --url {base}/webhooks/sentry --secret {SENTRY_SECRET} --identifier 1003")?;
+        out.flush()?;
+        crate::app::shutdown_signal().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    sim.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("backstop-demo-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).context("cannot create a temporary directory")?;
+    Ok(dir)
+}
+
+async fn script(
+    out: &mut (dyn Write + Send),
+    http: &reqwest::Client,
+    base: &str,
+    engine: &Engine,
+    sim: &Running,
+) -> anyhow::Result<DemoReport> {
+    let mut report = DemoReport::default();
+    writeln!(
+        out,
+        "Backstop demo: storefront on simulated Vercel, PagerDuty and Slack (SQLite ledger)\n"
+    )?;
+    feed_ledger(out, http, base).await?;
+
+    let t0 = Instant::now();
+    let alert = CrashAlert::critical("storefront-web", "1001", now_ms() - 60_000).body();
+    let (status, body) = sender::deliver(
+        http,
+        &format!("{base}/webhooks/sentry"),
+        SENTRY_SECRET,
+        "metric_alert",
+        &alert,
+    )
+    .await?;
+    report.ack_ms = t0.elapsed().as_millis();
+    if status != 202 {
+        bail!("the alert was not accepted: HTTP {status} {body}");
+    }
+    let run = RunId(body["run"].as_str().unwrap_or_default().to_string());
+    line(
+        out,
+        t0,
+        &format!(
+            "alert acknowledged: 202 in {} ms (run {run})",
+            report.ack_ms
+        ),
+    )?;
+    let detail = wait_for(engine, &run).await?;
+    timeline(out, t0, &detail, sim, &mut report)?;
+
+    // A late delivery about an incident that started before production changed.
+    let stale = CrashAlert::critical("storefront-web", "1000", now_ms() - 10 * MIN).body();
+    let (status, body) = sender::deliver(
+        http,
+        &format!("{base}/webhooks/sentry"),
+        SENTRY_SECRET,
+        "metric_alert",
+        &stale,
+    )
+    .await?;
+    let stale_run = wait_for(
+        engine,
+        &RunId(body["run"].as_str().unwrap_or_default().into()),
+    )
+    .await?;
+    report.stale_skipped = status == 202
+        && stale_run.run.outcome.as_deref() == Some("skip")
+        && stale_run
+            .run
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("stale"));
+    writeln!(
+        out,
+        "\nstale alert (started 10 min ago): {} — {}",
+        stale_run.run.outcome.as_deref().unwrap_or("?"),
+        stale_run.run.reason.as_deref().unwrap_or("?")
+    )?;
+
+    // Sentry re-sends the first alert: new Request-ID and timestamp, same body.
+    let (status, body) = sender::deliver(
+        http,
+        &format!("{base}/webhooks/sentry"),
+        SENTRY_SECRET,
+        "metric_alert",
+        &alert,
+    )
+    .await?;
+    report.duplicate_deduplicated = status == 200 && body["run"].as_str() == Some(run.0.as_str());
+    writeln!(
+        out,
+        "duplicate delivery of the first alert: HTTP {status}, {} (run {})",
+        body["status"].as_str().unwrap_or("?"),
+        body["run"].as_str().unwrap_or("?")
+    )?;
+    let w = sim.sim.world();
+    report.incidents = w.incidents.len();
+    report.slack_messages = w.messages.len();
+    writeln!(
+        out,
+        "\nin the end: {} alias writes, {} PagerDuty incident(s), {} Slack message(s)",
+        w.alias_writes.len(),
+        report.incidents,
+        report.slack_messages
+    )?;
+    if !report.rollback_verified {
+        bail!("the rollback was not verified");
+    }
+    Ok(report)
+}
+
+/// Feeds the ledger through signed Vercel webhooks, as production would.
+async fn feed_ledger(
+    out: &mut (dyn Write + Send),
+    http: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<()> {
+    for (id, sha, at) in history(now_ms()) {
+        let event = serde_json::json!({
+            "id": format!("evt_{id}"), "type": "deployment.promoted", "createdAt": at, "region": "iad1",
+            "payload": {"deployment": {"id": id, "name": "storefront", "url": format!("storefront-{}.vercel.app", &id[id.len() - 6..].to_lowercase()),
+                        "meta": {"githubCommitSha": sha}}, "project": {"id": PROJECT}, "target": "production", "team": {"id": "team_demo"}}
+        });
+        let bytes = serde_json::to_vec(&event)?;
+        let resp = http
+            .post(format!("{base}/webhooks/vercel"))
+            .header(
+                "x-vercel-signature",
+                sign(Digest::Sha1, VERCEL_SECRET.as_bytes(), &bytes),
+            )
+            .body(bytes)
+            .send()
+            .await?;
+        if resp.status() != 200 {
+            bail!("Vercel webhook refused: HTTP {}", resp.status());
+        }
+        let ago = (now_ms() - at) / MIN;
+        writeln!(
+            out,
+            "ledger: deployment.promoted {id} (release {sha}) {ago} min ago"
+        )?;
+    }
+    writeln!(
+        out,
+        "live: dpl_3f2c1a9live on {} and {}\n",
+        DOMAINS[0], DOMAINS[1]
+    )?;
+    Ok(())
+}
+
+async fn wait_for(engine: &Engine, run: &RunId) -> anyhow::Result<RunDetail> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = engine.store().run_detail(run).await?;
+        if d.run.status == "done" || d.run.status == "failed" {
+            return Ok(d);
+        }
+        if Instant::now() > deadline {
+            bail!("run {run} did not finish in 20 s (status {})", d.run.status);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn line(out: &mut (dyn Write + Send), t0: Instant, text: &str) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "[{:>6.1} ms] {text}",
+        t0.elapsed().as_secs_f64() * 1000.0
+    )
+}
+
+fn timeline(
+    out: &mut (dyn Write + Send),
+    t0: Instant,
+    d: &RunDetail,
+    sim: &Running,
+    report: &mut DemoReport,
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "decision: {} — {}",
+        d.run.outcome.as_deref().unwrap_or("?"),
+        d.run.reason.as_deref().unwrap_or("?")
+    )?;
+    if let Some(checks) = d.run.decision.as_ref().and_then(|v| v["checks"].as_array()) {
+        for c in checks {
+            let mark = if c["passed"] == true { "✓" } else { "✗" };
+            writeln!(
+                out,
+                "    {mark} {:>2} {:<22} {}",
+                c["rule"],
+                c["name"].as_str().unwrap_or(""),
+                c["detail"].as_str().unwrap_or("")
+            )?;
+        }
+    }
+    let w = sim.sim.world();
+    for write in &w.alias_writes {
+        writeln!(out, "  {} re-aliased to {}", write.domain, write.deployment)?;
+    }
+    let rollback = d.steps.iter().find(|s| s.name == "rollback");
+    let verified = rollback
+        .filter(|s| s.status == "succeeded")
+        .and_then(|s| s.output.clone())
+        .unwrap_or(Value::Null);
+    for dom in verified["domains"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  verified: {} serves {}",
+            dom["domain"].as_str().unwrap_or("?"),
+            dom["deployment"].as_str().unwrap_or("?")
+        )?;
+    }
+    report.rollback_verified = DOMAINS
+        .iter()
+        .all(|dom| w.aliases.get(*dom).map(String::as_str) == Some("dpl_9be1c07good"));
+    report.alert_to_verified_ms = verified["alert_to_verified_ms"].as_i64();
+    for i in w.incidents.values() {
+        writeln!(
+            out,
+            "  PagerDuty incident {} ({}): {}",
+            i.id, i.severity, i.summary
+        )?;
+    }
+    for m in &w.messages {
+        writeln!(out, "  Slack {} ts {}:", m.channel, m.ts)?;
+        for l in
+            Notice::card_as_text(m.blocks.as_array().map(Vec::as_slice).unwrap_or_default()).lines()
+        {
+            writeln!(out, "    | {l}")?;
+        }
+    }
+    let took = report
+        .alert_to_verified_ms
+        .map(|ms| format!("{ms} ms"))
+        .unwrap_or_else(|| "not verified".into());
+    line(
+        out,
+        t0,
+        &format!("alert → verified rollback: {took}; run {}", d.run.status),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Sentry REST client: the reads `backstop check` makes with an optional
+//! API token.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::{classify, http_client, json_body, send, ProviderError};
+
+const PROVIDER: &str = "sentry";
+
+/// A Sentry API client.
+#[derive(Clone)]
+pub struct SentryClient {
+    http: reqwest::Client,
+    base: String,
+    token: SecretString,
+    org: String,
+}
+
+impl SentryClient {
+    /// A client for `base` (`https://sentry.io`).
+    pub fn new(base: &str, token: SecretString, org: &str, timeout: Duration) -> Self {
+        Self {
+            http: http_client(timeout),
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            org: org.to_string(),
+        }
+    }
+
+    /// Reads a project (`GET /api/0/projects/{org}/{slug}/`).
+    pub async fn project(&self, slug: &str) -> Result<Value, ProviderError> {
+        let req = self
+            .http
+            .get(format!("{}/api/0/projects/{}/{slug}/", self.base, self.org))
+            .bearer_auth(self.token.expose_secret());
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        if status.is_success() {
+            return json_body(PROVIDER, status, &text);
+        }
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        Err(classify(PROVIDER, status, &headers, None, detail))
+    }
+}

@@ -1,0 +1,163 @@
+//! Simulated Vercel, PagerDuty, Slack and Sentry APIs for the demo and the
+//! tests. They speak the real wire formats (bodies, error shapes, rate-limit
+//! headers), keep state (an alias really moves, incidents group by dedup
+//! key, messages thread), and inject faults per provider: latency, 5xx, 429,
+//! timeouts and dropped connections. The product only sees an `api_base`.
+//!
+//! Each provider lives under its own prefix: `/vercel`, `/pagerduty`,
+//! `/slack`, `/sentry`; `/_sim/state` and `/_sim/faults` inspect and steer.
+
+mod faults;
+mod pagerduty;
+pub mod sender;
+mod sentry;
+mod slack;
+mod vercel;
+mod world;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+
+pub use faults::Faults;
+pub use world::*;
+
+/// Which simulated provider.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Vercel REST API.
+    Vercel,
+    /// PagerDuty Events and REST APIs.
+    Pagerduty,
+    /// Slack Web API.
+    Slack,
+    /// Sentry REST API.
+    Sentry,
+}
+
+/// Shared simulator state.
+#[derive(Clone, Default)]
+pub struct Sim {
+    world: Arc<Mutex<World>>,
+    faults: Arc<Mutex<std::collections::BTreeMap<Provider, Faults>>>,
+}
+
+impl Sim {
+    /// A simulator with these credentials and nothing else.
+    pub fn new(creds: Credentials) -> Self {
+        let sim = Self::default();
+        sim.world().creds = creds;
+        sim
+    }
+
+    /// Locks the world (never held across an await).
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the faults of one provider.
+    pub fn set_faults(&self, provider: Provider, faults: Faults) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(provider, faults);
+    }
+
+    fn faults_of(&self, provider: Provider) -> Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&provider)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The whole router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .nest(
+                "/vercel",
+                faults::layer(vercel::routes(), self.clone(), Provider::Vercel),
+            )
+            .nest(
+                "/pagerduty",
+                faults::layer(pagerduty::routes(), self.clone(), Provider::Pagerduty),
+            )
+            .nest(
+                "/slack",
+                faults::layer(slack::routes(), self.clone(), Provider::Slack),
+            )
+            .nest(
+                "/sentry",
+                faults::layer(sentry::routes(), self.clone(), Provider::Sentry),
+            )
+            .route("/_sim/state", get(state))
+            .route("/_sim/faults", post(set_faults))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` (port 0 picks one) in the background.
+    pub async fn start(self, addr: SocketAddr) -> std::io::Result<Running> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Running {
+            sim: self,
+            base: format!("http://{addr}"),
+            task,
+        })
+    }
+}
+
+/// A simulator serving in the background.
+pub struct Running {
+    /// Its state.
+    pub sim: Sim,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// `api_base` for one provider.
+    pub fn api_base(&self, provider: Provider) -> String {
+        let prefix = match provider {
+            Provider::Vercel => "vercel",
+            Provider::Pagerduty => "pagerduty",
+            Provider::Slack => "slack",
+            Provider::Sentry => "sentry",
+        };
+        format!("{}/{prefix}", self.base)
+    }
+
+    /// Stops serving.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn state(State(sim): State<Sim>) -> Json<Value> {
+    Json(sim.world().snapshot())
+}
+
+#[derive(serde::Deserialize)]
+struct FaultRequest {
+    provider: Provider,
+    #[serde(flatten)]
+    faults: Faults,
+}
+
+async fn set_faults(State(sim): State<Sim>, Json(req): Json<FaultRequest>) -> Json<Value> {
+    sim.set_faults(req.provider, req.faults);
+    Json(serde_json::json!({"ok": true}))
+}

@@ -1,0 +1,269 @@
+//! Simulated Vercel REST API: aliases that really move, Instant Rollback
+//! jobs reported through `lastAliasRequest`, deployment listings, and
+//! Vercel's error bodies and rate-limit headers.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+use super::{AliasWrite, Sim};
+use crate::ledger::now_ms;
+
+pub fn routes() -> Router<Sim> {
+    Router::new()
+        .route("/v2/deployments/{id}/aliases", post(assign_alias))
+        .route("/v4/aliases/{domain}", get(get_alias))
+        .route(
+            "/v1/projects/{project}/rollback/{deployment}",
+            post(rollback),
+        )
+        .route("/v9/projects/{project}", get(get_project))
+        .route("/v6/deployments", get(list_deployments))
+        .route("/v13/deployments/{id}", get(get_deployment))
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    with_limits(
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response(),
+    )
+}
+
+fn ok(status: StatusCode, body: Value) -> Response {
+    with_limits((status, Json(body)).into_response())
+}
+
+/// Every Vercel response carries its rate-limit headers.
+fn with_limits(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert("x-ratelimit-limit", 120.into());
+    h.insert("x-ratelimit-remaining", 119.into());
+    h.insert("x-ratelimit-reset", (now_ms() / 1000 + 600).into());
+    r
+}
+
+/// The rejection for a request without the right credentials.
+fn authorized(sim: &Sim, headers: &HeaderMap) -> Option<Response> {
+    let expected = format!("Bearer {}", sim.world().creds.vercel_token);
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(got) if got == expected => None,
+        _ => Some(error(StatusCode::FORBIDDEN, "forbidden", "Not authorized")),
+    }
+}
+
+async fn assign_alias(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    if let Some(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let Some(alias) = body
+        .as_ref()
+        .and_then(|b| b.get("alias"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Invalid request: missing required property `alias`",
+        );
+    };
+    let mut w = sim.world();
+    if !w.deployments.contains_key(&id) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("Could not find the deployment: {id}"),
+        );
+    }
+    let old = w.aliases.insert(alias.clone(), id.clone());
+    let n = w.next_seq();
+    w.alias_writes.push(AliasWrite {
+        domain: alias.clone(),
+        deployment: id,
+        at_ms: now_ms(),
+    });
+    let mut body = json!({"uid": format!("alias_{n}"), "alias": alias, "created": crate::ingest::sentry::format_time(now_ms())});
+    if let Some(old) = old {
+        body["oldDeploymentId"] = json!(old);
+    }
+    ok(StatusCode::OK, body)
+}
+
+async fn get_alias(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(domain): Path<String>,
+) -> Response {
+    if let Some(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let w = sim.world();
+    let Some(id) = w.aliases.get(&domain) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("Could not find the alias: {domain}"),
+        );
+    };
+    let d = w.deployments.get(id);
+    ok(
+        StatusCode::OK,
+        json!({
+            "alias": domain, "created": "2017-04-26T23:00:34.232Z", "createdAt": 1540095775941i64, "uid": format!("alias_{domain}"),
+            "deploymentId": id, "projectId": d.map(|d| d.project.clone()),
+            "deployment": {"id": id, "url": d.map(|d| d.url.clone()), "meta": {}}, "updatedAt": now_ms()
+        }),
+    )
+}
+
+async fn rollback(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path((project, deployment)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let mut w = sim.world();
+    let Some(domains) = w.projects.get(&project).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("Project not found: {project}"),
+        );
+    };
+    if w.deployments
+        .get(&deployment)
+        .is_none_or(|d| d.project != project)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("Deployment not found: {deployment}"),
+        );
+    }
+    let from = domains
+        .first()
+        .and_then(|d| w.aliases.get(d))
+        .cloned()
+        .unwrap_or_default();
+    let job = json!({"jobStatus": "in-progress", "fromDeploymentId": from, "toDeploymentId": deployment, "requestedAt": now_ms(), "type": "rollback"});
+    w.alias_jobs.insert(project, (job, false));
+    with_limits(StatusCode::CREATED.into_response())
+}
+
+/// A rollback job finishes once it has been seen in progress: the first
+/// read reports `in-progress`, the next moves the aliases and reports `succeeded`.
+async fn get_project(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Response {
+    if let Some(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let mut w = sim.world();
+    let Some(domains) = w.projects.get(&project).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("Project not found: {project}"),
+        );
+    };
+    let mut job = w.alias_jobs.get(&project).cloned();
+    if let Some((j, seen)) = &mut job {
+        if *seen && j["jobStatus"] == "in-progress" {
+            let to = j["toDeploymentId"].as_str().unwrap_or_default().to_string();
+            for d in &domains {
+                w.aliases.insert(d.clone(), to.clone());
+                w.alias_writes.push(AliasWrite {
+                    domain: d.clone(),
+                    deployment: to.clone(),
+                    at_ms: now_ms(),
+                });
+            }
+            j["jobStatus"] = json!("succeeded");
+        }
+        *seen = true;
+        w.alias_jobs
+            .insert(project.clone(), job.clone().unwrap_or_default());
+    }
+    let live = domains.first().and_then(|d| w.aliases.get(d)).cloned();
+    ok(
+        StatusCode::OK,
+        json!({
+            "id": project, "name": project.trim_start_matches("prj_"), "accountId": "team_sim", "framework": "nextjs",
+            "targets": {"production": {"id": live}}, "autoAssignCustomDomains": true,
+            "lastAliasRequest": job.map(|(j, _)| j)
+        }),
+    )
+}
+
+async fn list_deployments(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let w = sim.world();
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(20)
+        .min(100);
+    let until: i64 = q
+        .get("until")
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(i64::MAX);
+    let mut items: Vec<_> = w
+        .deployments
+        .values()
+        .filter(|d| q.get("projectId").is_none_or(|p| *p == d.project) && d.created_at < until)
+        .collect();
+    items.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(|d| d.created_at)
+    } else {
+        None
+    };
+    let list: Vec<Value> = items.iter().map(|d| w.deployment_json(d)).collect();
+    ok(
+        StatusCode::OK,
+        json!({"pagination": {"count": list.len(), "next": next, "prev": null}, "deployments": list}),
+    )
+}
+
+async fn get_deployment(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let w = sim.world();
+    match w.deployments.get(&id) {
+        Some(d) => ok(StatusCode::OK, w.deployment_json(d)),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("Could not find the deployment: {id}"),
+        ),
+    }
+}

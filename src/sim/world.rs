@@ -1,0 +1,182 @@
+//! The simulated providers' state.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Credentials the simulated providers accept.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Vercel bearer token.
+    pub vercel_token: String,
+    /// PagerDuty Events API routing keys.
+    pub routing_keys: Vec<String>,
+    /// PagerDuty REST API token.
+    pub pagerduty_token: String,
+    /// Slack bot token.
+    pub slack_token: String,
+    /// Sentry API token.
+    pub sentry_token: String,
+}
+
+/// A simulated Vercel deployment.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimDeployment {
+    /// `dpl_...`
+    pub id: String,
+    /// Project id.
+    pub project: String,
+    /// `*.vercel.app`
+    pub url: String,
+    /// Git commit sha (`meta.githubCommitSha`).
+    pub sha: String,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Ready, Unix ms.
+    pub ready_at: i64,
+}
+
+/// One alias write, as Vercel received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AliasWrite {
+    /// Domain.
+    pub domain: String,
+    /// Deployment it now serves.
+    pub deployment: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+}
+
+/// A PagerDuty incident (one per dedup key).
+#[derive(Debug, Clone, Serialize)]
+pub struct Incident {
+    /// `Q...` id.
+    pub id: String,
+    /// Dedup / incident key.
+    pub key: String,
+    /// `triggered` or `resolved`.
+    pub status: String,
+    /// Summary or title.
+    pub summary: String,
+    /// Severity or urgency.
+    pub severity: String,
+    /// Events received for it.
+    pub events: u32,
+    /// The first trigger's body.
+    pub first_event: Value,
+}
+
+/// A Slack message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// Channel id.
+    pub channel: String,
+    /// `ts`
+    pub ts: String,
+    /// Thread parent, if a reply.
+    pub thread_ts: Option<String>,
+    /// Fallback text.
+    pub text: String,
+    /// Blocks.
+    pub blocks: Value,
+    /// Message metadata, when sent.
+    pub metadata: Value,
+}
+
+/// Everything the simulators know.
+#[derive(Debug, Default)]
+pub struct World {
+    /// What they accept.
+    pub creds: Credentials,
+    /// Vercel: project id → production domains.
+    pub projects: BTreeMap<String, Vec<String>>,
+    /// Vercel deployments by id.
+    pub deployments: BTreeMap<String, SimDeployment>,
+    /// Vercel: domain → deployment id.
+    pub aliases: BTreeMap<String, String>,
+    /// Vercel: every alias write.
+    pub alias_writes: Vec<AliasWrite>,
+    /// Vercel: project → last alias job (`lastAliasRequest`), and whether it has been polled once.
+    pub alias_jobs: BTreeMap<String, (Value, bool)>,
+    /// PagerDuty incidents by key.
+    pub incidents: BTreeMap<String, Incident>,
+    /// Slack channels: name (with `#`) → id.
+    pub channels: BTreeMap<String, String>,
+    /// Slack messages, in order.
+    pub messages: Vec<Message>,
+    /// Sentry: release → crash-free session rate (fraction 0-1).
+    pub crash_free: BTreeMap<String, f64>,
+    /// Sentry projects: slug → numeric id.
+    pub sentry_projects: BTreeMap<String, u64>,
+    /// Counter for ids and timestamps.
+    pub seq: u64,
+}
+
+impl World {
+    /// Adds a project with its production domains.
+    pub fn add_project(&mut self, id: &str, domains: &[&str]) {
+        self.projects
+            .insert(id.into(), domains.iter().map(|d| d.to_string()).collect());
+    }
+
+    /// Adds a READY production deployment.
+    pub fn add_deployment(&mut self, project: &str, id: &str, sha: &str, ready_at: i64) {
+        let url = format!(
+            "{}-{}.vercel.app",
+            project.trim_start_matches("prj_"),
+            &id[id.len().saturating_sub(6)..].to_lowercase()
+        );
+        self.deployments.insert(
+            id.into(),
+            SimDeployment {
+                id: id.into(),
+                project: project.into(),
+                url,
+                sha: sha.into(),
+                created_at: ready_at - 60_000,
+                ready_at,
+            },
+        );
+    }
+
+    /// Points every production domain of `project` at `deployment`.
+    pub fn serve(&mut self, project: &str, deployment: &str) {
+        for d in self.projects.get(project).cloned().unwrap_or_default() {
+            self.aliases.insert(d, deployment.into());
+        }
+    }
+
+    /// Adds a Slack channel.
+    pub fn add_channel(&mut self, name: &str) {
+        let id = format!("C{:08}", self.channels.len() + 1);
+        self.channels.insert(name.into(), id);
+    }
+
+    /// The next number in sequence.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A JSON picture of everything (for `/_sim/state` and tests).
+    pub fn snapshot(&self) -> Value {
+        json!({
+            "vercel": {"aliases": self.aliases, "alias_writes": self.alias_writes, "deployments": self.deployments,
+                       "alias_jobs": self.alias_jobs.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect::<BTreeMap<_, _>>()},
+            "pagerduty": {"incidents": self.incidents},
+            "slack": {"channels": self.channels, "messages": self.messages},
+            "sentry": {"crash_free": self.crash_free},
+        })
+    }
+
+    /// Deployment as Vercel's API shows it.
+    pub fn deployment_json(&self, d: &SimDeployment) -> Value {
+        json!({
+            "uid": d.id, "id": d.id, "name": d.project.trim_start_matches("prj_"), "projectId": d.project, "url": d.url,
+            "created": d.created_at, "createdAt": d.created_at, "buildingAt": d.created_at, "ready": d.ready_at,
+            "state": "READY", "readyState": "READY", "readySubstate": "PROMOTED", "target": "production", "type": "LAMBDAS",
+            "source": "git", "meta": {"githubCommitSha": d.sha, "githubCommitRef": "main"}, "isRollbackCandidate": true
+        })
+    }
+}
