@@ -25,12 +25,10 @@ pub struct Application {
 
 /// Connects and migrates the store named in the settings.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect(
-        &settings.database.url,
-        settings.database.max_connections as u32,
-    )
-    .await
-    .context("cannot connect to database.url")?;
+    let db = &settings.database;
+    let store = Store::connect_with(&db.url, db.max_connections as u32, db.acquire_timeout)
+        .await
+        .context("cannot connect to database.url")?;
     store
         .migrate()
         .await

@@ -73,6 +73,10 @@ pub struct DatabaseSettings {
     /// Largest connection pool (Postgres; SQLite always uses one writer).
     #[serde(deserialize_with = "de_u64")]
     pub max_connections: u64,
+    /// How long a request waits for a connection before the store counts as
+    /// unavailable (webhooks then answer 503 while Sentry still listens).
+    #[serde(deserialize_with = "de_duration")]
+    pub acquire_timeout: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -80,6 +84,7 @@ impl Default for DatabaseSettings {
         Self {
             url: SecretString::from("sqlite://backstop.db"),
             max_connections: 10,
+            acquire_timeout: Duration::from_millis(750),
         }
     }
 }

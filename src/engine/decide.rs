@@ -16,7 +16,7 @@ impl Engine {
         let run = &claimed.run.id;
         let deadline = self.settings().engine.rollback_deadline;
         let finished = self
-            .attempt_loop(run, "decide", deadline, false, || async {
+            .attempt_loop(run, "decide", deadline, false, |_| async {
                 let decision = self.decide_once(claimed).await?;
                 serde_json::to_value(&decision)
                     .map_err(|e| StepError::fatal("internal", e.to_string()))
@@ -206,6 +206,9 @@ impl Engine {
         }
         if announce && settings.slack.enabled() {
             steps.push("announce".into());
+        }
+        if steps.iter().any(|s| s == "page") && steps.iter().any(|s| s == "announce") {
+            steps.push("followup".into());
         }
         steps
     }

@@ -61,6 +61,7 @@ struct Inner {
     providers: Providers,
     worker: String,
     wake: Notify,
+    failpoint: Option<String>,
 }
 
 impl Engine {
@@ -78,6 +79,9 @@ impl Engine {
                 providers,
                 worker,
                 wake: Notify::new(),
+                failpoint: std::env::var("BACKSTOP_FAILPOINT")
+                    .ok()
+                    .filter(|f| !f.is_empty()),
             }),
         }
     }
@@ -121,12 +125,23 @@ impl Engine {
     pub async fn work(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let poll = self.settings().engine.poll_interval;
         loop {
+            // One run at a time, so a shutdown waits for at most the run in hand.
+            while !*shutdown.borrow() {
+                match self.store().claim_run(self.worker_id(), self.lease()).await {
+                    Ok(Some(claimed)) => {
+                        if let Err(e) = self.process(claimed).await {
+                            tracing::warn!(error = %e, "run interrupted; it resumes when its lease lapses");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim runs; will retry");
+                        break;
+                    }
+                }
+            }
             if *shutdown.borrow() {
                 return;
-            }
-            match self.run_until_idle().await {
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "worker pass stopped; will retry"),
             }
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
@@ -158,59 +173,84 @@ impl Engine {
                 return Ok(());
             }
         }
-        let result = self.process_claimed(&claimed).await;
+        // Deciding and rolling back hold the service; notifying does not.
+        let acted = self.decide_and_roll_back(&claimed).await;
         if let Some(service) = &service {
             self.store().release_service(service, &run).await?;
         }
-        result
-    }
-
-    async fn process_claimed(&self, claimed: &ClaimedRun) -> Result<(), EngineError> {
-        let run = &claimed.run.id;
-        let steps = self.store().steps(run).await?;
-        if steps
-            .iter()
-            .any(|s| s.name == "decide" && s.status == step_status::PENDING)
-        {
-            self.decide(claimed).await?;
-        }
-        let steps = self.store().steps(run).await?;
-        let pending = |name: &str| {
-            steps
-                .iter()
-                .any(|s| s.name == name && s.status == step_status::PENDING)
-        };
-        let mut ok = true;
-        if pending("rollback") {
-            ok &= self.rollback(claimed).await?;
-        }
-        // Page and announce side by side, after the rollback.
-        let (paged, announced) = tokio::join!(
-            async {
-                if pending("page") {
-                    self.page(claimed).await
-                } else {
-                    Ok(true)
-                }
-            },
-            async {
-                if pending("announce") {
-                    self.announce(claimed).await
-                } else {
-                    Ok(true)
-                }
-            },
-        );
-        ok &= paged? & announced?;
-        let steps = self.store().steps(run).await?;
+        let ok = acted? & self.notify(&claimed).await?;
+        self.failpoint("before-finish").await;
+        let steps = self.store().steps(&run).await?;
         let failed = !ok || steps.iter().any(|s| s.status == step_status::FAILED);
         let status = if failed {
             run_status::FAILED
         } else {
             run_status::DONE
         };
-        self.store().finish_run(run, status).await?;
+        self.store().finish_run(&run, status).await?;
         tracing::info!(status, "run finished");
         Ok(())
+    }
+
+    /// The `decide` and `rollback` steps, whichever are unfinished; false
+    /// when the rollback failed.
+    async fn decide_and_roll_back(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
+        let run = &claimed.run.id;
+        if self.is_pending(run, "decide").await? {
+            self.decide(claimed).await?;
+            self.failpoint("after-decide").await;
+        }
+        if self.is_pending(run, "rollback").await? {
+            return self.rollback(claimed).await;
+        }
+        Ok(true)
+    }
+
+    /// `page` and `announce` side by side, then `followup`; false when one failed.
+    async fn notify(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
+        let run = &claimed.run.id;
+        let (paged, announced) = tokio::join!(
+            async {
+                if self.is_pending(run, "page").await? {
+                    self.page(claimed).await
+                } else {
+                    Ok(true)
+                }
+            },
+            async {
+                if self.is_pending(run, "announce").await? {
+                    self.announce(claimed).await
+                } else {
+                    Ok(true)
+                }
+            },
+        );
+        let mut ok = paged? & announced?;
+        if self.is_pending(run, "followup").await? {
+            ok &= self.followup(claimed).await?;
+        }
+        Ok(ok)
+    }
+
+    async fn is_pending(
+        &self,
+        run: &crate::ledger::RunId,
+        step: &str,
+    ) -> Result<bool, EngineError> {
+        let steps = self.store().steps(run).await?;
+        Ok(steps
+            .iter()
+            .any(|s| s.name == step && s.status == step_status::PENDING))
+    }
+
+    /// A test hook: with `BACKSTOP_FAILPOINT=<name>` set, the run in hand
+    /// stops dead at that point (and says so on stderr) so a test can kill
+    /// the process there. Names: `after-decide`, `rollback-accepted`,
+    /// `after-rollback`, `page-accepted`, `announce-accepted`, `before-finish`.
+    pub(crate) async fn failpoint(&self, name: &str) {
+        if self.inner.failpoint.as_deref() == Some(name) {
+            eprintln!("BACKSTOP_FAILPOINT {name} reached");
+            std::future::pending::<()>().await;
+        }
     }
 }

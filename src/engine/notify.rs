@@ -144,12 +144,13 @@ impl Engine {
         let resolve = facts.notice.outcome == Kind::Resolved;
         let deadline = settings.engine.step_deadline;
         let finished = self
-            .attempt_loop(run, "page", deadline, true, || async {
+            .attempt_loop(run, "page", deadline, true, |_| async {
                 let opened = if resolve {
                     pd.resolve(&page).await?
                 } else {
                     pd.trigger(&page).await?
                 };
+                self.failpoint("page-accepted").await;
                 Ok(json!({
                     "action": if resolve { "resolve" } else { "trigger" },
                     "dedup_key": opened.dedup_key,
@@ -191,19 +192,70 @@ impl Engine {
         };
         let thread = thread.filter(|_| slack.threads());
         let deadline = settings.engine.step_deadline;
+        let tag = format!("{run}/announce");
+        let warning = w1.or(w2);
+        let (channel, text, blocks, thread, tag, slack, warning) =
+            (&channel, &text, &blocks, &thread, &tag, &slack, &warning);
         let finished = self
-            .attempt_loop(run, "announce", deadline, true, || async {
+            .attempt_loop(run, "announce", deadline, true, move |attempt| async move {
+                // A later attempt may follow one that posted and died before
+                // its result was stored: look for that message first.
                 let posted = slack
-                    .post(&channel, &text, &blocks, thread.as_deref())
+                    .post_for_run(channel, text, blocks, thread.as_deref(), tag, attempt > 1)
                     .await?;
+                self.failpoint("announce-accepted").await;
                 Ok(json!({
                     "channel": posted.channel,
                     "ts": posted.ts,
                     "thread_ts": thread,
                     "text": text,
                     "blocks": blocks,
-                    "template_warning": w1.clone().or(w2.clone()),
+                    "template_warning": warning,
                 }))
+            })
+            .await?;
+        Ok(matches!(finished, Finished::Succeeded(_)))
+    }
+
+    /// The `followup` step: when paging failed but the card went out, say
+    /// so in the card's thread, so a human pages by hand.
+    pub(super) async fn followup(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
+        let run = &claimed.run.id;
+        let detail = self.store().run_detail(run).await?;
+        let step = |name: &str| detail.steps.iter().find(|s| s.name == name);
+        let page_error = step("page")
+            .filter(|s| s.status == step_status::FAILED)
+            .and_then(|s| s.error.clone());
+        let card = step("announce")
+            .filter(|s| s.status == step_status::SUCCEEDED)
+            .and_then(|s| s.output.clone());
+        let (Some(slack), Some(error), Some(card)) =
+            (self.inner.providers.slack.clone(), page_error, card)
+        else {
+            return self
+                .skip_step(
+                    run,
+                    "followup",
+                    "nothing to follow up: the page went out, or there is no card to reply to",
+                )
+                .await;
+        };
+        let channel = card["channel"].as_str().unwrap_or_default().to_string();
+        let ts = card["ts"]
+            .as_str()
+            .filter(|ts| !ts.is_empty())
+            .map(str::to_owned);
+        let text = format!(
+            ":rotating_light: PagerDuty could not be paged ({}). Page the on-call engineer by hand.",
+            error["message"].as_str().unwrap_or("unknown error")
+        );
+        let deadline = self.settings().engine.step_deadline;
+        let tag = format!("{run}/followup");
+        let (channel, text, ts, tag, slack) = (&channel, &text, &ts, &tag, &slack);
+        let finished = self
+            .attempt_loop(run, "followup", deadline, true, move |attempt| async move {
+                let posted = slack.post_for_run(channel, text, &[], ts.as_deref(), tag, attempt > 1).await?;
+                Ok(json!({"channel": posted.channel, "ts": posted.ts, "thread_ts": ts, "text": text}))
             })
             .await?;
         Ok(matches!(finished, Finished::Succeeded(_)))

@@ -38,9 +38,10 @@ impl Engine {
         let deadline = self.settings().engine.rollback_deadline;
         let received = claimed.received_at_ms;
         let finished = self
-            .attempt_loop(run, "rollback", deadline, false, || async {
+            .attempt_loop(run, "rollback", deadline, false, |_| async {
                 let started = Instant::now();
                 self.move_production(&svc, &to, run.to_string()).await?;
+                self.failpoint("rollback-accepted").await;
                 let verified = self.verify(&svc, &to).await?;
                 Ok(json!({
                     "strategy": format!("{:?}", svc.strategy).to_lowercase(),
@@ -55,16 +56,11 @@ impl Engine {
         let store = self.store();
         match finished {
             Finished::Succeeded(output) => {
-                store.complete_rollback(&service, &from, &to, run).await?;
+                // The ledger and the step's outcome move together.
                 store
-                    .finish_step(
-                        run,
-                        "rollback",
-                        crate::ledger::step_status::SUCCEEDED,
-                        Some(&output),
-                        None,
-                    )
+                    .complete_rollback(&service, &from, &to, run, &output)
                     .await?;
+                self.failpoint("after-rollback").await;
                 tracing::info!(from, to, "rollback verified");
                 Ok(true)
             }

@@ -79,7 +79,8 @@ const STEP_BACKOFF: Backoff = Backoff {
 };
 
 impl Engine {
-    /// Runs `attempt` until it succeeds, fails fatally, or `deadline` passes.
+    /// Runs `attempt` (given its 1-based number) until it succeeds, fails
+    /// fatally, or `deadline` passes.
     /// Only records the step's final status when `finish` is true (the
     /// `decide` step stores its result with the decision instead).
     pub(crate) async fn attempt_loop<F, Fut>(
@@ -91,7 +92,7 @@ impl Engine {
         mut attempt: F,
     ) -> Result<Finished, EngineError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(i64) -> Fut,
         Fut: Future<Output = Result<Value, StepError>>,
     {
         let store = self.store();
@@ -101,7 +102,7 @@ impl Engine {
             }
             let (n, started) = store.begin_attempt(run, step).await?;
             let span = tracing::info_span!("step", step, attempt = n);
-            let result = tracing::Instrument::instrument(attempt(), span).await;
+            let result = tracing::Instrument::instrument(attempt(n), span).await;
             match result {
                 Ok(output) => {
                     store.finish_attempt(run, step, n, "ok", None).await?;

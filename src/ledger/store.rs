@@ -36,6 +36,16 @@ const RUN_COLS: &str = "id, alert_id, service, status, outcome, reason, decision
 impl Store {
     /// Connects (creating an SQLite file if needed). Does not migrate.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, max_connections, Duration::from_secs(5)).await
+    }
+
+    /// Like [`Store::connect`], waiting at most `acquire_timeout` for a
+    /// connection before a call fails as unavailable.
+    pub async fn connect_with(
+        url: &SecretString,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let raw = url.expose_secret();
         let backend = if raw.starts_with("sqlite:") {
@@ -44,7 +54,7 @@ impl Store {
             Backend::Postgres
         };
         let mut url = raw.to_string();
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        let options = AnyPoolOptions::new().acquire_timeout(acquire_timeout);
         let options = match backend {
             Backend::Sqlite => {
                 if !url.contains('?') && !url.contains(":memory:") {
@@ -228,6 +238,14 @@ impl Store {
             .bind(worker)
             .execute(&self.pool)
             .await?;
+        if done.rows_affected() == 1 {
+            // Service claims held by the run live as long as the run's.
+            sqlx::query("UPDATE service_claims SET lease_until = $1 WHERE run_id = $2")
+                .bind(now_ms() + lease.as_millis() as i64)
+                .bind(&run.0)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(done.rows_affected() == 1)
     }
 
@@ -571,13 +589,16 @@ impl Store {
         })
     }
 
-    /// After a verified rollback: `from` is bad and superseded, `to` is live and good.
+    /// After a verified rollback: `from` is bad and superseded, `to` is live
+    /// and good, and the `rollback` step of `run` is finished with `output`,
+    /// all in one transaction.
     pub async fn complete_rollback(
         &self,
         service: &str,
         from: &str,
         to: &str,
         run: &RunId,
+        output: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -612,6 +633,12 @@ impl Store {
                 "deployment {to} of service {service}"
             )));
         }
+        sqlx::query("UPDATE steps SET status = 'succeeded', output = $1, finished_at = $2 WHERE run_id = $3 AND name = 'rollback'")
+            .bind(output.to_string())
+            .bind(now)
+            .bind(&run.0)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -85,17 +85,104 @@ impl SlackClient {
         blocks: &[Value],
         thread_ts: Option<&str>,
     ) -> Result<Posted, ProviderError> {
+        self.post_tagged(channel, text, blocks, thread_ts, None)
+            .await
+    }
+
+    /// Posts a run's message at most once across crashes: the message
+    /// carries `tag` (the run and step) in its metadata, and when `look_first` (an earlier
+    /// attempt may have posted before its result was stored) the channel or
+    /// thread is searched for it first. The search needs the channel's ID
+    /// (`C...`) and the `channels:history` (or `groups:history`) scope; when
+    /// it cannot be made, the message is posted (at least once).
+    pub async fn post_for_run(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &[Value],
+        thread_ts: Option<&str>,
+        tag: &str,
+        look_first: bool,
+    ) -> Result<Posted, ProviderError> {
+        if look_first && self.threads() {
+            match self.find_run_message(channel, thread_ts, tag).await {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for an earlier post of this run; posting again")
+                }
+            }
+        }
+        let metadata = json!({"event_type": "backstop_run", "event_payload": {"tag": tag}});
+        self.post_tagged(channel, text, blocks, thread_ts, Some(&metadata))
+            .await
+    }
+
+    async fn post_tagged(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &[Value],
+        thread_ts: Option<&str>,
+        metadata: Option<&Value>,
+    ) -> Result<Posted, ProviderError> {
         let blocks: Vec<&Value> = blocks.iter().take(MAX_BLOCKS).collect();
         with_retries(self.tries, self.backoff, || async {
             match &self.target {
                 Target::Bot { token } => {
-                    self.post_message(token, channel, text, &blocks, thread_ts)
-                        .await
+                    let mut body = json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
+                    if let Some(ts) = thread_ts {
+                        body["thread_ts"] = json!(ts);
+                    }
+                    if let Some(m) = metadata {
+                        body["metadata"] = m.clone();
+                    }
+                    let req = self.http.post(format!("{}/chat.postMessage", self.base)).bearer_auth(token.expose_secret()).json(&body);
+                    let v = web_api(req).await?;
+                    let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                    Ok(Posted { channel: field("channel"), ts: field("ts") })
                 }
                 Target::Webhook { url } => self.post_webhook(url, text, &blocks).await,
             }
         })
         .await
+    }
+
+    /// The message tagged `tag` in the channel (or the thread), if it was posted.
+    async fn find_run_message(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        tag: &str,
+    ) -> Result<Option<Posted>, ProviderError> {
+        let Target::Bot { token } = &self.target else {
+            return Ok(None);
+        };
+        let (method, mut query) = match thread_ts {
+            Some(ts) => ("conversations.replies", vec![("ts", ts.to_string())]),
+            None => ("conversations.history", vec![]),
+        };
+        query.extend([
+            ("channel", channel.to_string()),
+            ("limit", "200".into()),
+            ("include_all_metadata", "true".into()),
+        ]);
+        let req = self
+            .http
+            .get(format!("{}/{method}", self.base))
+            .bearer_auth(token.expose_secret())
+            .query(&query);
+        let v = web_api(req).await?;
+        let found = v["messages"].as_array().into_iter().flatten().find(|m| {
+            m.pointer("/metadata/event_type").and_then(Value::as_str) == Some("backstop_run")
+                && m.pointer("/metadata/event_payload/tag")
+                    .and_then(Value::as_str)
+                    == Some(tag)
+        });
+        Ok(found.map(|m| Posted {
+            channel: v["channel"].as_str().unwrap_or(channel).to_string(),
+            ts: m["ts"].as_str().unwrap_or_default().to_string(),
+        }))
     }
 
     /// `auth.test`: proves the bot token works (webhooks cannot be checked
@@ -104,102 +191,17 @@ impl SlackClient {
         let Target::Bot { token } = &self.target else {
             return Ok("incoming webhook: not checked (posting is its only call)".into());
         };
-        let req = self
-            .http
-            .post(format!("{}/auth.test", self.base))
-            .bearer_auth(token.expose_secret());
-        let (status, headers, text) = send(PROVIDER, req).await?;
-        if !status.is_success() {
-            return Err(classify(
-                PROVIDER,
-                status,
-                &headers,
-                None,
-                text.chars().take(300).collect(),
-            ));
-        }
-        let v = json_body(PROVIDER, status, &text)?;
-        if v.get("ok").and_then(Value::as_bool) == Some(true) {
-            return Ok(format!(
-                "bot {} in team {}",
-                v["user"].as_str().unwrap_or("?"),
-                v["team"].as_str().unwrap_or("?")
-            ));
-        }
-        let error = v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown_error")
-            .to_string();
-        Err(ProviderError::Fatal {
-            provider: PROVIDER,
-            message: format!("ok=false: {error}"),
-            code: Some(error),
-        })
-    }
-
-    async fn post_message(
-        &self,
-        token: &SecretString,
-        channel: &str,
-        text: &str,
-        blocks: &[&Value],
-        thread_ts: Option<&str>,
-    ) -> Result<Posted, ProviderError> {
-        let mut body =
-            json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
-        if let Some(ts) = thread_ts {
-            body["thread_ts"] = json!(ts);
-        }
-        let req = self
-            .http
-            .post(format!("{}/chat.postMessage", self.base))
-            .bearer_auth(token.expose_secret())
-            .json(&body);
-        let (status, headers, text) = send(PROVIDER, req).await?;
-        if !status.is_success() {
-            return Err(classify(
-                PROVIDER,
-                status,
-                &headers,
-                None,
-                text.chars().take(300).collect(),
-            ));
-        }
-        let v = json_body(PROVIDER, status, &text)?;
-        if v.get("ok").and_then(Value::as_bool) == Some(true) {
-            let field = |k: &str| {
-                v.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            return Ok(Posted {
-                channel: field("channel"),
-                ts: field("ts"),
-            });
-        }
-        let error = v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown_error")
-            .to_string();
-        if error == "ratelimited"
-            || error == "internal_error"
-            || error == "fatal_error"
-            || error == "service_unavailable"
-        {
-            return Err(ProviderError::Retryable {
-                provider: PROVIDER,
-                message: format!("ok=false: {error}"),
-                retry_after: super::retry_after(&headers),
-            });
-        }
-        Err(ProviderError::Fatal {
-            provider: PROVIDER,
-            message: format!("ok=false: {error}"),
-            code: Some(error),
-        })
+        let v = web_api(
+            self.http
+                .post(format!("{}/auth.test", self.base))
+                .bearer_auth(token.expose_secret()),
+        )
+        .await?;
+        Ok(format!(
+            "bot {} in team {}",
+            v["user"].as_str().unwrap_or("?"),
+            v["team"].as_str().unwrap_or("?")
+        ))
     }
 
     async fn post_webhook(
@@ -229,4 +231,48 @@ impl SlackClient {
             code,
         ))
     }
+}
+
+/// One Web API call: HTTP errors and `ok: false` sorted into retryable
+/// (`ratelimited`, Slack-side failures, 429, 5xx) and fatal (the rest, with
+/// Slack's error code kept).
+async fn web_api(req: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
+    let (status, headers, text) = send(PROVIDER, req).await?;
+    if !status.is_success() {
+        return Err(classify(
+            PROVIDER,
+            status,
+            &headers,
+            None,
+            text.chars().take(300).collect(),
+        ));
+    }
+    let v = json_body(PROVIDER, status, &text)?;
+    if v.get("ok").and_then(Value::as_bool) == Some(true) {
+        return Ok(v);
+    }
+    let error = v
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown_error")
+        .to_string();
+    if matches!(
+        error.as_str(),
+        "ratelimited"
+            | "internal_error"
+            | "fatal_error"
+            | "service_unavailable"
+            | "request_timeout"
+    ) {
+        return Err(ProviderError::Retryable {
+            provider: PROVIDER,
+            message: format!("ok=false: {error}"),
+            retry_after: super::retry_after(&headers),
+        });
+    }
+    Err(ProviderError::Fatal {
+        provider: PROVIDER,
+        message: format!("ok=false: {error}"),
+        code: Some(error),
+    })
 }

@@ -16,7 +16,8 @@ pub fn routes() -> Router<Sim> {
         .route("/chat.postMessage", post(post_message))
         .route("/chat.update", post(update))
         .route("/auth.test", post(auth_test).get(auth_test))
-        .route("/conversations.history", get(history).post(history_post))
+        .route("/conversations.history", get(history))
+        .route("/conversations.replies", get(replies))
 }
 
 fn fail(error: &str) -> Json<Value> {
@@ -122,19 +123,43 @@ async fn auth_test(State(sim): State<Sim>, headers: HeaderMap) -> Json<Value> {
     )
 }
 
-fn history_of(sim: &Sim, channel: Option<&str>) -> Json<Value> {
-    let Some(channel) = channel.and_then(|c| channel_id(sim, c)) else {
+/// `conversations.history` / `.replies`: like Slack, only channel IDs are
+/// accepted, and metadata only comes back with `include_all_metadata`.
+fn history_of(sim: &Sim, q: &HashMap<String, String>, thread: Option<&str>) -> Json<Value> {
+    let w = sim.world();
+    let Some(channel) = q
+        .get("channel")
+        .filter(|c| w.channels.values().any(|id| id == *c))
+        .cloned()
+    else {
         return fail("channel_not_found");
     };
-    let w = sim.world();
+    let with_metadata = q
+        .get("include_all_metadata")
+        .is_some_and(|v| v == "true" || v == "1");
     let messages: Vec<Value> = w
         .messages
         .iter()
-        .rev()
         .filter(|m| m.channel == channel)
-        .map(|m| json!({"type": "message", "ts": m.ts, "text": m.text, "thread_ts": m.thread_ts, "bot_id": "B0SIMBOT", "metadata": m.metadata}))
+        .filter(|m| match thread {
+            Some(ts) => m.ts == ts || m.thread_ts.as_deref() == Some(ts),
+            None => m.thread_ts.is_none(),
+        })
+        .map(|m| {
+            let mut v = json!({"type": "message", "ts": m.ts, "text": m.text, "thread_ts": m.thread_ts, "bot_id": "B0SIMBOT"});
+            if with_metadata && !m.metadata.is_null() {
+                v["metadata"] = m.metadata.clone();
+            }
+            v
+        })
         .collect();
-    Json(json!({"ok": true, "messages": messages, "has_more": false}))
+    // History is newest first; replies oldest first, as in Slack.
+    let messages: Vec<Value> = if thread.is_some() {
+        messages
+    } else {
+        messages.into_iter().rev().collect()
+    };
+    Json(json!({"ok": true, "channel": channel, "messages": messages, "has_more": false}))
 }
 
 async fn history(
@@ -145,17 +170,19 @@ async fn history(
     if let Err(e) = auth(&sim, &headers) {
         return e;
     }
-    history_of(&sim, q.get("channel").map(String::as_str))
+    history_of(&sim, &q, None)
 }
 
-async fn history_post(
+async fn replies(
     State(sim): State<Sim>,
     headers: HeaderMap,
-    body: Option<Json<Value>>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Json<Value> {
     if let Err(e) = auth(&sim, &headers) {
         return e;
     }
-    let v = body.map(|Json(v)| v).unwrap_or(Value::Null);
-    history_of(&sim, v["channel"].as_str())
+    let Some(ts) = q.get("ts").cloned() else {
+        return fail("thread_not_found");
+    };
+    history_of(&sim, &q, Some(&ts))
 }

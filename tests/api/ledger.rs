@@ -495,7 +495,7 @@ async fn completed_rollback_marks_the_source_bad_and_the_target_live_and_good(db
     .await;
 
     store
-        .complete_rollback(SERVICE, "dpl_new", "dpl_old", &run)
+        .complete_rollback(SERVICE, "dpl_new", "dpl_old", &run, &serde_json::json!({}))
         .await
         .unwrap();
 

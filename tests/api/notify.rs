@@ -165,7 +165,7 @@ async fn slack_outage_neither_blocks_the_rollback_nor_the_page_and_announce_retr
 }
 
 #[tokio::test]
-async fn pagerduty_400_is_recorded_as_fatal_and_slack_still_posts() {
+async fn pagerduty_400_is_recorded_as_fatal_and_slack_still_posts_and_says_so() {
     let Some(app) = spawn_app(Db::Sqlite).await else {
         return;
     };
@@ -189,7 +189,20 @@ async fn pagerduty_400_is_recorded_as_fatal_and_slack_still_posts() {
         "{message}"
     );
     assert_eq!(pages(&app).await.len(), 1, "400 is not retried");
-    assert_eq!(posts(&app).await.len(), 1, "Slack still posts");
+    let posts = posts(&app).await;
+    assert_eq!(
+        posts.len(),
+        2,
+        "Slack still posts the card, then says paging failed"
+    );
+    assert!(posts[0]["text"].as_str().unwrap().contains("rolled back"));
+    assert_eq!(posts[1]["thread_ts"], SLACK_TS);
+    let note = posts[1]["text"].as_str().unwrap();
+    assert!(
+        note.contains("PagerDuty could not be paged") && note.contains("Event object is invalid"),
+        "{note}"
+    );
+    assert_eq!(step(&d, "followup").status, "succeeded");
     assert_eq!(step(&d, "rollback").status, "succeeded");
     assert!(app.store.deployment("dpl_old").await.unwrap().unwrap().live);
 }
