@@ -61,7 +61,7 @@ pub fn demo_sim() -> Sim {
     {
         let mut w = sim.world();
         w.add_project(PROJECT, &DOMAINS);
-        for (id, sha, at) in history(now) {
+        for (id, sha, at) in demo_history(now) {
             w.add_deployment(PROJECT, id, sha, at);
         }
         w.serve(PROJECT, "dpl_3f2c1a9live");
@@ -74,7 +74,8 @@ pub fn demo_sim() -> Sim {
     sim
 }
 
-fn history(now: i64) -> [(&'static str, &'static str, i64); 3] {
+/// The demo service's deployments: `(id, release, went live)`, oldest first.
+pub fn demo_history(now: i64) -> [(&'static str, &'static str, i64); 3] {
     [
         ("dpl_a1b2c3dgood", "a1b2c3d", now - 360 * MIN),
         ("dpl_9be1c07good", "9be1c07", now - 180 * MIN),
@@ -273,7 +274,7 @@ async fn feed_ledger(
     http: &reqwest::Client,
     base: &str,
 ) -> anyhow::Result<()> {
-    for (id, sha, at) in history(now_ms()) {
+    for (id, sha, at) in demo_history(now_ms()) {
         let event = serde_json::json!({
             "id": format!("evt_{id}"), "type": "deployment.promoted", "createdAt": at, "region": "iad1",
             "payload": {"deployment": {"id": id, "name": "storefront", "url": format!("storefront-{}.vercel.app", &id[id.len() - 6..].to_lowercase()),

@@ -22,15 +22,30 @@ impl Engine {
                     .map_err(|e| StepError::fatal("internal", e.to_string()))
             })
             .await?;
-        let decision: Decision = match finished {
-            Finished::Succeeded(v) => serde_json::from_value(v).map_err(|e| {
-                EngineError::Store(crate::ledger::StoreError::Corrupt(format!("decision: {e}")))
-            })?,
-            Finished::Failed(e) => unreadable(claimed, &e),
+        let (decision, unreadable_error): (Decision, _) = match finished {
+            Finished::Succeeded(v) => (
+                serde_json::from_value(v).map_err(|e| {
+                    EngineError::Store(crate::ledger::StoreError::Corrupt(format!("decision: {e}")))
+                })?,
+                None,
+            ),
+            Finished::Failed(e) => (unreadable(claimed, &e), Some(e)),
         };
         let record = self.record(&decision);
         tracing::info!(outcome = record.outcome, rule = decision.rule, reason = %decision.reason, "decided");
         self.store().save_decision(run, &record).await?;
+        if let Some(e) = &unreadable_error {
+            // The escalation goes out, and the run ends failed with the provider's words.
+            self.store()
+                .finish_step(
+                    run,
+                    "decide",
+                    crate::ledger::step_status::FAILED,
+                    None,
+                    Some(&e.envelope()),
+                )
+                .await?;
+        }
         Ok(())
     }
 

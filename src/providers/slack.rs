@@ -104,18 +104,26 @@ impl SlackClient {
         tag: &str,
         look_first: bool,
     ) -> Result<Posted, ProviderError> {
-        if look_first && self.threads() {
-            match self.find_run_message(channel, thread_ts, tag).await {
-                Ok(Some(found)) => return Ok(found),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot look for an earlier post of this run; posting again")
-                }
-            }
-        }
         let metadata = json!({"event_type": "backstop_run", "event_payload": {"tag": tag}});
-        self.post_tagged(channel, text, blocks, thread_ts, Some(&metadata))
-            .await
+        let blocks: Vec<&Value> = blocks.iter().take(MAX_BLOCKS).collect();
+        let mut tries = 0;
+        with_retries(self.tries, self.backoff, || {
+            // Any try after the first may follow a post whose answer was lost.
+            let look = (look_first || tries > 0) && self.threads();
+            tries += 1;
+            let (blocks, metadata) = (&blocks, &metadata);
+            async move {
+                if look {
+                    match self.find_run_message(channel, thread_ts, tag).await {
+                        Ok(Some(found)) => return Ok(found),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot look for an earlier post of this run; posting again"),
+                    }
+                }
+                self.post_once(channel, text, blocks, thread_ts, Some(metadata)).await
+            }
+        })
+        .await
     }
 
     async fn post_tagged(
@@ -127,25 +135,48 @@ impl SlackClient {
         metadata: Option<&Value>,
     ) -> Result<Posted, ProviderError> {
         let blocks: Vec<&Value> = blocks.iter().take(MAX_BLOCKS).collect();
-        with_retries(self.tries, self.backoff, || async {
-            match &self.target {
-                Target::Bot { token } => {
-                    let mut body = json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
-                    if let Some(ts) = thread_ts {
-                        body["thread_ts"] = json!(ts);
-                    }
-                    if let Some(m) = metadata {
-                        body["metadata"] = m.clone();
-                    }
-                    let req = self.http.post(format!("{}/chat.postMessage", self.base)).bearer_auth(token.expose_secret()).json(&body);
-                    let v = web_api(req).await?;
-                    let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-                    Ok(Posted { channel: field("channel"), ts: field("ts") })
-                }
-                Target::Webhook { url } => self.post_webhook(url, text, &blocks).await,
-            }
+        with_retries(self.tries, self.backoff, || {
+            self.post_once(channel, text, &blocks, thread_ts, metadata)
         })
         .await
+    }
+
+    async fn post_once(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &[&Value],
+        thread_ts: Option<&str>,
+        metadata: Option<&Value>,
+    ) -> Result<Posted, ProviderError> {
+        match &self.target {
+            Target::Bot { token } => {
+                let mut body = json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
+                if let Some(ts) = thread_ts {
+                    body["thread_ts"] = json!(ts);
+                }
+                if let Some(m) = metadata {
+                    body["metadata"] = m.clone();
+                }
+                let req = self
+                    .http
+                    .post(format!("{}/chat.postMessage", self.base))
+                    .bearer_auth(token.expose_secret())
+                    .json(&body);
+                let v = web_api(req).await?;
+                let field = |k: &str| {
+                    v.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                Ok(Posted {
+                    channel: field("channel"),
+                    ts: field("ts"),
+                })
+            }
+            Target::Webhook { url } => self.post_webhook(url, text, blocks).await,
+        }
     }
 
     /// The message tagged `tag` in the channel (or the thread), if it was posted.

@@ -436,3 +436,158 @@ pub fn deployment_event(
         }
     })
 }
+
+/// A TCP proxy that can cut every connection, to take a database away
+/// and give it back without touching the server.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { addr, up, conns }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `host:port` of a database URL.
+pub fn host_port(url: &str) -> String {
+    let after_at = url.split_once('@').map(|(_, r)| r).unwrap_or(url);
+    let after_scheme = after_at
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(after_at);
+    after_scheme
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The real app against the stateful simulator (the demo's world: two
+/// good deployments, a live one promoted two minutes ago), with a worker.
+pub struct SimApp {
+    pub sim: backstop::sim::Running,
+    pub address: String,
+    pub store: Store,
+    pub http: reqwest::Client,
+    _db: TestDatabase,
+}
+
+pub const SIM_LIVE: &str = "dpl_3f2c1a9live";
+pub const SIM_GOOD: &str = "dpl_9be1c07good";
+pub const SIM_DOMAINS: [&str; 2] = ["shop.example.com", "www.shop.example.com"];
+
+pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<SimApp> {
+    let database = TestDatabase::new(db).await?;
+    let sim = backstop::cli::demo::demo_sim()
+        .start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut settings = backstop::cli::demo::demo_settings(&sim, &database.url, listen).unwrap();
+    settings.engine.poll_interval = std::time::Duration::from_millis(50);
+    tweak(&mut settings);
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.engine().store().clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    for (id, sha, at) in backstop::cli::demo::demo_history(now_ms()) {
+        let d = backstop::ledger::NewDeployment {
+            id: id.into(),
+            service: "storefront".into(),
+            release: Some(sha.into()),
+            ..Default::default()
+        };
+        store.record_deployment(&d).await.unwrap();
+        store
+            .promote("storefront", id, at, settings.services[0].bake_time)
+            .await
+            .unwrap();
+    }
+    Some(SimApp {
+        sim,
+        address,
+        store,
+        http: reqwest::Client::new(),
+        _db: database,
+    })
+}
+
+impl SimApp {
+    /// Sends a signed crash alert that started `ago_ms` ago; returns the status.
+    pub async fn alert(&self, identifier: &str, ago_ms: i64) -> u16 {
+        let body = backstop::sim::sender::CrashAlert::critical(
+            "storefront-web",
+            identifier,
+            now_ms() - ago_ms,
+        )
+        .body();
+        let url = format!("{}/webhooks/sentry", self.address);
+        backstop::sim::sender::deliver(
+            &self.http,
+            &url,
+            backstop::cli::demo::SENTRY_SECRET,
+            "metric_alert",
+            &body,
+        )
+        .await
+        .unwrap()
+        .0
+    }
+
+    /// Waits (bounded) until every run is finished.
+    pub async fn until_runs_finish(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.store.count_unfinished_runs().await.unwrap() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "runs did not finish within {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Which deployment each production domain serves on the simulator.
+    pub fn serving(&self) -> Vec<Option<String>> {
+        let w = self.sim.sim.world();
+        SIM_DOMAINS
+            .iter()
+            .map(|d| w.aliases.get(*d).cloned())
+            .collect()
+    }
+}

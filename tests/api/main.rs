@@ -3,7 +3,9 @@
 
 mod cli;
 mod engine;
+mod faults;
 mod first_run;
+mod guarantees;
 mod helpers;
 mod ingest;
 mod ledger;

@@ -1,0 +1,201 @@
+//! Provider faults on the stateful simulator: a flaky world still heals,
+//! and a provider that stays down ends the run failed, with its words, and
+//! someone is told.
+
+use std::time::Duration;
+
+use backstop::ledger::{now_ms, NewDeployment};
+use backstop::sim::{Faults, Provider};
+
+use crate::helpers::*;
+
+fn flaky() -> Faults {
+    // 30% of calls fail: 5xx, 429 with the provider's headers, hangs past
+    // the client timeout, and dropped connections.
+    Faults {
+        error_rate: 0.10,
+        rate_limit_rate: 0.10,
+        timeout_rate: 0.05,
+        hang_ms: 1_000,
+        drop_rate: 0.05,
+        latency_ms: 0,
+    }
+}
+
+fn quick_timeouts(s: &mut backstop::config::Settings) {
+    s.vercel.timeout = Duration::from_millis(300);
+    s.pagerduty.timeout = Duration::from_millis(300);
+    s.slack.timeout = Duration::from_millis(300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_thirty_percent_of_provider_calls_failing_every_run_completes() {
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
+        quick_timeouts(s);
+        s.services[0].cooldown = Duration::ZERO;
+        s.services[0].max_rollbacks_per_day = 100;
+    })
+    .await
+    else {
+        return;
+    };
+    for p in [Provider::Vercel, Provider::Pagerduty, Provider::Slack] {
+        app.sim.sim.set_faults(p, flaky());
+    }
+    for round in 0..3 {
+        if round > 0 {
+            // A new release goes live (and crashes too).
+            let id = format!("dpl_fix{round}");
+            let at = now_ms();
+            app.sim
+                .sim
+                .world()
+                .add_deployment("prj_storefront", &id, &format!("f1x{round}"), at);
+            app.sim.sim.world().serve("prj_storefront", &id);
+            let d = NewDeployment {
+                id: id.clone(),
+                service: "storefront".into(),
+                release: Some(format!("f1x{round}")),
+                ..Default::default()
+            };
+            app.store.record_deployment(&d).await.unwrap();
+            app.store
+                .promote("storefront", &id, at, Duration::from_secs(1800))
+                .await
+                .unwrap();
+        }
+        assert_eq!(app.alert(&format!("90{round}"), 0).await, 202);
+        app.until_runs_finish(Duration::from_secs(60)).await;
+        assert_eq!(
+            app.serving(),
+            vec![Some(SIM_GOOD.to_string()); 2],
+            "round {round}: production healed"
+        );
+    }
+    let runs = app.store.list_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 3);
+    for r in &runs {
+        assert_eq!(
+            (r.status.as_str(), r.outcome.as_deref()),
+            ("done", Some("rollback")),
+            "{:?}",
+            r.reason
+        );
+    }
+    let w = app.sim.sim.world();
+    assert_eq!(w.incidents.len(), 3, "one incident per rollback");
+    let cards = w.messages.iter().filter(|m| m.thread_ts.is_none()).count();
+    assert_eq!(cards, 3, "one card per rollback, no duplicates");
+}
+
+#[tokio::test]
+async fn vercel_that_stays_down_fails_the_run_with_its_error_and_pages() {
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
+        quick_timeouts(s);
+        s.engine.rollback_deadline = Duration::from_millis(1500);
+    })
+    .await
+    else {
+        return;
+    };
+    app.sim.sim.set_faults(
+        Provider::Vercel,
+        Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+    );
+    assert_eq!(app.alert("910", 0).await, 202);
+    app.until_runs_finish(Duration::from_secs(30)).await;
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    assert_eq!(run.status, "failed");
+    let detail = app.store.run_detail(&run.id).await.unwrap();
+    let decide = detail.steps.iter().find(|s| s.name == "decide").unwrap();
+    let message = decide.error.as_ref().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("An unexpected internal error occurred"),
+        "Vercel's last words are kept: {message}"
+    );
+    assert_eq!(app.serving(), vec![Some(SIM_LIVE.to_string()); 2]);
+    let w = app.sim.sim.world();
+    let incident = w.incidents.values().next().expect("the failure was paged");
+    assert_eq!(incident.severity, "critical");
+    assert!(
+        incident.summary.contains("not rolled back"),
+        "{}",
+        incident.summary
+    );
+}
+
+#[tokio::test]
+async fn pagerduty_that_stays_down_is_announced_in_slack() {
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
+        quick_timeouts(s);
+        s.engine.step_deadline = Duration::from_millis(1500);
+    })
+    .await
+    else {
+        return;
+    };
+    app.sim.sim.set_faults(
+        Provider::Pagerduty,
+        Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+    );
+    assert_eq!(app.alert("911", 0).await, 202);
+    app.until_runs_finish(Duration::from_secs(30)).await;
+    assert_eq!(
+        app.serving(),
+        vec![Some(SIM_GOOD.to_string()); 2],
+        "the rollback is not blocked"
+    );
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    assert_eq!(run.status, "failed");
+    let detail = app.store.run_detail(&run.id).await.unwrap();
+    let page = detail.steps.iter().find(|s| s.name == "page").unwrap();
+    assert_eq!(page.status, "failed");
+    let w = app.sim.sim.world();
+    assert_eq!(w.messages.len(), 2);
+    assert!(w.messages[1].thread_ts.is_some());
+    assert!(
+        w.messages[1].text.contains("PagerDuty could not be paged"),
+        "{}",
+        w.messages[1].text
+    );
+}
+
+#[tokio::test]
+async fn slack_that_stays_down_fails_the_run_after_the_rollback_and_the_page() {
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
+        quick_timeouts(s);
+        s.engine.step_deadline = Duration::from_millis(1500);
+    })
+    .await
+    else {
+        return;
+    };
+    app.sim.sim.set_faults(
+        Provider::Slack,
+        Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+    );
+    assert_eq!(app.alert("912", 0).await, 202);
+    app.until_runs_finish(Duration::from_secs(30)).await;
+    assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    assert_eq!(run.status, "failed");
+    let detail = app.store.run_detail(&run.id).await.unwrap();
+    let announce = detail.steps.iter().find(|s| s.name == "announce").unwrap();
+    assert!(announce.error.as_ref().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .contains("internal_error"));
+    assert_eq!(app.sim.sim.world().incidents.len(), 1, "the page went out");
+}
