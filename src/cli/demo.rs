@@ -50,13 +50,18 @@ pub struct DemoReport {
 /// The simulator seeded with the demo's world: two good deployments and a
 /// live one promoted two minutes ago.
 pub fn demo_sim() -> Sim {
-    let sim = Sim::new(Credentials {
+    demo_sim_with(Credentials {
         vercel_token: VERCEL_TOKEN.into(),
         routing_keys: vec![ROUTING_KEY.into()],
         pagerduty_token: "demo-pagerduty-token".into(),
         slack_token: SLACK_TOKEN.into(),
         sentry_token: "demo-sentry-token".into(),
-    });
+    })
+}
+
+/// The demo's world, accepting other credentials.
+pub fn demo_sim_with(creds: Credentials) -> Sim {
+    let sim = Sim::new(creds);
     let now = now_ms();
     {
         let mut w = sim.world();

@@ -12,5 +12,6 @@ mod ledger;
 mod notify;
 mod notify_clients;
 mod pipeline;
+mod process;
 mod sim;
 mod vercel_client;

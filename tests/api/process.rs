@@ -1,0 +1,411 @@
+//! The real `backstop serve` process: killed with SIGKILL at every step
+//! boundary (and inside steps, after the provider accepted a call but before
+//! the result was stored), stopped with SIGTERM, and read line by line for
+//! secrets.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop::cli::demo::{demo_history, demo_sim_with};
+use backstop::ledger::{now_ms, NewDeployment, Store};
+use backstop::sim::sender::{self, CrashAlert};
+use backstop::sim::{Credentials, Faults, Provider, Running};
+use secrecy::SecretString;
+
+use crate::helpers::{SIM_DOMAINS, SIM_GOOD};
+
+const SENTRY: &str = "proc-sentry-secret-8c1f0e";
+const VERCEL_HOOK: &str = "proc-vercel-hook-secret-77aa10";
+const VERCEL_TOKEN: &str = "proc-vercel-token-5b2d99";
+const ROUTING_KEY: &str = "0c0ffee0c0ffee0c0ffee0c0ffee0c0f";
+const SLACK_TOKEN: &str = "xoxb-proc-slack-token-e3a1";
+const SECRETS: [&str; 5] = [SENTRY, VERCEL_HOOK, VERCEL_TOKEN, ROUTING_KEY, SLACK_TOKEN];
+
+/// A world: the simulator, a config file and a seeded SQLite ledger.
+struct World {
+    sim: Running,
+    config: PathBuf,
+    db_url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(extra: &str) -> World {
+    let creds = Credentials {
+        vercel_token: VERCEL_TOKEN.into(),
+        routing_keys: vec![ROUTING_KEY.into()],
+        pagerduty_token: String::new(),
+        slack_token: SLACK_TOKEN.into(),
+        sentry_token: String::new(),
+    };
+    let sim = demo_sim_with(creds)
+        .start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let channel = sim.sim.world().channels["#deploys"].clone();
+    let text = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [database]
+        url = "{db_url}"
+        [sentry]
+        client_secret = "{SENTRY}"
+        [vercel]
+        token = "{VERCEL_TOKEN}"
+        webhook_secret = "{VERCEL_HOOK}"
+        api_base = "{vercel}"
+        timeout = "1s"
+        [pagerduty]
+        routing_key = "{ROUTING_KEY}"
+        api_base = "{pagerduty}"
+        [slack]
+        bot_token = "{SLACK_TOKEN}"
+        channel = "{channel}"
+        api_base = "{slack}"
+        [engine]
+        lease = "1s"
+        poll_interval = "100ms"
+        [[services]]
+        name = "storefront"
+        sentry_projects = ["storefront-web"]
+        vercel_project = "prj_storefront"
+        domains = ["{d0}", "{d1}"]
+        {extra}
+        "#,
+        vercel = sim.api_base(Provider::Vercel),
+        pagerduty = sim.api_base(Provider::Pagerduty),
+        slack = sim.api_base(Provider::Slack),
+        d0 = SIM_DOMAINS[0],
+        d1 = SIM_DOMAINS[1],
+    );
+    let config = dir.path().join("backstop.toml");
+    std::fs::write(&config, text).unwrap();
+    let store = Store::connect(&SecretString::from(db_url.clone()), 1)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    for (id, sha, at) in demo_history(now_ms()) {
+        let d = NewDeployment {
+            id: id.into(),
+            service: "storefront".into(),
+            release: Some(sha.into()),
+            ..Default::default()
+        };
+        store.record_deployment(&d).await.unwrap();
+        store
+            .promote("storefront", id, at, Duration::from_secs(1800))
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    World {
+        sim,
+        config,
+        db_url,
+        _dir: dir,
+    }
+}
+
+/// A running `backstop serve`, its output collected line by line.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    port: u16,
+}
+
+impl Proc {
+    fn spawn(config: &Path, failpoint: Option<&str>) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .env("BACKSTOP_FAILPOINT", failpoint.unwrap_or(""))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("backstop starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut p = Proc {
+            child,
+            lines,
+            port: 0,
+        };
+        let line = p
+            .wait_for("backstop serving", Duration::from_secs(15))
+            .expect("serving");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        p.port = v["port"].as_u64().expect("port logged") as u16;
+        p
+    }
+
+    fn wait_for(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return Some(l.clone());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/sentry", self.port)
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn until_finished(db_url: &str) -> backstop::ledger::RunDetail {
+    let store = Store::connect(&SecretString::from(db_url.to_string()), 1)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = store.list_runs(5).await.unwrap();
+        if let Some(r) = runs
+            .first()
+            .filter(|r| r.status == "done" || r.status == "failed")
+        {
+            let d = store.run_detail(&r.id).await.unwrap();
+            store.close().await;
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never finished: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const FAILPOINTS: [&str; 6] = [
+    "after-decide",
+    "rollback-accepted",
+    "after-rollback",
+    "page-accepted",
+    "announce-accepted",
+    "before-finish",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_every_step_boundary_the_run_resumes_and_acts_once() {
+    for fp in FAILPOINTS {
+        let w = world("").await;
+        let first = Proc::spawn(&w.config, Some(fp));
+        let alert = CrashAlert::critical("storefront-web", "4242", now_ms() - 30_000).body();
+        let (status, _) = sender::deliver(
+            &reqwest::Client::new(),
+            &first.url(),
+            SENTRY,
+            "metric_alert",
+            &alert,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 202, "{fp}");
+        assert!(
+            first
+                .wait_for(
+                    &format!("BACKSTOP_FAILPOINT {fp} reached"),
+                    Duration::from_secs(20)
+                )
+                .is_some(),
+            "{fp} never reached:\n{}",
+            first.output()
+        );
+        drop(first); // SIGKILL, right there
+        let _second = Proc::spawn(&w.config, None);
+        let detail = until_finished(&w.db_url).await;
+        assert_eq!(detail.run.status, "done", "{fp}: {:?}", detail.steps);
+        let world = w.sim.sim.world();
+        for d in SIM_DOMAINS {
+            assert_eq!(
+                world.aliases.get(d).map(String::as_str),
+                Some(SIM_GOOD),
+                "{fp}: production ends on the target"
+            );
+        }
+        assert_eq!(world.incidents.len(), 1, "{fp}: one incident");
+        assert_eq!(
+            world.messages.len(),
+            1,
+            "{fp}: no second Slack post: {:?}",
+            world.messages
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_step_in_flight_finish_and_exits_cleanly() {
+    let w = world("").await;
+    // Slack is slow, so the announce step is in flight when SIGTERM lands.
+    w.sim.sim.set_faults(
+        Provider::Slack,
+        Faults {
+            latency_ms: 1_000,
+            ..Faults::default()
+        },
+    );
+    let mut p = Proc::spawn(&w.config, None);
+    let alert = CrashAlert::critical("storefront-web", "4343", now_ms() - 30_000).body();
+    let (status, _) = sender::deliver(
+        &reqwest::Client::new(),
+        &p.url(),
+        SENTRY,
+        "metric_alert",
+        &alert,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    assert!(
+        p.wait_for("rollback verified", Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        p.output()
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "clean exit: {exit:?}\n{}", p.output());
+    assert!(p.output().contains("shutting down"));
+    let detail = until_finished(&w.db_url).await;
+    assert_eq!(
+        detail.run.status, "done",
+        "the step in flight finished before exit"
+    );
+    assert_eq!(w.sim.sim.world().messages.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_line_or_cli_output() {
+    let w = world("resolve_on_recovery = true").await;
+    let p = Proc::spawn(&w.config, None);
+    let http = reqwest::Client::new();
+    let mut alert = CrashAlert::critical("storefront-web", "4444", now_ms() - 30_000);
+    sender::deliver(&http, &p.url(), SENTRY, "metric_alert", &alert.body())
+        .await
+        .unwrap();
+    // A forged delivery and a bad Vercel webhook, which are logged as refused.
+    sender::deliver(
+        &http,
+        &p.url(),
+        "wrong-secret",
+        "metric_alert",
+        &alert.body(),
+    )
+    .await
+    .unwrap();
+    let vercel_hook = p.url().replace("/sentry", "/vercel");
+    http.post(&vercel_hook)
+        .header("x-vercel-signature", "00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    until_finished(&w.db_url).await;
+    alert.action = "resolved".into();
+    sender::deliver(&http, &p.url(), SENTRY, "metric_alert", &alert.body())
+        .await
+        .unwrap();
+    assert!(p
+        .wait_for("run finished", Duration::from_secs(10))
+        .is_some());
+
+    let mut everything = p.output();
+    for args in [
+        &["runs", "list", "--json"][..],
+        &["runs", "list"],
+        &["deployments", "list", "--json"],
+        &["check"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .arg("--config")
+            .arg(&w.config)
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
+        everything.push_str(&String::from_utf8_lossy(&out.stdout));
+        everything.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let runs = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("--config")
+        .arg(&w.config)
+        .args(["runs", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&runs.stdout).unwrap();
+    for r in &list {
+        for json in [true, false] {
+            let mut args = vec!["runs", "show", r["id"].as_str().unwrap()];
+            if json {
+                args.push("--json");
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+                .arg("--config")
+                .arg(&w.config)
+                .args(&args)
+                .env("RUST_LOG", "debug")
+                .output()
+                .unwrap();
+            everything.push_str(&String::from_utf8_lossy(&out.stdout));
+            everything.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    assert!(
+        everything.contains("webhook refused"),
+        "the forged request was logged"
+    );
+    assert!(
+        everything.lines().count() > 50,
+        "a real amount of output was scanned"
+    );
+    for secret in SECRETS {
+        let leaks: Vec<_> = everything.lines().filter(|l| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "secret leaked in:\n{}", leaks.join("\n"));
+    }
+}
