@@ -288,6 +288,7 @@ async fn feed_ledger(
         let bytes = serde_json::to_vec(&event)?;
         let resp = http
             .post(format!("{base}/webhooks/vercel"))
+            .header("content-type", "application/json")
             .header(
                 "x-vercel-signature",
                 sign(Digest::Sha1, VERCEL_SECRET.as_bytes(), &bytes),

@@ -79,6 +79,7 @@ async fn sentry_webhook(
         now,
         settings.sentry.timestamp_tolerance,
     )?;
+    require_json(&headers)?;
     let resource_name = header(&headers, "sentry-hook-resource").unwrap_or("");
     span.record("resource", resource_name);
     let Some(resource) = sentry::Resource::from_header(resource_name) else {
@@ -141,6 +142,7 @@ async fn vercel_webhook(
     ) {
         return Err(IngestError::BadSignature.into());
     }
+    require_json(&headers)?;
     let Some(event) = vercel::parse(&body)? else {
         return Ok((
             StatusCode::OK,
@@ -153,6 +155,17 @@ async fn vercel_webhook(
         StatusCode::OK,
         Json(serde_json::to_value(&applied).unwrap_or_default()),
     ))
+}
+
+/// Both providers send `application/json`; anything else is malformed.
+fn require_json(headers: &HeaderMap) -> Result<(), IngestError> {
+    let ct = header(headers, "content-type").unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(IngestError::Malformed(format!("content type must be application/json, not `{ct}`")))
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
