@@ -130,6 +130,21 @@ pub fn map_service<'a>(
     })
 }
 
+/// Domains not serving `deployment`, as `"<domain> serves <other>"`.
+pub fn serving_other(production: &[DomainTarget], deployment: &str) -> Vec<String> {
+    production
+        .iter()
+        .filter(|p| p.deployment_id.as_deref() != Some(deployment))
+        .map(|p| {
+            format!(
+                "{} serves {}",
+                p.domain,
+                p.deployment_id.as_deref().unwrap_or("nothing")
+            )
+        })
+        .collect()
+}
+
 /// True when `d` may be rolled back to: marked good, or served at least
 /// `bake_ms` without a critical alert.
 pub fn is_known_good(d: &Deployment, bake_ms: i64) -> bool {
@@ -212,6 +227,28 @@ impl Trail {
             checks: self.checks,
         }
     }
+}
+
+/// The decision when the alert alone settles it (rules 2-4, and the
+/// resolution of an unmapped alert), so it can be stored finished at once.
+pub fn decide_from_alert(
+    alert: &Alert,
+    services: &[ServiceSettings],
+    received_at_ms: i64,
+) -> Option<Decision> {
+    let nothing = History::default();
+    let inputs = Inputs {
+        alert,
+        services,
+        history: &nothing,
+        production: None,
+        received_at_ms,
+        now_ms: received_at_ms,
+    };
+    let d = decide(inputs);
+    let settled = matches!((d.outcome, d.rule), (Outcome::Skip, 2..=4))
+        || (d.outcome == Outcome::Resolution && d.service.is_none());
+    settled.then_some(d)
 }
 
 /// Applies the rules in order; the first that matches decides.
@@ -302,17 +339,7 @@ pub fn decide(i: Inputs<'_>) -> Decision {
             None,
         );
     };
-    let moved: Vec<String> = production
-        .iter()
-        .filter(|p| p.deployment_id.as_deref() != Some(live.id.as_str()))
-        .map(|p| {
-            format!(
-                "{} serves {}",
-                p.domain,
-                p.deployment_id.as_deref().unwrap_or("nothing")
-            )
-        })
-        .collect();
+    let moved = serving_other(production, &live.id);
     if !moved.is_empty() || production.is_empty() {
         let reason = format!("production already changed: {}", moved.join(", "));
         return t.stop(7, "production unchanged", Outcome::Skip, reason);

@@ -20,7 +20,8 @@ use crate::sim::{Credentials, Provider, Running, Sim};
 
 /// Credentials shared by the demo's Backstop and simulator (not secrets).
 pub const SENTRY_SECRET: &str = "demo-sentry-client-secret";
-const VERCEL_SECRET: &str = "demo-vercel-webhook-secret";
+/// The demo's Vercel webhook secret (not a secret).
+pub const VERCEL_SECRET: &str = "demo-vercel-webhook-secret";
 const VERCEL_TOKEN: &str = "demo-vercel-token";
 const ROUTING_KEY: &str = "demo0000000000000000000000000key";
 const SLACK_TOKEN: &str = "xoxb-demo";
@@ -90,7 +91,26 @@ pub fn demo_history(now: i64) -> [(&'static str, &'static str, i64); 3] {
 
 /// Settings pointing every provider at the simulator.
 pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow::Result<Settings> {
-    let text = format!(
+    Ok(Settings::from_toml(
+        &demo_config(Some(sim), db_url, listen, ""),
+        Vec::new(),
+    )?)
+}
+
+/// The demo's configuration as TOML: the storefront service with every
+/// provider at the simulator (or at a closed port without one), plus
+/// `service_extra` lines in its `[[services]]` table.
+pub fn demo_config(
+    sim: Option<&Running>,
+    db_url: &str,
+    listen: SocketAddr,
+    service_extra: &str,
+) -> String {
+    let base = |p| {
+        sim.map(|s| s.api_base(p))
+            .unwrap_or_else(|| "http://127.0.0.1:9".into())
+    };
+    format!(
         r##"
         [server]
         listen = "{listen}"
@@ -117,14 +137,33 @@ pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow:
         vercel_project = "{PROJECT}"
         domains = ["{d0}", "{d1}"]
         mode = "auto"
+        {service_extra}
         "##,
-        vercel = sim.api_base(Provider::Vercel),
-        pagerduty = sim.api_base(Provider::Pagerduty),
-        slack = sim.api_base(Provider::Slack),
+        vercel = base(Provider::Vercel),
+        pagerduty = base(Provider::Pagerduty),
+        slack = base(Provider::Slack),
         d0 = DOMAINS[0],
         d1 = DOMAINS[1],
-    );
-    Ok(Settings::from_toml(&text, Vec::new())?)
+    )
+}
+
+/// Records the demo's deployments in a ledger directly (tests and benches;
+/// the demo itself goes through signed Vercel webhooks).
+pub async fn seed_ledger(
+    store: &crate::ledger::Store,
+    bake: Duration,
+) -> Result<(), crate::ledger::StoreError> {
+    for (id, sha, at) in demo_history(now_ms()) {
+        let d = crate::ledger::NewDeployment {
+            id: id.into(),
+            service: "storefront".into(),
+            release: Some(sha.into()),
+            ..Default::default()
+        };
+        store.record_deployment(&d).await?;
+        store.promote("storefront", id, at, bake).await?;
+    }
+    Ok(())
 }
 
 /// Runs the demo, printing the timeline to `out`. With `keep`, leaves

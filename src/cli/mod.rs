@@ -1,6 +1,7 @@
 //! The command line: parse, load settings, call into the library, print.
 //! No SQL and no decisions here.
 
+pub mod bench;
 pub mod check;
 pub mod demo;
 mod show;
@@ -54,6 +55,8 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Measure: drive a real `backstop serve` with signed webhooks and report latency, throughput and RSS.
+    Bench(bench::BenchOpts),
     /// Run the provider simulator, or send a signed alert the way Sentry does.
     Sim {
         /// Where the simulator listens.
@@ -204,11 +207,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Sim { listen, command } => return sim(listen, command).await,
+        Command::Bench(opts) => {
+            println!("{}", bench::run(opts).await?);
+            return Ok(());
+        }
         _ => {}
     }
     let settings = load_settings(cli.config)?;
     match cli.command {
-        Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Sim { .. } | Command::Bench(_) => {
+            unreachable!("handled above")
+        }
         Command::Check => {
             let rows = check::run(&settings).await;
             if !check::print(&mut std::io::stdout(), &rows)? {

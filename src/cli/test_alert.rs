@@ -114,6 +114,7 @@ pub async fn run(
         service,
         body,
         received_at_ms: now_ms(),
+        decided: None,
     };
     let run = match store.ingest_alert(&new).await? {
         Ingested::Stored(run) | Ingested::Duplicate(run) => run,

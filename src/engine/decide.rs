@@ -237,7 +237,7 @@ impl Engine {
         })
     }
 
-    fn record(&self, d: &Decision) -> DecisionRecord {
+    pub(super) fn record(&self, d: &Decision) -> DecisionRecord {
         let steps = self.steps_for(d);
         let (from, to) = match d.outcome {
             Outcome::Rollback | Outcome::DryRun => (

@@ -106,6 +106,36 @@ impl Engine {
         self.inner.wake.notify_one();
     }
 
+    /// Stores a verified alert with its run (or names the run of an earlier
+    /// delivery) and wakes a worker. When the alert alone settles the
+    /// decision (not critical, unmapped, not a crash alert) the run is
+    /// stored decided and finished, in the same transaction.
+    pub async fn ingest(
+        &self,
+        resource: &str,
+        alert: &crate::ingest::sentry::Alert,
+        body: &str,
+        received_at_ms: i64,
+    ) -> Result<crate::ledger::Ingested, StoreError> {
+        let services = &self.settings().services;
+        let decided = crate::policy::decide_from_alert(alert, services, received_at_ms)
+            .map(|d| self.record(&d));
+        let new = crate::ledger::NewAlert {
+            dedup_key: alert.dedup_key(),
+            resource: resource.to_string(),
+            action: alert.action.clone(),
+            service: crate::policy::map_service(alert, services).map(|s| s.name.clone()),
+            body: body.to_string(),
+            received_at_ms,
+            decided,
+        };
+        let result = self.store().ingest_alert(&new).await?;
+        if matches!(result, crate::ledger::Ingested::Stored(_)) && new.decided.is_none() {
+            self.wake();
+        }
+        Ok(result)
+    }
+
     /// Works until no run is claimable; returns how many runs it worked on.
     pub async fn run_until_idle(&self) -> Result<usize, EngineError> {
         let mut worked = 0;
@@ -196,11 +226,13 @@ impl Engine {
     /// when the rollback failed.
     async fn decide_and_roll_back(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
         let run = &claimed.run.id;
-        if self.is_pending(run, "decide").await? {
+        let mut pending = self.pending(run).await?;
+        if pending.contains("decide") {
             self.decide(claimed).await?;
             self.failpoint("after-decide").await;
+            pending = self.pending(run).await?;
         }
-        if self.is_pending(run, "rollback").await? {
+        if pending.contains("rollback") {
             return self.rollback(claimed).await;
         }
         Ok(true)
@@ -209,16 +241,17 @@ impl Engine {
     /// `page` and `announce` side by side, then `followup`; false when one failed.
     async fn notify(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
         let run = &claimed.run.id;
+        let pending = self.pending(run).await?;
         let (paged, announced) = tokio::join!(
             async {
-                if self.is_pending(run, "page").await? {
+                if pending.contains("page") {
                     self.page(claimed).await
                 } else {
                     Ok(true)
                 }
             },
             async {
-                if self.is_pending(run, "announce").await? {
+                if pending.contains("announce") {
                     self.announce(claimed).await
                 } else {
                     Ok(true)
@@ -226,21 +259,23 @@ impl Engine {
             },
         );
         let mut ok = paged? & announced?;
-        if self.is_pending(run, "followup").await? {
+        if pending.contains("followup") {
             ok &= self.followup(claimed).await?;
         }
         Ok(ok)
     }
 
-    async fn is_pending(
+    /// Names of the run's unfinished steps.
+    async fn pending(
         &self,
         run: &crate::ledger::RunId,
-        step: &str,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<std::collections::HashSet<String>, EngineError> {
         let steps = self.store().steps(run).await?;
         Ok(steps
-            .iter()
-            .any(|s| s.name == step && s.status == step_status::PENDING))
+            .into_iter()
+            .filter(|s| s.status == step_status::PENDING)
+            .map(|s| s.name)
+            .collect())
     }
 
     /// A test hook: with `BACKSTOP_FAILPOINT=<name>` set, the run in hand

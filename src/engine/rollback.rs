@@ -155,17 +155,7 @@ impl Engine {
     /// Reads every alias back; fails unless each serves `to`.
     async fn verify(&self, svc: &ServiceSettings, to: &str) -> Result<Vec<Value>, StepError> {
         let production = self.production_state(svc).await?;
-        let wrong: Vec<String> = production
-            .iter()
-            .filter(|p| p.deployment_id.as_deref() != Some(to))
-            .map(|p| {
-                format!(
-                    "{} serves {}",
-                    p.domain,
-                    p.deployment_id.as_deref().unwrap_or("nothing")
-                )
-            })
-            .collect();
+        let wrong = crate::policy::serving_other(&production, to);
         if !wrong.is_empty() {
             return Err(StepError::retryable(
                 "not_verified",

@@ -21,8 +21,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::feed;
 use crate::ingest::{self, sentry, signature, vercel, IngestError};
-use crate::ledger::{now_ms, Ingested, NewAlert};
-use crate::policy;
+use crate::ledger::{now_ms, Ingested};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -93,26 +92,21 @@ async fn sentry_webhook(
     let alert = sentry::parse(resource, &body)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
-    let service = policy::map_service(&alert, &settings.services).map(|s| s.name.clone());
-    let new = NewAlert {
-        dedup_key: alert.dedup_key(),
-        resource: resource_name.to_string(),
-        action: alert.action.clone(),
-        service,
-        body: text.to_string(),
-        received_at_ms: now,
-    };
-    match state.engine.store().ingest_alert(&new).await? {
+    let key = alert.dedup_key();
+    match state
+        .engine
+        .ingest(resource_name, &alert, text, now)
+        .await?
+    {
         Ingested::Stored(run) => {
-            state.engine.wake();
-            tracing::info!(run.id = %run, key = %new.dedup_key, "alert stored");
+            tracing::info!(run.id = %run, key = %key, "alert stored");
             Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({"status": "accepted", "run": run})),
             ))
         }
         Ingested::Duplicate(run) => {
-            tracing::info!(run.id = %run, key = %new.dedup_key, "duplicate alert");
+            tracing::info!(run.id = %run, key = %key, "duplicate alert");
             Ok((
                 StatusCode::OK,
                 Json(json!({"status": "duplicate", "run": run})),
@@ -164,7 +158,9 @@ fn require_json(headers: &HeaderMap) -> Result<(), IngestError> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(IngestError::Malformed(format!("content type must be application/json, not `{ct}`")))
+        Err(IngestError::Malformed(format!(
+            "content type must be application/json, not `{ct}`"
+        )))
     }
 }
 

@@ -97,7 +97,12 @@ impl Alert {
 pub fn parse(resource: Resource, body: &[u8]) -> Result<Alert, IngestError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| IngestError::Malformed(format!("body is not JSON: {e}")))?;
-    let action = v.get("action").and_then(Value::as_str).filter(|a| !a.is_empty()).map(str::to_owned).ok_or_else(|| missing("action"))?;
+    let action = v
+        .get("action")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| missing("action"))?;
     if !v.get("installation").is_some_and(Value::is_object) {
         return Err(missing("installation"));
     }

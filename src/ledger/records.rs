@@ -130,6 +130,9 @@ pub struct NewAlert {
     pub body: String,
     /// Unix ms.
     pub received_at_ms: i64,
+    /// The decision, when the alert alone decides it (not critical,
+    /// unmapped, not a crash alert): the run is stored finished.
+    pub decided: Option<DecisionRecord>,
 }
 
 /// Run status.

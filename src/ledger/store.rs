@@ -172,16 +172,41 @@ impl Store {
             return Ok(Ingested::Duplicate(RunId(run)));
         }
         let run = RunId::generate();
-        sqlx::query(
-            "INSERT INTO runs (id, alert_id, service, status, created_at, not_before) VALUES ($1, $2, $3, 'pending', $4, $4)",
-        )
-        .bind(&run.0)
-        .bind(&alert_id)
-        .bind(&alert.service)
-        .bind(alert.received_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        insert_steps(&mut tx, &run, &["decide".to_string()], 0).await?;
+        let at = alert.received_at_ms;
+        match &alert.decided {
+            None => {
+                sqlx::query("INSERT INTO runs (id, alert_id, service, status, created_at, not_before) VALUES ($1, $2, $3, 'pending', $4, $4)")
+                    .bind(&run.0)
+                    .bind(&alert_id)
+                    .bind(&alert.service)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_steps(&mut tx, &run, &["decide".to_string()], 0).await?;
+            }
+            Some(d) => {
+                // Decided from the alert alone: the run is finished as it is stored.
+                sqlx::query(
+                    "INSERT INTO runs (id, alert_id, service, status, outcome, reason, decision, created_at, decided_at, finished_at, not_before)
+                     VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, $7, $7, $7)",
+                )
+                .bind(&run.0)
+                .bind(&alert_id)
+                .bind(&d.service)
+                .bind(&d.outcome)
+                .bind(&d.reason)
+                .bind(d.detail.to_string())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO steps (run_id, name, seq, status, output, finished_at) VALUES ($1, 'decide', 0, 'succeeded', $2, $3)")
+                    .bind(&run.0)
+                    .bind(serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string())
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(Ingested::Stored(run))
     }

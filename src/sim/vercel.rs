@@ -92,7 +92,7 @@ async fn assign_alias(
     w.alias_writes.push(AliasWrite {
         domain: alias.clone(),
         deployment: id,
-        at_ms: now_ms(),
+        at_us: super::now_us(),
     });
     let mut body = json!({"uid": format!("alias_{n}"), "alias": alias, "created": crate::ingest::sentry::format_time(now_ms())});
     if let Some(old) = old {
@@ -109,7 +109,13 @@ async fn get_alias(
     if let Some(r) = authorized(&sim, &headers) {
         return r;
     }
-    let w = sim.world();
+    let mut w = sim.world();
+    let served = w.aliases.get(&domain).cloned();
+    w.alias_reads.push(super::AliasRead {
+        domain: domain.clone(),
+        deployment: served,
+        at_us: super::now_us(),
+    });
     let Some(id) = w.aliases.get(&domain) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -191,7 +197,7 @@ async fn get_project(
                 w.alias_writes.push(AliasWrite {
                     domain: d.clone(),
                     deployment: to.clone(),
-                    at_ms: now_ms(),
+                    at_us: super::now_us(),
                 });
             }
             j["jobStatus"] = json!("succeeded");

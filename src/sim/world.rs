@@ -44,8 +44,27 @@ pub struct AliasWrite {
     pub domain: String,
     /// Deployment it now serves.
     pub deployment: String,
-    /// When, Unix ms.
-    pub at_ms: i64,
+    /// When, Unix microseconds.
+    pub at_us: i64,
+}
+
+/// One alias read: which deployment Vercel said a domain serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct AliasRead {
+    /// Domain.
+    pub domain: String,
+    /// Deployment it served.
+    pub deployment: Option<String>,
+    /// When, Unix microseconds.
+    pub at_us: i64,
+}
+
+/// Wall-clock Unix microseconds.
+pub fn now_us() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// A PagerDuty incident (one per dedup key).
@@ -97,6 +116,8 @@ pub struct World {
     pub aliases: BTreeMap<String, String>,
     /// Vercel: every alias write.
     pub alias_writes: Vec<AliasWrite>,
+    /// Vercel: every alias read.
+    pub alias_reads: Vec<AliasRead>,
     /// Vercel: project → last alias job (`lastAliasRequest`), and whether it has been polled once.
     pub alias_jobs: BTreeMap<String, (Value, bool)>,
     /// PagerDuty incidents by key.

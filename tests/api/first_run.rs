@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use backstop::cli::{check, demo, test_alert};
 use backstop::config::Settings;
-use backstop::ledger::{now_ms, NewDeployment, Store};
+use backstop::ledger::{now_ms, Store};
 use backstop::sim::sender::CrashAlert;
 use backstop::sim::Running;
 use secrecy::SecretString;
@@ -54,23 +54,9 @@ async fn rehearsal() -> Rehearsal {
     let settings = demo::demo_settings(&sim, &db, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let store = Store::connect(&SecretString::from(db), 1).await.unwrap();
     store.migrate().await.unwrap();
-    let now = now_ms();
-    for (id, sha, at) in [
-        ("dpl_9be1c07good", "9be1c07", now - 180 * 60_000),
-        ("dpl_3f2c1a9live", "3f2c1a9", now - 120_000),
-    ] {
-        let d = NewDeployment {
-            id: id.into(),
-            service: "storefront".into(),
-            release: Some(sha.into()),
-            ..Default::default()
-        };
-        store.record_deployment(&d).await.unwrap();
-        store
-            .promote("storefront", id, at, settings.services[0].bake_time)
-            .await
-            .unwrap();
-    }
+    demo::seed_ledger(&store, settings.services[0].bake_time)
+        .await
+        .unwrap();
     Rehearsal {
         sim,
         settings,

@@ -10,10 +10,39 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const KEYS: &[&str] = &[
-    "action", "installation", "uuid", "data", "metric_alert", "identifier", "alert_rule", "id", "projects",
-    "date_started", "date_detected", "date_created", "triggers", "label", "alert_threshold", "aggregate",
-    "environment", "description_text", "web_url", "event", "release", "issue_id", "triggered_rule", "url",
-    "tags", "type", "createdAt", "payload", "deployment", "project", "target", "meta", "githubCommitSha",
+    "action",
+    "installation",
+    "uuid",
+    "data",
+    "metric_alert",
+    "identifier",
+    "alert_rule",
+    "id",
+    "projects",
+    "date_started",
+    "date_detected",
+    "date_created",
+    "triggers",
+    "label",
+    "alert_threshold",
+    "aggregate",
+    "environment",
+    "description_text",
+    "web_url",
+    "event",
+    "release",
+    "issue_id",
+    "triggered_rule",
+    "url",
+    "tags",
+    "type",
+    "createdAt",
+    "payload",
+    "deployment",
+    "project",
+    "target",
+    "meta",
+    "githubCommitSha",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -23,14 +52,21 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(|n| json!(n)),
         any::<f64>().prop_map(|f| json!(f)),
         ".{0,40}".prop_map(Value::String),
-        prop_oneof![Just("critical"), Just("resolved"), Just("2025-07-14T11:41:32+053096Z"), Just("deployment.promoted"), Just("production")]
-            .prop_map(|s| Value::String(s.into())),
+        prop_oneof![
+            Just("critical"),
+            Just("resolved"),
+            Just("2025-07-14T11:41:32+053096Z"),
+            Just("deployment.promoted"),
+            Just("production")
+        ]
+        .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(6, 64, 8, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((prop::sample::select(KEYS), inner), 0..8)
-                .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            prop::collection::vec((prop::sample::select(KEYS), inner), 0..8).prop_map(|kv| {
+                Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }),
         ]
     })
 }
@@ -38,10 +74,18 @@ fn json_value() -> impl Strategy<Value = Value> {
 /// A real alert with one field replaced by anything.
 fn mutated_alert() -> impl Strategy<Value = Vec<u8>> {
     let pointers = prop::sample::select(vec![
-        "/action", "/installation", "/data", "/data/metric_alert", "/data/metric_alert/identifier",
-        "/data/metric_alert/projects", "/data/metric_alert/date_started", "/data/metric_alert/alert_rule",
-        "/data/metric_alert/alert_rule/id", "/data/metric_alert/alert_rule/triggers",
-        "/data/metric_alert/alert_rule/environment", "/data/description_text",
+        "/action",
+        "/installation",
+        "/data",
+        "/data/metric_alert",
+        "/data/metric_alert/identifier",
+        "/data/metric_alert/projects",
+        "/data/metric_alert/date_started",
+        "/data/metric_alert/alert_rule",
+        "/data/metric_alert/alert_rule/id",
+        "/data/metric_alert/alert_rule/triggers",
+        "/data/metric_alert/alert_rule/environment",
+        "/data/description_text",
     ]);
     (pointers, json_value()).prop_map(|(pointer, value)| {
         let mut alert = crate::helpers::crash_alert("1", 1_700_000_000_000);

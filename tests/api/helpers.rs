@@ -526,19 +526,9 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
     let address = format!("http://127.0.0.1:{}", app.port());
     let store = app.engine().store().clone();
     tokio::spawn(app.run_until(std::future::pending()));
-    for (id, sha, at) in backstop::cli::demo::demo_history(now_ms()) {
-        let d = backstop::ledger::NewDeployment {
-            id: id.into(),
-            service: "storefront".into(),
-            release: Some(sha.into()),
-            ..Default::default()
-        };
-        store.record_deployment(&d).await.unwrap();
-        store
-            .promote("storefront", id, at, settings.services[0].bake_time)
-            .await
-            .unwrap();
-    }
+    backstop::cli::demo::seed_ledger(&store, settings.services[0].bake_time)
+        .await
+        .unwrap();
     Some(SimApp {
         sim,
         address,

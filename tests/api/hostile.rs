@@ -19,7 +19,15 @@ struct Case {
 }
 
 fn case(name: &'static str, body: Vec<u8>, status: u16) -> Case {
-    Case { name, body, signature: None, timestamp: None, content_type: "application/json", resource: "metric_alert", status }
+    Case {
+        name,
+        body,
+        signature: None,
+        timestamp: None,
+        content_type: "application/json",
+        resource: "metric_alert",
+        status,
+    }
 }
 
 fn nested(depth: usize) -> Vec<u8> {
@@ -34,7 +42,11 @@ fn with(mut v: Value, pointer: &str, value: Value) -> Vec<u8> {
 }
 
 fn without(mut v: Value, parent: &str, key: &str) -> Vec<u8> {
-    v.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
+    v.pointer_mut(parent)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove(key);
     compact(&v)
 }
 
@@ -42,35 +54,112 @@ fn refused_cases() -> Vec<Case> {
     let alert = crash_alert("801", now_ms() - MIN);
     let good = compact(&alert);
     let sig = sign(Digest::Sha256, SENTRY_SECRET.as_bytes(), &good);
-    let other = sign(Digest::Sha256, SENTRY_SECRET.as_bytes(), br#"{"action":"critical"}"#);
+    let other = sign(
+        Digest::Sha256,
+        SENTRY_SECRET.as_bytes(),
+        br#"{"action":"critical"}"#,
+    );
     let now = now_ms() / 1000;
     let mut cases = vec![
-        Case { signature: Some(None), ..case("missing signature", good.clone(), 401) },
-        Case { signature: Some(Some(String::new())), ..case("empty signature", good.clone(), 401) },
-        Case { signature: Some(Some("0".repeat(64))), ..case("wrong signature", good.clone(), 401) },
-        Case { signature: Some(Some(sig.to_uppercase())), ..case("uppercase-hex signature", good.clone(), 401) },
-        Case { signature: Some(Some(sig[..40].to_string())), ..case("truncated signature", good.clone(), 401) },
-        Case { signature: Some(Some(other)), ..case("valid signature over a different body", good.clone(), 401) },
-        Case { timestamp: Some((now - 3600).to_string()), ..case("timestamp an hour old", good.clone(), 401) },
-        Case { timestamp: Some((now + 3600).to_string()), ..case("timestamp an hour ahead", good.clone(), 401) },
-        Case { timestamp: Some("yesterday".into()), ..case("non-numeric timestamp", good.clone(), 401) },
+        Case {
+            signature: Some(None),
+            ..case("missing signature", good.clone(), 401)
+        },
+        Case {
+            signature: Some(Some(String::new())),
+            ..case("empty signature", good.clone(), 401)
+        },
+        Case {
+            signature: Some(Some("0".repeat(64))),
+            ..case("wrong signature", good.clone(), 401)
+        },
+        Case {
+            signature: Some(Some(sig.to_uppercase())),
+            ..case("uppercase-hex signature", good.clone(), 401)
+        },
+        Case {
+            signature: Some(Some(sig[..40].to_string())),
+            ..case("truncated signature", good.clone(), 401)
+        },
+        Case {
+            signature: Some(Some(other)),
+            ..case("valid signature over a different body", good.clone(), 401)
+        },
+        Case {
+            timestamp: Some((now - 3600).to_string()),
+            ..case("timestamp an hour old", good.clone(), 401)
+        },
+        Case {
+            timestamp: Some((now + 3600).to_string()),
+            ..case("timestamp an hour ahead", good.clone(), 401)
+        },
+        Case {
+            timestamp: Some("yesterday".into()),
+            ..case("non-numeric timestamp", good.clone(), 401)
+        },
         case("non-JSON body", b"action=critical".to_vec(), 400),
         case("truncated JSON", good[..good.len() / 2].to_vec(), 400),
         case("deeply nested JSON", nested(100_000), 400),
         case("a 10 MiB body", vec![b' '; 10 * 1024 * 1024], 413),
-        Case { content_type: "text/plain", ..case("wrong content type", good.clone(), 400) },
-        Case { resource: "issue", ..case("unknown resource", good.clone(), 200) },
-        case("missing identifier", without(alert.clone(), "/data/metric_alert", "identifier"), 400),
-        case("missing rule id", without(alert.clone(), "/data/metric_alert/alert_rule", "id"), 400),
-        case("missing installation", without(alert.clone(), "", "installation"), 400),
-        case("action of the wrong type", with(alert.clone(), "/action", json!(1)), 400),
-        case("identifier of the wrong type", with(alert.clone(), "/data/metric_alert/identifier", json!({"id": 1})), 400),
-        case("rule id of the wrong type", with(alert.clone(), "/data/metric_alert/alert_rule/id", json!([9])), 400),
-        case("data of the wrong type", with(alert.clone(), "/data", json!("critical")), 400),
+        Case {
+            content_type: "text/plain",
+            ..case("wrong content type", good.clone(), 400)
+        },
+        Case {
+            resource: "issue",
+            ..case("unknown resource", good.clone(), 200)
+        },
+        case(
+            "missing identifier",
+            without(alert.clone(), "/data/metric_alert", "identifier"),
+            400,
+        ),
+        case(
+            "missing rule id",
+            without(alert.clone(), "/data/metric_alert/alert_rule", "id"),
+            400,
+        ),
+        case(
+            "missing installation",
+            without(alert.clone(), "", "installation"),
+            400,
+        ),
+        case(
+            "action of the wrong type",
+            with(alert.clone(), "/action", json!(1)),
+            400,
+        ),
+        case(
+            "identifier of the wrong type",
+            with(
+                alert.clone(),
+                "/data/metric_alert/identifier",
+                json!({"id": 1}),
+            ),
+            400,
+        ),
+        case(
+            "rule id of the wrong type",
+            with(
+                alert.clone(),
+                "/data/metric_alert/alert_rule/id",
+                json!([9]),
+            ),
+            400,
+        ),
+        case(
+            "data of the wrong type",
+            with(alert.clone(), "/data", json!("critical")),
+            400,
+        ),
     ];
     for c in &mut cases {
         if c.signature.is_none() {
-            c.signature = Some(Some(sign(Digest::Sha256, SENTRY_SECRET.as_bytes(), &c.body)));
+            c.signature = Some(Some(sign(
+                Digest::Sha256,
+                SENTRY_SECRET.as_bytes(),
+                &c.body,
+            )));
         }
     }
     cases
@@ -78,11 +167,16 @@ fn refused_cases() -> Vec<Case> {
 
 #[tokio::test]
 async fn hostile_requests_get_their_status_and_leave_no_trace() {
-    let Some(app) = spawn_app(Db::Sqlite).await else { return };
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_serves("dpl_new").await;
     for c in refused_cases() {
-        let ts = c.timestamp.clone().unwrap_or_else(|| (now_ms() / 1000).to_string());
+        let ts = c
+            .timestamp
+            .clone()
+            .unwrap_or_else(|| (now_ms() / 1000).to_string());
         let resp = app
             .http
             .post(format!("{}/webhooks/sentry", app.address))
@@ -94,7 +188,13 @@ async fn hostile_requests_get_their_status_and_leave_no_trace() {
             Some(sig) => resp.header("sentry-hook-signature", sig),
             None => resp,
         };
-        let status = resp.body(c.body.clone()).send().await.unwrap().status().as_u16();
+        let status = resp
+            .body(c.body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
         assert_eq!(status, c.status, "{}", c.name);
     }
     assert_eq!(app.store.count_alerts().await.unwrap(), 0, "nothing stored");
@@ -106,7 +206,9 @@ async fn hostile_requests_get_their_status_and_leave_no_trace() {
 
 #[tokio::test]
 async fn malformed_dates_and_string_ids_are_accepted_and_handled_safely() {
-    let Some(app) = spawn_app(Db::Sqlite).await else { return };
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
     app.seed_history().await;
     app.vercel_rollback_works("dpl_new", "dpl_old").await;
     let mut alert = crash_alert("802", now_ms() - MIN);
@@ -115,7 +217,8 @@ async fn malformed_dates_and_string_ids_are_accepted_and_handled_safely() {
     }
     alert["data"]["metric_alert"]["alert_rule"]["id"] = json!("177111");
     alert["data"]["metric_alert"]["identifier"] = json!("802");
-    alert["data"]["metric_alert"]["alert_rule"]["triggers"][0]["alert_threshold"] = json!("not a number");
+    alert["data"]["metric_alert"]["alert_rule"]["triggers"][0]["alert_threshold"] =
+        json!("not a number");
     let resp = app.post_sentry("metric_alert", &compact(&alert)).await;
     assert_eq!(resp.status(), 202);
     app.engine.run_until_idle().await.unwrap();
@@ -128,29 +231,78 @@ async fn malformed_dates_and_string_ids_are_accepted_and_handled_safely() {
     let mut numeric = crash_alert("803", now_ms() - MIN);
     numeric["data"]["metric_alert"]["identifier"] = json!(803);
     numeric["data"]["metric_alert"]["alert_rule"]["id"] = json!(177111);
-    assert_eq!(app.post_sentry("metric_alert", &compact(&numeric)).await.status(), 202);
+    assert_eq!(
+        app.post_sentry("metric_alert", &compact(&numeric))
+            .await
+            .status(),
+        202
+    );
 }
 
 #[tokio::test]
 async fn hostile_vercel_webhooks_are_refused() {
-    let Some(app) = spawn_app(Db::Sqlite).await else { return };
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
     let url = format!("{}/webhooks/vercel", app.address);
     let good = compact(&promoted("dpl_h", "hhh", now_ms()));
     let sig = sign(Digest::Sha1, VERCEL_SECRET.as_bytes(), &good);
-    let cases: Vec<(&str, Vec<u8>, Option<String>, &str, u16)> = vec![
-        ("missing signature", good.clone(), None, "application/json", 401),
-        ("uppercase signature", good.clone(), Some(sig.to_uppercase()), "application/json", 401),
-        ("sha256 instead of sha1", good.clone(), Some(sign(Digest::Sha256, VERCEL_SECRET.as_bytes(), &good)), "application/json", 401),
-        ("non-JSON", b"nope".to_vec(), Some(sign(Digest::Sha1, VERCEL_SECRET.as_bytes(), b"nope")), "application/json", 400),
-        ("wrong content type", good.clone(), Some(sig.clone()), "text/plain", 400),
-        ("too large", vec![b' '; 2 * 1024 * 1024], None, "application/json", 413),
+    // (name, body, signature, content type, status)
+    type VercelCase = (&'static str, Vec<u8>, Option<String>, &'static str, u16);
+    let cases: Vec<VercelCase> = vec![
+        (
+            "missing signature",
+            good.clone(),
+            None,
+            "application/json",
+            401,
+        ),
+        (
+            "uppercase signature",
+            good.clone(),
+            Some(sig.to_uppercase()),
+            "application/json",
+            401,
+        ),
+        (
+            "sha256 instead of sha1",
+            good.clone(),
+            Some(sign(Digest::Sha256, VERCEL_SECRET.as_bytes(), &good)),
+            "application/json",
+            401,
+        ),
+        (
+            "non-JSON",
+            b"nope".to_vec(),
+            Some(sign(Digest::Sha1, VERCEL_SECRET.as_bytes(), b"nope")),
+            "application/json",
+            400,
+        ),
+        (
+            "wrong content type",
+            good.clone(),
+            Some(sig.clone()),
+            "text/plain",
+            400,
+        ),
+        (
+            "too large",
+            vec![b' '; 2 * 1024 * 1024],
+            None,
+            "application/json",
+            413,
+        ),
     ];
     for (name, body, sig, ct, status) in cases {
         let mut req = app.http.post(&url).header("content-type", ct).body(body);
         if let Some(sig) = sig {
             req = req.header("x-vercel-signature", sig);
         }
-        assert_eq!(req.send().await.unwrap().status().as_u16(), status, "{name}");
+        assert_eq!(
+            req.send().await.unwrap().status().as_u16(),
+            status,
+            "{name}"
+        );
     }
     assert!(app.store.deployments(None).await.unwrap().is_empty());
 }

@@ -216,3 +216,38 @@ async fn preview_and_foreign_project_events_are_ignored() {
         .collect();
     assert_eq!(ids, vec![("dpl_r".to_string(), false)]);
 }
+
+#[tokio::test]
+async fn alerts_the_alert_alone_settles_are_stored_decided_and_finished() {
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
+    let mut unmapped = crash_alert("901", now_ms());
+    unmapped["data"]["metric_alert"]["projects"] = json!(["billing"]);
+    let mut warning = crash_alert("902", now_ms());
+    warning["action"] = json!("warning");
+    for alert in [unmapped, warning] {
+        assert_eq!(
+            app.post_sentry("metric_alert", &compact(&alert))
+                .await
+                .status(),
+            202
+        );
+    }
+    // No worker has run: the alert alone decided these.
+    assert_eq!(app.store.count_unfinished_runs().await.unwrap(), 0);
+    let reasons: Vec<_> = app
+        .store
+        .list_runs(5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.status, r.reason.unwrap_or_default()))
+        .collect();
+    assert!(reasons.iter().all(|(s, _)| s == "done"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|(_, r)| r.starts_with("unmapped"))
+            && reasons.iter().any(|(_, r)| r.starts_with("not critical")),
+        "{reasons:?}"
+    );
+}

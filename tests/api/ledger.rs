@@ -94,6 +94,7 @@ fn alert(key: &str, service: Option<&str>) -> NewAlert {
         service: service.map(str::to_owned),
         body: json!({"key": key}).to_string(),
         received_at_ms: now_ms(),
+        decided: None,
     }
 }
 

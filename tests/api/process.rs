@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::cli::demo::{demo_history, demo_sim_with};
-use backstop::ledger::{now_ms, NewDeployment, Store};
+use backstop::cli::demo::{demo_sim_with, seed_ledger};
+use backstop::ledger::{now_ms, Store};
 use backstop::sim::sender::{self, CrashAlert};
 use backstop::sim::{Credentials, Faults, Provider, Running};
 use secrecy::SecretString;
@@ -34,6 +34,11 @@ struct World {
 }
 
 async fn world(extra: &str) -> World {
+    world_on(None, extra).await
+}
+
+/// A world whose ledger is `db_url` (a Postgres schema), or a fresh SQLite file.
+async fn world_on(db_url: Option<String>, extra: &str) -> World {
     let creds = Credentials {
         vercel_token: VERCEL_TOKEN.into(),
         routing_keys: vec![ROUTING_KEY.into()],
@@ -46,7 +51,8 @@ async fn world(extra: &str) -> World {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let db_url =
+        db_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ledger.db").display()));
     let channel = sim.sim.world().channels["#deploys"].clone();
     let text = format!(
         r#"
@@ -90,19 +96,9 @@ async fn world(extra: &str) -> World {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    for (id, sha, at) in demo_history(now_ms()) {
-        let d = NewDeployment {
-            id: id.into(),
-            service: "storefront".into(),
-            release: Some(sha.into()),
-            ..Default::default()
-        };
-        store.record_deployment(&d).await.unwrap();
-        store
-            .promote("storefront", id, at, Duration::from_secs(1800))
-            .await
-            .unwrap();
-    }
+    seed_ledger(&store, Duration::from_secs(1800))
+        .await
+        .unwrap();
     store.close().await;
     World {
         sim,
@@ -408,4 +404,56 @@ async fn no_secret_reaches_a_log_line_or_cli_output() {
         let leaks: Vec<_> = everything.lines().filter(|l| l.contains(secret)).collect();
         assert!(leaks.is_empty(), "secret leaked in:\n{}", leaks.join("\n"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_on_one_postgres_act_once_even_when_one_dies() {
+    let Some(db) = crate::helpers::TestDatabase::new(crate::helpers::Db::Postgres).await else {
+        return;
+    };
+    let w = world_on(Some(db.url.clone()), "").await;
+    // The first instance dies right after Vercel accepted the alias writes.
+    let doomed = Proc::spawn(&w.config, Some("rollback-accepted"));
+    let others = [Proc::spawn(&w.config, None), Proc::spawn(&w.config, None)];
+    let http = reqwest::Client::new();
+    let alert = CrashAlert::critical("storefront-web", "4545", now_ms() - 30_000).body();
+    let (status, _) = sender::deliver(&http, &doomed.url(), SENTRY, "metric_alert", &alert)
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    assert!(
+        doomed
+            .wait_for(
+                "BACKSTOP_FAILPOINT rollback-accepted reached",
+                Duration::from_secs(20)
+            )
+            .is_some(),
+        "{}",
+        doomed.output()
+    );
+    drop(doomed); // SIGKILL, holding the run's lease
+                  // Sentry re-sends, spread over the surviving instances.
+    for i in 0..20 {
+        let (status, _) =
+            sender::deliver(&http, &others[i % 2].url(), SENTRY, "metric_alert", &alert)
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "a duplicate, wherever it lands");
+    }
+    let detail = until_finished(&w.db_url).await;
+    assert_eq!(
+        detail.run.status, "done",
+        "taken over after the lease: {:?}",
+        detail.steps
+    );
+    let store = Store::connect(&SecretString::from(w.db_url.clone()), 1)
+        .await
+        .unwrap();
+    assert_eq!(store.count_runs().await.unwrap(), 1);
+    let world = w.sim.sim.world();
+    for d in SIM_DOMAINS {
+        assert_eq!(world.aliases.get(d).map(String::as_str), Some(SIM_GOOD));
+    }
+    assert_eq!(world.incidents.len(), 1);
+    assert_eq!(world.messages.len(), 1);
 }
