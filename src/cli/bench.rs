@@ -56,6 +56,10 @@ pub struct BenchOpts {
     /// Send at this fixed rate per second instead (open loop; latency counted from the scheduled send).
     #[arg(long)]
     pub rate: Option<u32>,
+    /// Drive an already running `backstop serve` at this base URL (ingest and
+    /// storm; it must use the demo's Sentry secret) instead of starting one.
+    #[arg(long)]
+    pub target: Option<String>,
 }
 
 /// One line of results.
@@ -227,6 +231,17 @@ impl Server {
         format!("http://127.0.0.1:{}/webhooks/sentry", self.port)
     }
 
+    /// CPU time the server has used so far (user + system), seconds.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+
     /// Peak resident set size (VmHWM), MiB.
     fn peak_rss_mib(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -274,8 +289,17 @@ async fn post(http: &reqwest::Client, url: &str, s: &Signed) -> anyhow::Result<u
 }
 
 async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Result<Report> {
-    let port = free_port()?;
-    let (server, _) = Server::start(exe, dir, &config(db, port, None), port).await?;
+    let server = match &opts.target {
+        Some(_) => None,
+        None => {
+            let port = free_port()?;
+            Some(
+                Server::start(exe, dir, &config(db, port, None), port)
+                    .await?
+                    .0,
+            )
+        }
+    };
     let storm = opts.scenario == Scenario::Storm;
     let requests: Vec<Arc<Signed>> = (0..opts.requests)
         .map(|i| {
@@ -294,7 +318,12 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency.max(64))
         .build()?;
-    let url = server.url();
+    let url = match (&opts.target, &server) {
+        (Some(t), _) => format!("{}/webhooks/sentry", t.trim_end_matches('/')),
+        (None, Some(s)) => s.url(),
+        (None, None) => bail!("no server"),
+    };
+    let cpu_before = server.as_ref().and_then(Server::cpu_seconds);
     let started = Instant::now();
     let results = match opts.rate {
         None => closed_loop(&http, &url, requests, opts.concurrency).await,
@@ -304,7 +333,14 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
     let (ms, statuses): (Vec<f64>, Vec<u16>) = results.into_iter().unzip();
     let ok = statuses.iter().filter(|s| **s == 202 || **s == 200).count();
     let mut note = format!("{ok}/{} answered 2xx", statuses.len());
-    if storm {
+    if let (Some(before), Some(after)) = (cpu_before, server.as_ref().and_then(Server::cpu_seconds))
+    {
+        note.push_str(&format!(
+            "; server CPU {:.0} µs/request",
+            (after - before) * 1e6 / statuses.len().max(1) as f64
+        ));
+    }
+    if storm && opts.target.is_none() {
         let store = Store::connect(&SecretString::from(db.to_string()), 1).await?;
         note.push_str(&format!("; runs stored: {}", store.count_runs().await?));
         store.close().await;
@@ -315,7 +351,13 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
     };
     let name = format!("{:?} {} {mode}", opts.scenario, backend(db)).to_lowercase();
     let throughput = Some(statuses.len() as f64 / elapsed);
-    Ok(report(name, ms, throughput, server.peak_rss_mib(), note))
+    Ok(report(
+        name,
+        ms,
+        throughput,
+        server.as_ref().and_then(Server::peak_rss_mib),
+        note,
+    ))
 }
 
 async fn closed_loop(
@@ -388,6 +430,7 @@ async fn rollback(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow:
     for (id, sha, at) in demo_history(now_ms()) {
         promote(&http, &hook, id, sha, at).await?;
     }
+    let store = Store::connect(&SecretString::from(db.to_string()), 1).await?;
     let mut first_write = Vec::new();
     let mut verified = Vec::new();
     let reps = opts.requests.min(1000);
@@ -415,6 +458,9 @@ async fn rollback(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow:
             bail!("alert {i} answered {status}");
         }
         let (first, done) = wait_rollback(&sim, writes_before, sent).await?;
+        // The ledger records the rollback just after the read-back; the next
+        // release is promoted only then, as it would be in life.
+        wait_idle(&store).await?;
         first_write.push((first - sent) as f64 / 1000.0);
         verified.push((done - sent) as f64 / 1000.0);
     }
@@ -454,6 +500,18 @@ async fn promote(
         .await?;
     if !resp.status().is_success() {
         bail!("promotion refused: {}", resp.status());
+    }
+    Ok(())
+}
+
+/// Waits until every run is finished.
+async fn wait_idle(store: &Store) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.count_unfinished_runs().await? > 0 {
+        if Instant::now() > deadline {
+            bail!("runs did not finish within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
 }

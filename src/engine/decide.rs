@@ -187,15 +187,26 @@ impl Engine {
         svc: &ServiceSettings,
     ) -> Result<Vec<DomainTarget>, StepError> {
         let vercel = self.vercel().map_err(|e| *e)?;
-        let mut out = Vec::with_capacity(svc.domains.len());
-        for domain in &svc.domains {
-            let deployment_id = vercel.alias_target(domain).await?;
-            out.push(DomainTarget {
-                domain: domain.clone(),
-                deployment_id,
-            });
+        // Every domain at once: this is on the way to the first alias write.
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, domain) in svc.domains.iter().enumerate() {
+            let (vercel, domain) = (vercel.clone(), domain.clone());
+            reads.spawn(async move { (i, vercel.alias_target(&domain).await, domain) });
         }
-        Ok(out)
+        let mut out: Vec<(usize, DomainTarget)> = Vec::with_capacity(svc.domains.len());
+        while let Some(read) = reads.join_next().await {
+            let (i, result, domain) =
+                read.map_err(|e| StepError::retryable("internal", e.to_string()))?;
+            out.push((
+                i,
+                DomainTarget {
+                    domain,
+                    deployment_id: result?,
+                },
+            ));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, d)| d).collect())
     }
 
     /// The steps an outcome calls for, given what is configured.

@@ -62,6 +62,8 @@ struct Inner {
     worker: String,
     wake: Notify,
     failpoint: Option<String>,
+    /// When this worker last claimed or renewed each run it holds.
+    renewed: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Engine {
@@ -82,6 +84,7 @@ impl Engine {
                 failpoint: std::env::var("BACKSTOP_FAILPOINT")
                     .ok()
                     .filter(|f| !f.is_empty()),
+                renewed: Default::default(),
             }),
         }
     }
@@ -203,12 +206,24 @@ impl Engine {
                 return Ok(());
             }
         }
+        self.holding(&run, true);
+        let result = self.process_held(&claimed, service.as_deref()).await;
+        self.holding(&run, false);
+        result
+    }
+
+    async fn process_held(
+        &self,
+        claimed: &ClaimedRun,
+        service: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let run = claimed.run.id.clone();
         // Deciding and rolling back hold the service; notifying does not.
-        let acted = self.decide_and_roll_back(&claimed).await;
-        if let Some(service) = &service {
+        let acted = self.decide_and_roll_back(claimed).await;
+        if let Some(service) = service {
             self.store().release_service(service, &run).await?;
         }
-        let ok = acted? & self.notify(&claimed).await?;
+        let ok = acted? & self.notify(claimed).await?;
         self.failpoint("before-finish").await;
         let steps = self.store().steps(&run).await?;
         let failed = !ok || steps.iter().any(|s| s.status == step_status::FAILED);
@@ -276,6 +291,30 @@ impl Engine {
             .filter(|s| s.status == step_status::PENDING)
             .map(|s| s.name)
             .collect())
+    }
+
+    /// True when the lease on `run` should be renewed before another
+    /// attempt: more than a third of it has passed since the claim or the
+    /// last renewal (which it then records).
+    pub(crate) fn lease_due(&self, run: &crate::ledger::RunId) -> bool {
+        let mut renewed = self.inner.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match renewed.get(&run.0) {
+            Some(at) if now.duration_since(*at) < self.lease() / 3 => false,
+            _ => {
+                renewed.insert(run.0.clone(), now);
+                true
+            }
+        }
+    }
+
+    fn holding(&self, run: &crate::ledger::RunId, held: bool) {
+        let mut renewed = self.inner.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        if held {
+            renewed.insert(run.0.clone(), std::time::Instant::now());
+        } else {
+            renewed.remove(&run.0);
+        }
     }
 
     /// A test hook: with `BACKSTOP_FAILPOINT=<name>` set, the run in hand

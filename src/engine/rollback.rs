@@ -20,7 +20,7 @@ impl Engine {
     pub(super) async fn rollback(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
         let run = &claimed.run.id;
         // The decision is stored on the run; re-read it (we may be resuming).
-        let detail = self.store().run_detail(run).await?.run;
+        let detail = self.store().run(run).await?;
         let (Some(service), Some(from), Some(to)) = (
             detail.service.clone(),
             detail.rollback_from.clone(),

@@ -29,7 +29,7 @@ impl IntoResponse for ApiError {
         let (status, message) = match &self {
             ApiError::Ingest(IngestError::Malformed(m)) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::Ingest(e) => (StatusCode::UNAUTHORIZED, e.to_string()),
-            ApiError::Store(StoreError::Unavailable(_)) => (
+            ApiError::Store(StoreError::Unavailable(_) | StoreError::Unreachable(_)) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store unavailable, retry later".into(),
             ),

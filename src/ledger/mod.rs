@@ -12,6 +12,7 @@
 //! written in one transaction; a run or a service is worked on only by the
 //! holder of an unexpired lease.
 
+mod batch;
 mod records;
 mod store;
 
@@ -37,6 +38,26 @@ pub enum StoreError {
     /// A request contradicts the ledger (e.g. two live deployments).
     #[error("{0}")]
     Conflict(String),
+    /// The store could not be reached (a copy of an error shared by a batch).
+    #[error("store unavailable: {0}")]
+    Unreachable(String),
+    /// A query failed (a copy of an error shared by a batch).
+    #[error("store query failed: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    /// The same error for another caller (sqlx errors cannot be cloned).
+    pub fn replicate(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(e) => StoreError::Unreachable(e.to_string()),
+            StoreError::Unreachable(m) => StoreError::Unreachable(m.clone()),
+            StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            other => StoreError::Failed(other.to_string()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -28,6 +28,7 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    ingest: tokio::sync::mpsc::Sender<super::batch::Job>,
 }
 
 const DEPLOYMENT_COLS: &str = "id, service, url, release, created_at, promoted_at, superseded_at, live, verdict, verdict_reason, alerted_at";
@@ -74,7 +75,12 @@ impl Store {
                 .min_connections(0),
         };
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, backend })
+        let ingest = super::batch::spawn(pool.clone());
+        Ok(Self {
+            pool,
+            backend,
+            ingest,
+        })
     }
 
     /// Which backend this is.
@@ -145,70 +151,21 @@ impl Store {
     // ---- alerts and runs -------------------------------------------------
 
     /// Stores an alert and its run in one transaction, or names the run of
-    /// the earlier delivery with the same dedup key.
+    /// the earlier delivery with the same dedup key. Concurrent calls share
+    /// a transaction (group commit); each returns once it has committed.
     pub async fn ingest_alert(&self, alert: &NewAlert) -> Result<Ingested, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let alert_id = uuid::Uuid::now_v7().to_string();
-        let inserted: Option<String> = sqlx::query_scalar(
-            "INSERT INTO alerts (id, dedup_key, resource, action, received_at, body) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-        )
-        .bind(&alert_id)
-        .bind(&alert.dedup_key)
-        .bind(&alert.resource)
-        .bind(&alert.action)
-        .bind(alert.received_at_ms)
-        .bind(&alert.body)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            let run: String = sqlx::query_scalar(
-                "SELECT r.id FROM runs r JOIN alerts a ON a.id = r.alert_id WHERE a.dedup_key = $1",
-            )
-            .bind(&alert.dedup_key)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Ingested::Duplicate(RunId(run)));
-        }
-        let run = RunId::generate();
-        let at = alert.received_at_ms;
-        match &alert.decided {
-            None => {
-                sqlx::query("INSERT INTO runs (id, alert_id, service, status, created_at, not_before) VALUES ($1, $2, $3, 'pending', $4, $4)")
-                    .bind(&run.0)
-                    .bind(&alert_id)
-                    .bind(&alert.service)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_steps(&mut tx, &run, &["decide".to_string()], 0).await?;
-            }
-            Some(d) => {
-                // Decided from the alert alone: the run is finished as it is stored.
-                sqlx::query(
-                    "INSERT INTO runs (id, alert_id, service, status, outcome, reason, decision, created_at, decided_at, finished_at, not_before)
-                     VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, $7, $7, $7)",
-                )
-                .bind(&run.0)
-                .bind(&alert_id)
-                .bind(&d.service)
-                .bind(&d.outcome)
-                .bind(&d.reason)
-                .bind(d.detail.to_string())
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("INSERT INTO steps (run_id, name, seq, status, output, finished_at) VALUES ($1, 'decide', 0, 'succeeded', $2, $3)")
-                    .bind(&run.0)
-                    .bind(serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string())
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(Ingested::Stored(run))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = super::batch::Job {
+            alert: alert.clone(),
+            reply,
+        };
+        self.ingest
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unreachable("the ingest writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unreachable("the ingest writer has stopped".into()))?
     }
 
     /// Claims the oldest runnable run: pending, or running under a lapsed lease.
@@ -362,7 +319,8 @@ impl Store {
     /// step first started (Unix ms), for the step's deadline.
     pub async fn begin_attempt(&self, run: &RunId, step: &str) -> Result<(i64, i64), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        // Two statements, no transaction: if the process dies between them
+        // the attempt is counted but has no row, which only understates.
         let row = sqlx::query(
             "UPDATE steps SET attempts = attempts + 1, started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND name = $3
              RETURNING attempts, started_at",
@@ -370,7 +328,7 @@ impl Store {
         .bind(now)
         .bind(&run.0)
         .bind(step)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("step {step} of run {run}")))?;
         let attempt: i64 = row.try_get("attempts")?;
@@ -382,9 +340,8 @@ impl Store {
         .bind(step)
         .bind(attempt)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok((attempt, started))
     }
 
@@ -463,6 +420,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    /// One run.
+    pub async fn run(&self, run: &RunId) -> Result<Run, StoreError> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
+            .bind(&run.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?;
+        run_from_row(&row)
     }
 
     /// A run with its alert, steps and attempts.
@@ -567,6 +534,7 @@ impl Store {
         bake: Duration,
     ) -> Result<Promotion, StoreError> {
         let mut tx = self.pool.begin().await?;
+        lock_service(&mut tx, self.backend, service).await?;
         let current = sqlx::query(&format!(
             "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 AND live = 1"
         ))
@@ -627,6 +595,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        lock_service(&mut tx, self.backend, service).await?;
         sqlx::query(
             "UPDATE deployments SET live = 0, superseded_at = $1, verdict = 'bad', verdict_reason = $2, updated_at = $1 WHERE id = $3 AND service = $4",
         )
@@ -735,40 +704,36 @@ impl Store {
     ) -> Result<History, StoreError> {
         let deployments = self.deployments(Some(service)).await?;
         let live = deployments.iter().find(|d| d.live).map(|d| d.id.clone());
-        let live_rolled_back = match &live {
-            Some(id) => sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND rollback_from = $2 AND id <> $3",
-            )
-            .bind(service)
-            .bind(id)
-            .bind(&run.0)
-            .fetch_one(&self.pool)
-            .await?
-                > 0,
-            None => false,
-        };
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(decided_at) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2")
-            .bind(service)
-            .bind(&run.0)
-            .fetch_one(&self.pool)
-            .await?;
-        let day: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2 AND decided_at >= $3")
-            .bind(service)
-            .bind(&run.0)
-            .bind(now_ms - 86_400_000)
-            .fetch_one(&self.pool)
-            .await?;
-        let paused: Option<Option<String>> =
-            sqlx::query_scalar("SELECT reason FROM service_pauses WHERE service = $1")
-                .bind(service)
-                .fetch_optional(&self.pool)
-                .await?;
+        let stats = sqlx::query(
+            "SELECT
+               (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND rollback_from = $2 AND id <> $3) AS from_live,
+               (SELECT MAX(decided_at) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $3) AS last_rollback,
+               (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $3 AND decided_at >= $4) AS last_day,
+               (SELECT COUNT(*) FROM service_pauses WHERE service = $1) AS paused,
+               (SELECT MAX(reason) FROM service_pauses WHERE service = $1) AS pause_reason",
+        )
+        .bind(service)
+        .bind(live.unwrap_or_default())
+        .bind(&run.0)
+        .bind(now_ms - 86_400_000)
+        .fetch_one(&self.pool)
+        .await?;
+        let live_rolled_back = stats.try_get::<i64, _>("from_live")? > 0;
+        let last: Option<i64> = stats.try_get("last_rollback")?;
+        let day: i64 = stats.try_get("last_day")?;
+        let paused = (stats.try_get::<i64, _>("paused")? > 0).then(|| {
+            stats
+                .try_get::<Option<String>, _>("pause_reason")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "paused".into())
+        });
         Ok(History {
             deployments,
             live_rolled_back,
             last_rollback_at_ms: last,
             rollbacks_last_day: u32::try_from(day).unwrap_or(u32::MAX),
-            paused: paused.map(|r| r.unwrap_or_else(|| "paused".into())),
+            paused,
         })
     }
 
@@ -811,6 +776,23 @@ impl Store {
     }
 }
 
+/// Serialises changes to one service's deployments on Postgres (SQLite has
+/// one writer already), so a promotion and a rollback never both make a
+/// deployment live.
+async fn lock_service(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    service: &str,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("backstop-service:{service}"))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn supersede(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &str,
@@ -839,14 +821,21 @@ async fn insert_steps(
     names: &[String],
     first_seq: i64,
 ) -> Result<(), StoreError> {
-    for (i, name) in names.iter().enumerate() {
-        sqlx::query("INSERT INTO steps (run_id, name, seq, status) VALUES ($1, $2, $3, 'pending')")
-            .bind(&run.0)
-            .bind(name)
-            .bind(first_seq + i as i64)
-            .execute(&mut **tx)
-            .await?;
+    if names.is_empty() {
+        return Ok(());
     }
+    let rows: Vec<String> = (0..names.len())
+        .map(|i| format!("($1, ${}, ${}, 'pending')", 2 * i + 2, 2 * i + 3))
+        .collect();
+    let sql = format!(
+        "INSERT INTO steps (run_id, name, seq, status) VALUES {}",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(&run.0);
+    for (i, name) in names.iter().enumerate() {
+        q = q.bind(name).bind(first_seq + i as i64);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 

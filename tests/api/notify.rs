@@ -488,3 +488,20 @@ fn a_template_that_does_not_parse_fails_at_start_naming_the_key() {
         .to_string();
     assert!(err.contains("templates.slack_headline"), "{err}");
 }
+
+#[tokio::test]
+async fn a_service_channel_overrides_the_default_channel() {
+    let Some(app) = spawn_app_with(Db::Sqlite, |s| {
+        s.services[0].slack_channel = Some("#storefront-oncall".into())
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed_history().await;
+    app.vercel_rollback_works("dpl_new", "dpl_old").await;
+    fire(&app, &crash_alert("406", now_ms() - MIN)).await;
+    let posts = posts(&app).await;
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0]["channel"], "#storefront-oncall");
+}

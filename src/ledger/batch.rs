@@ -1,0 +1,218 @@
+//! Group commit for incoming alerts. Webhook handlers hand their alert to
+//! one writer task, which takes every alert waiting at that moment (up to
+//! [`MAX_BATCH`]) and stores them, with their runs, in one transaction of a
+//! few multi-row statements. Each caller is answered only after that
+//! transaction commits, so `202` still means stored. Deduplication is the
+//! same as one at a time: the first delivery of a key in (or before) the
+//! batch makes the run, every other one names it.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Ingested, NewAlert, RunId, StoreError};
+
+/// Most alerts stored in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+pub(super) struct Job {
+    pub alert: NewAlert,
+    pub reply: oneshot::Sender<Result<Ingested, StoreError>>,
+}
+
+/// Starts the writer task; it ends when every sender is dropped.
+pub(super) fn spawn(pool: AnyPool) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+    tokio::spawn(writer(pool, rx));
+    tx
+}
+
+async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let alerts: Vec<&NewAlert> = jobs.iter().map(|j| &j.alert).collect();
+        match write(&pool, &alerts).await {
+            Ok(answers) => {
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.replicate()));
+                }
+            }
+        }
+    }
+}
+
+/// `($1, $2, ...), ($n, ...)` for `rows` rows of `cols` parameters.
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Stores a batch in one transaction; one answer per alert, in order.
+async fn write(pool: &AnyPool, alerts: &[&NewAlert]) -> Result<Vec<Ingested>, StoreError> {
+    // The first delivery of each key in the batch is the one that may insert.
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, a) in alerts.iter().enumerate() {
+        first.entry(a.dedup_key.as_str()).or_insert(i);
+    }
+    let mut leaders: Vec<usize> = first.values().copied().collect();
+    leaders.sort_unstable();
+    let alert_ids: Vec<String> = leaders
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+
+    let mut tx = pool.begin().await?;
+    let sql = format!(
+        "INSERT INTO alerts (id, dedup_key, resource, action, received_at, body) VALUES {} ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+        placeholders(leaders.len(), 6)
+    );
+    let mut q = sqlx::query(&sql);
+    for (i, id) in leaders.iter().zip(&alert_ids) {
+        let a = alerts[*i];
+        q = q
+            .bind(id)
+            .bind(&a.dedup_key)
+            .bind(&a.resource)
+            .bind(&a.action)
+            .bind(a.received_at_ms)
+            .bind(&a.body);
+    }
+    let inserted: HashSet<String> = q
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()?;
+
+    let mut runs: HashMap<&str, (RunId, bool)> = HashMap::new();
+    let new: Vec<(usize, &String, RunId)> = leaders
+        .iter()
+        .zip(&alert_ids)
+        .filter(|(_, id)| inserted.contains(*id))
+        .map(|(i, id)| (*i, id, RunId::generate()))
+        .collect();
+    if !new.is_empty() {
+        insert_runs(&mut tx, alerts, &new).await?;
+        for (i, _, run) in &new {
+            runs.insert(alerts[*i].dedup_key.as_str(), (run.clone(), true));
+        }
+    }
+    let seen: Vec<&str> = leaders
+        .iter()
+        .map(|i| alerts[*i].dedup_key.as_str())
+        .filter(|k| !runs.contains_key(k))
+        .collect();
+    if !seen.is_empty() {
+        let sql = format!(
+            "SELECT r.id, a.dedup_key FROM runs r JOIN alerts a ON a.id = r.alert_id WHERE a.dedup_key IN ({})",
+            (1..=seen.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for k in &seen {
+            q = q.bind(*k);
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            let key: String = row.try_get("dedup_key")?;
+            if let Some(k) = seen.iter().find(|k| **k == key) {
+                runs.insert(k, (RunId(row.try_get("id")?), false));
+            }
+        }
+    }
+    tx.commit().await?;
+    alerts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let (run, created) = runs
+                .get(a.dedup_key.as_str())
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(format!("run of alert {}", a.dedup_key)))?;
+            Ok(if created && first.get(a.dedup_key.as_str()) == Some(&i) {
+                Ingested::Stored(run)
+            } else {
+                Ingested::Duplicate(run)
+            })
+        })
+        .collect()
+}
+
+/// The runs of newly stored alerts, and their first step: `decide`, still
+/// to do, or done already when the alert alone decided it.
+async fn insert_runs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    alerts: &[&NewAlert],
+    new: &[(usize, &String, RunId)],
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO runs (id, alert_id, service, status, outcome, reason, decision, created_at, decided_at, finished_at, not_before) VALUES {}",
+        placeholders(new.len(), 11)
+    );
+    let mut q = sqlx::query(&sql);
+    for (i, alert_id, run) in new {
+        let a = alerts[*i];
+        let at = a.received_at_ms;
+        let d = a.decided.as_ref();
+        let done = d.map(|_| at);
+        q = q
+            .bind(&run.0)
+            .bind(*alert_id)
+            .bind(d.map_or(&a.service, |d| &d.service))
+            .bind(if d.is_some() { "done" } else { "pending" })
+            .bind(d.map(|d| d.outcome.clone()))
+            .bind(d.map(|d| d.reason.clone()))
+            .bind(d.map(|d| d.detail.to_string()))
+            .bind(at)
+            .bind(done)
+            .bind(done)
+            .bind(at);
+    }
+    q.execute(&mut **tx).await?;
+    let sql = format!(
+        "INSERT INTO steps (run_id, name, seq, status, output, finished_at) VALUES {}",
+        placeholders(new.len(), 6)
+    );
+    let mut q = sqlx::query(&sql);
+    for (i, _, run) in new {
+        let a = alerts[*i];
+        let d = a.decided.as_ref();
+        q =
+            q.bind(&run.0)
+                .bind("decide")
+                .bind(0i64)
+                .bind(if d.is_some() { "succeeded" } else { "pending" })
+                .bind(d.map(|d| {
+                    serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string()
+                }))
+                .bind(d.map(|_| a.received_at_ms));
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_parameter_once() {
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 1), "($1)");
+    }
+}
