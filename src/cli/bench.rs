@@ -289,18 +289,27 @@ async fn post(http: &reqwest::Client, url: &str, s: &Signed) -> anyhow::Result<u
 }
 
 async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Result<Report> {
+    let storm = opts.scenario == Scenario::Storm;
+    // A storm is of a real crash alert: the simulator and a ledger with a
+    // history, so the one run it makes really rolls back.
+    let sim = match storm && opts.target.is_none() {
+        true => Some(demo_sim().start(SocketAddr::from(([127, 0, 0, 1], 0))).await?),
+        false => None,
+    };
     let server = match &opts.target {
         Some(_) => None,
         None => {
             let port = free_port()?;
-            Some(
-                Server::start(exe, dir, &config(db, port, None), port)
-                    .await?
-                    .0,
-            )
+            let (server, _) = Server::start(exe, dir, &config(db, port, sim.as_ref()), port).await?;
+            if sim.is_some() {
+                let hook = format!("http://127.0.0.1:{port}/webhooks/vercel");
+                for (id, sha, at) in demo_history(now_ms()) {
+                    promote(&reqwest::Client::new(), &hook, id, sha, at).await?;
+                }
+            }
+            Some(server)
         }
     };
-    let storm = opts.scenario == Scenario::Storm;
     let requests: Vec<Arc<Signed>> = (0..opts.requests)
         .map(|i| {
             let (project, id) = if storm {
@@ -340,9 +349,12 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
             (after - before) * 1e6 / statuses.len().max(1) as f64
         ));
     }
-    if storm && opts.target.is_none() {
+    if let Some(sim) = &sim {
         let store = Store::connect(&SecretString::from(db.to_string()), 1).await?;
-        note.push_str(&format!("; runs stored: {}", store.count_runs().await?));
+        wait_idle(&store).await?;
+        let runs = store.list_runs(10).await?;
+        let rollbacks = runs.iter().filter(|r| r.outcome.as_deref() == Some("rollback")).count();
+        note.push_str(&format!("; runs: {}, rollbacks: {rollbacks}, alias writes: {}", runs.len(), sim.sim.world().alias_writes.len()));
         store.close().await;
     }
     let mode = match opts.rate {

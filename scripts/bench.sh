@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reproduces the README's Performance table: every scenario of `backstop
+# bench` on SQLite and on Postgres, against a release build, over loopback.
+# Usage: scripts/bench.sh [postgres-url]   (default: $BACKSTOP_BENCH_POSTGRES_URL,
+# else postgres://postgres@127.0.0.1:5432/test; each run makes a fresh schema)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked --quiet
+bin=target/release/backstop
+pg="${1:-${BACKSTOP_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}}"
+for db in sqlite postgres; do
+    extra=()
+    [ "$db" = postgres ] && extra=(--postgres "$pg")
+    "$bin" bench --scenario ingest --requests 20000 --concurrency 32 "${extra[@]}"
+    "$bin" bench --scenario ingest --requests 10000 --rate 1000 "${extra[@]}"
+    "$bin" bench --scenario storm --requests 10000 --concurrency 32 "${extra[@]}"
+    "$bin" bench --scenario rollback --requests 200 "${extra[@]}"
+    "$bin" bench --scenario cold-start --requests 20 "${extra[@]}"
+done
