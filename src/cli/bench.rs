@@ -293,14 +293,19 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
     // A storm is of a real crash alert: the simulator and a ledger with a
     // history, so the one run it makes really rolls back.
     let sim = match storm && opts.target.is_none() {
-        true => Some(demo_sim().start(SocketAddr::from(([127, 0, 0, 1], 0))).await?),
+        true => Some(
+            demo_sim()
+                .start(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await?,
+        ),
         false => None,
     };
     let server = match &opts.target {
         Some(_) => None,
         None => {
             let port = free_port()?;
-            let (server, _) = Server::start(exe, dir, &config(db, port, sim.as_ref()), port).await?;
+            let (server, _) =
+                Server::start(exe, dir, &config(db, port, sim.as_ref()), port).await?;
             if sim.is_some() {
                 let hook = format!("http://127.0.0.1:{port}/webhooks/vercel");
                 for (id, sha, at) in demo_history(now_ms()) {
@@ -353,8 +358,15 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
         let store = Store::connect(&SecretString::from(db.to_string()), 1).await?;
         wait_idle(&store).await?;
         let runs = store.list_runs(10).await?;
-        let rollbacks = runs.iter().filter(|r| r.outcome.as_deref() == Some("rollback")).count();
-        note.push_str(&format!("; runs: {}, rollbacks: {rollbacks}, alias writes: {}", runs.len(), sim.sim.world().alias_writes.len()));
+        let rollbacks = runs
+            .iter()
+            .filter(|r| r.outcome.as_deref() == Some("rollback"))
+            .count();
+        note.push_str(&format!(
+            "; runs: {}, rollbacks: {rollbacks}, alias writes: {}",
+            runs.len(),
+            sim.sim.world().alias_writes.len()
+        ));
         store.close().await;
     }
     let mode = match opts.rate {

@@ -227,6 +227,10 @@ impl Engine {
         if d.outcome == Outcome::Rollback {
             steps.push("rollback".to_string());
         }
+        if d.outcome == Outcome::Skip && d.rule == 7 {
+            // Someone changed production: bring the ledger up to date.
+            steps.push("resync".to_string());
+        }
         if page && settings.pagerduty.enabled() {
             steps.push("page".into());
         }

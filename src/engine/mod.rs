@@ -250,6 +250,9 @@ impl Engine {
         if pending.contains("rollback") {
             return self.rollback(claimed).await;
         }
+        if pending.contains("resync") {
+            return self.resync(claimed).await;
+        }
         Ok(true)
     }
 
@@ -278,6 +281,33 @@ impl Engine {
             ok &= self.followup(claimed).await?;
         }
         Ok(ok)
+    }
+
+    /// The `resync` step: production changed under the ledger (rule 7), so
+    /// import the service's production deployments and live alias again.
+    async fn resync(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
+        let run = &claimed.run.id;
+        let service = claimed.run.service.clone().unwrap_or_default();
+        let (Some(svc), Some(vercel)) = (
+            self.settings().service(&service).cloned(),
+            self.inner.providers.vercel.clone(),
+        ) else {
+            return Ok(true);
+        };
+        let deadline = self.settings().engine.step_deadline;
+        let (store, svc, vercel) = (self.store(), &svc, &vercel);
+        let finished = self
+            .attempt_loop(run, "resync", deadline, true, move |_| async move {
+                let report = crate::feed::sync_service(store, vercel, svc, 20)
+                    .await
+                    .map_err(|e| match e {
+                        crate::feed::SyncError::Provider(p) => StepError::from(p),
+                        other => StepError::retryable("store", other.to_string()),
+                    })?;
+                Ok(serde_json::json!({"imported": report.imported, "live": report.live}))
+            })
+            .await?;
+        Ok(matches!(finished, step::Finished::Succeeded(_)))
     }
 
     /// Names of the run's unfinished steps.

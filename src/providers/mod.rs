@@ -121,6 +121,47 @@ pub(crate) async fn send(
     Ok((status, headers, text))
 }
 
+/// What every provider client shares: an HTTP client with a timeout, the
+/// API's base URL, and the per-request retry schedule.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub tries: u32,
+    pub backoff: Backoff,
+}
+
+impl Endpoint {
+    pub fn new(base: &str, timeout: Duration, tries: u32, backoff: Backoff) -> Self {
+        Self {
+            http: http_client(timeout),
+            base: base.trim_end_matches('/').to_string(),
+            tries,
+            backoff,
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Replaces the retry schedule (tests use a tiny one).
+    pub fn set_retries(&mut self, tries: u32, backoff: Backoff) {
+        self.tries = tries.max(1);
+        self.backoff = backoff;
+    }
+
+    /// Runs `call` with this endpoint's retries.
+    pub async fn retry<T, F, Fut>(&self, call: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        with_retries(self.tries, self.backoff, call).await
+    }
+}
+
 /// An HTTP client with a per-call timeout and Backstop's user agent.
 pub(crate) fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{classify, http_client, json_body, send, with_retries, Backoff, ProviderError};
+use super::{classify, json_body, send, Backoff, Endpoint, ProviderError};
 
 const PROVIDER: &str = "pagerduty";
 /// PagerDuty's limit on `payload.summary`.
@@ -41,11 +41,8 @@ pub enum Target {
 /// A PagerDuty client.
 #[derive(Clone)]
 pub struct PagerDutyClient {
-    http: reqwest::Client,
-    base: String,
+    api: Endpoint,
     target: Target,
-    tries: u32,
-    backoff: Backoff,
 }
 
 /// One page to open (or resolve).
@@ -97,50 +94,53 @@ pub fn truncate(s: &str, max: usize) -> String {
 impl PagerDutyClient {
     /// A client for `base` (`https://events.pagerduty.com` or `https://api.pagerduty.com`).
     pub fn new(base: &str, target: Target, timeout: Duration) -> Self {
+        let backoff = Backoff {
+            base: Duration::from_millis(300),
+            max: Duration::from_secs(20),
+        };
         Self {
-            http: http_client(timeout),
-            base: base.trim_end_matches('/').to_string(),
+            api: Endpoint::new(base, timeout, 3, backoff),
             target,
-            tries: 3,
-            backoff: Backoff {
-                base: Duration::from_millis(300),
-                max: Duration::from_secs(20),
-            },
         }
     }
 
     /// Overrides the per-request retry schedule.
     pub fn with_retries(mut self, tries: u32, backoff: Backoff) -> Self {
-        self.tries = tries.max(1);
-        self.backoff = backoff;
+        self.api.set_retries(tries, backoff);
         self
     }
 
     /// Opens (or re-triggers) the incident for `page.dedup_key`.
     pub async fn trigger(&self, page: &Page) -> Result<Opened, ProviderError> {
-        with_retries(self.tries, self.backoff, || async {
-            match &self.target {
-                Target::Events { routing_key } => self.enqueue(routing_key, "trigger", page).await,
-                Target::Rest { .. } => self.create_incident(page).await,
-            }
-        })
-        .await
+        self.api
+            .retry(|| async {
+                match &self.target {
+                    Target::Events { routing_key } => {
+                        self.enqueue(routing_key, "trigger", page).await
+                    }
+                    Target::Rest { .. } => self.create_incident(page).await,
+                }
+            })
+            .await
     }
 
     /// Resolves the incident for `page.dedup_key` (Events API only; REST
     /// incidents are resolved by the responder).
     pub async fn resolve(&self, page: &Page) -> Result<Opened, ProviderError> {
-        with_retries(self.tries, self.backoff, || async {
-            match &self.target {
-                Target::Events { routing_key } => self.enqueue(routing_key, "resolve", page).await,
-                Target::Rest { .. } => Err(ProviderError::Fatal {
-                    provider: PROVIDER,
-                    code: Some("unsupported".into()),
-                    message: "resolving is only supported with the Events API".into(),
-                }),
-            }
-        })
-        .await
+        self.api
+            .retry(|| async {
+                match &self.target {
+                    Target::Events { routing_key } => {
+                        self.enqueue(routing_key, "resolve", page).await
+                    }
+                    Target::Rest { .. } => Err(ProviderError::Fatal {
+                        provider: PROVIDER,
+                        code: Some("unsupported".into()),
+                        message: "resolving is only supported with the Events API".into(),
+                    }),
+                }
+            })
+            .await
     }
 
     /// A harmless authenticated call: reads the REST service; for the
@@ -159,8 +159,9 @@ impl PagerDutyClient {
                 token, service_id, ..
             } => {
                 let req = self
+                    .api
                     .http
-                    .get(format!("{}/services/{service_id}", self.base))
+                    .get(self.api.url(&format!("/services/{service_id}")))
                     .header(
                         "Authorization",
                         format!("Token token={}", token.expose_secret()),
@@ -216,10 +217,7 @@ impl PagerDutyClient {
         page: &Page,
     ) -> Result<Opened, ProviderError> {
         let body = Self::event_body(routing_key.expose_secret(), action, page);
-        let req = self
-            .http
-            .post(format!("{}/v2/enqueue", self.base))
-            .json(&body);
+        let req = self.api.http.post(self.api.url("/v2/enqueue")).json(&body);
         let (status, headers, text) = send(PROVIDER, req).await?;
         if status.is_success() {
             let v = json_body(PROVIDER, status, &text)?;
@@ -271,8 +269,9 @@ impl PagerDutyClient {
                 json!({"id": ep, "type": "escalation_policy_reference"});
         }
         let req = self
+            .api
             .http
-            .post(format!("{}/incidents", self.base))
+            .post(self.api.url("/incidents"))
             .header(
                 "Authorization",
                 format!("Token token={}", token.expose_secret()),

@@ -6,15 +6,14 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::{classify, http_client, json_body, send, ProviderError};
+use super::{classify, json_body, send, ProviderError};
 
 const PROVIDER: &str = "sentry";
 
 /// A Sentry API client.
 #[derive(Clone)]
 pub struct SentryClient {
-    http: reqwest::Client,
-    base: String,
+    api: super::Endpoint,
     token: SecretString,
     org: String,
 }
@@ -23,8 +22,15 @@ impl SentryClient {
     /// A client for `base` (`https://sentry.io`).
     pub fn new(base: &str, token: SecretString, org: &str, timeout: Duration) -> Self {
         Self {
-            http: http_client(timeout),
-            base: base.trim_end_matches('/').to_string(),
+            api: super::Endpoint::new(
+                base,
+                timeout,
+                1,
+                super::Backoff {
+                    base: Duration::ZERO,
+                    max: Duration::ZERO,
+                },
+            ),
             token,
             org: org.to_string(),
         }
@@ -33,8 +39,12 @@ impl SentryClient {
     /// Reads a project (`GET /api/0/projects/{org}/{slug}/`).
     pub async fn project(&self, slug: &str) -> Result<Value, ProviderError> {
         let req = self
+            .api
             .http
-            .get(format!("{}/api/0/projects/{}/{slug}/", self.base, self.org))
+            .get(
+                self.api
+                    .url(&format!("/api/0/projects/{}/{slug}/", self.org)),
+            )
             .bearer_auth(self.token.expose_secret());
         let (status, headers, text) = send(PROVIDER, req).await?;
         if status.is_success() {

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{classify, http_client, json_body, send, with_retries, Backoff, ProviderError};
+use super::{classify, json_body, send, Backoff, Endpoint, ProviderError};
 
 const PROVIDER: &str = "slack";
 /// Slack's limit on blocks per message.
@@ -33,11 +33,8 @@ pub enum Target {
 /// A Slack client.
 #[derive(Clone)]
 pub struct SlackClient {
-    http: reqwest::Client,
-    base: String,
+    api: Endpoint,
     target: Target,
-    tries: u32,
-    backoff: Backoff,
 }
 
 /// A message as posted.
@@ -52,22 +49,19 @@ pub struct Posted {
 impl SlackClient {
     /// A client for `base` (`https://slack.com/api`).
     pub fn new(base: &str, target: Target, timeout: Duration) -> Self {
+        let backoff = Backoff {
+            base: Duration::from_millis(300),
+            max: Duration::from_secs(30),
+        };
         Self {
-            http: http_client(timeout),
-            base: base.trim_end_matches('/').to_string(),
+            api: Endpoint::new(base, timeout, 3, backoff),
             target,
-            tries: 3,
-            backoff: Backoff {
-                base: Duration::from_millis(300),
-                max: Duration::from_secs(30),
-            },
         }
     }
 
     /// Overrides the per-request retry schedule.
     pub fn with_retries(mut self, tries: u32, backoff: Backoff) -> Self {
-        self.tries = tries.max(1);
-        self.backoff = backoff;
+        self.api.set_retries(tries, backoff);
         self
     }
 
@@ -107,7 +101,7 @@ impl SlackClient {
         let metadata = json!({"event_type": "backstop_run", "event_payload": {"tag": tag}});
         let blocks: Vec<&Value> = blocks.iter().take(MAX_BLOCKS).collect();
         let mut tries = 0;
-        with_retries(self.tries, self.backoff, || {
+        self.api.retry(|| {
             // Any try after the first may follow a post whose answer was lost.
             let look = (look_first || tries > 0) && self.threads();
             tries += 1;
@@ -135,10 +129,9 @@ impl SlackClient {
         metadata: Option<&Value>,
     ) -> Result<Posted, ProviderError> {
         let blocks: Vec<&Value> = blocks.iter().take(MAX_BLOCKS).collect();
-        with_retries(self.tries, self.backoff, || {
-            self.post_once(channel, text, &blocks, thread_ts, metadata)
-        })
-        .await
+        self.api
+            .retry(|| self.post_once(channel, text, &blocks, thread_ts, metadata))
+            .await
     }
 
     async fn post_once(
@@ -159,8 +152,9 @@ impl SlackClient {
                     body["metadata"] = m.clone();
                 }
                 let req = self
+                    .api
                     .http
-                    .post(format!("{}/chat.postMessage", self.base))
+                    .post(self.api.url("/chat.postMessage"))
                     .bearer_auth(token.expose_secret())
                     .json(&body);
                 let v = web_api(req).await?;
@@ -199,8 +193,9 @@ impl SlackClient {
             ("include_all_metadata", "true".into()),
         ]);
         let req = self
+            .api
             .http
-            .get(format!("{}/{method}", self.base))
+            .get(self.api.url(&format!("/{method}")))
             .bearer_auth(token.expose_secret())
             .query(&query);
         let v = web_api(req).await?;
@@ -223,8 +218,9 @@ impl SlackClient {
             return Ok("incoming webhook: not checked (posting is its only call)".into());
         };
         let v = web_api(
-            self.http
-                .post(format!("{}/auth.test", self.base))
+            self.api
+                .http
+                .post(self.api.url("/auth.test"))
                 .bearer_auth(token.expose_secret()),
         )
         .await?;
@@ -242,6 +238,7 @@ impl SlackClient {
         blocks: &[&Value],
     ) -> Result<Posted, ProviderError> {
         let req = self
+            .api
             .http
             .post(url.expose_secret())
             .json(&json!({"text": text, "blocks": blocks}));

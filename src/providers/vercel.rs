@@ -9,19 +9,16 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{classify, http_client, json_body, send, with_retries, Backoff, ProviderError};
+use super::{classify, json_body, send, Backoff, Endpoint, ProviderError};
 
 const PROVIDER: &str = "vercel";
 
 /// A small client around `reqwest::Client` with a configurable base URL.
 #[derive(Clone)]
 pub struct VercelClient {
-    http: reqwest::Client,
-    base: String,
+    api: Endpoint,
     token: SecretString,
     team_id: Option<String>,
-    tries: u32,
-    backoff: Backoff,
 }
 
 /// A production deployment as listed by `GET /v6/deployments`.
@@ -60,23 +57,20 @@ impl VercelClient {
         team_id: Option<String>,
         timeout: Duration,
     ) -> Self {
+        let backoff = Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        };
         Self {
-            http: http_client(timeout),
-            base: base.trim_end_matches('/').to_string(),
+            api: Endpoint::new(base, timeout, 4, backoff),
             token,
             team_id,
-            tries: 4,
-            backoff: Backoff {
-                base: Duration::from_millis(200),
-                max: Duration::from_secs(10),
-            },
         }
     }
 
     /// Overrides the per-request retry schedule (tests use a tiny one).
     pub fn with_retries(mut self, tries: u32, backoff: Backoff) -> Self {
-        self.tries = tries.max(1);
-        self.backoff = backoff;
+        self.api.set_retries(tries, backoff);
         self
     }
 
@@ -215,10 +209,9 @@ impl VercelClient {
         body: Option<&Value>,
         accept: &[u16],
     ) -> Result<Value, ProviderError> {
-        with_retries(self.tries, self.backoff, || {
-            self.once(method.clone(), path, query, body, accept)
-        })
-        .await
+        self.api
+            .retry(|| self.once(method.clone(), path, query, body, accept))
+            .await
     }
 
     async fn once(
@@ -230,8 +223,9 @@ impl VercelClient {
         accept: &[u16],
     ) -> Result<Value, ProviderError> {
         let mut req = self
+            .api
             .http
-            .request(method, format!("{}{}", self.base, path))
+            .request(method, self.api.url(path))
             .bearer_auth(self.token.expose_secret())
             .query(query);
         if let Some(team) = &self.team_id {

@@ -21,7 +21,7 @@ on_both!(
     stale_alert_does_not_touch_vercel,
     unmapped_project_does_not_touch_vercel,
     warning_does_not_touch_vercel,
-    drifted_production_does_not_touch_vercel,
+    drifted_production_does_not_touch_vercel_and_resyncs_the_ledger,
     dry_run_service_does_not_touch_vercel,
     forged_signature_is_refused_and_stores_nothing,
     duplicate_delivery_answers_200_and_rolls_back_once,
@@ -165,14 +165,41 @@ async fn warning_does_not_touch_vercel(db: Db) {
     assert_no_writes(&app, "skip", "not critical").await;
 }
 
-async fn drifted_production_does_not_touch_vercel(db: Db) {
+async fn drifted_production_does_not_touch_vercel_and_resyncs_the_ledger(db: Db) {
     let Some(app) = spawn_app(db).await else {
         return;
     };
     app.seed_history().await;
     app.vercel_serves("dpl_hotfix_by_hand").await;
+    let listed = serde_json::json!({"pagination": {"count": 1, "next": null, "prev": null}, "deployments": [{
+        "uid": "dpl_hotfix_by_hand", "url": "hotfix.vercel.app", "createdAt": now_ms() - 2 * MIN, "ready": now_ms() - MIN,
+        "state": "READY", "target": "production", "meta": {"githubCommitSha": "feedbee"}
+    }]});
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path("/v6/deployments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
+        .mount(&app.vercel)
+        .await;
     fire(&app, &crash_alert("105", now_ms() - MIN)).await;
-    assert_no_writes(&app, "skip", "production already changed").await;
+    app.engine.run_until_idle().await.unwrap();
+    assert!(app.alias_writes().await.is_empty(), "no alias may move");
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    assert_eq!(run.outcome.as_deref(), Some("skip"));
+    assert!(run
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("production already changed"));
+    // ...and the ledger was re-synced to what Vercel serves.
+    let hotfix = app
+        .store
+        .deployment("dpl_hotfix_by_hand")
+        .await
+        .unwrap()
+        .expect("imported");
+    assert!(hotfix.live);
+    assert_eq!(hotfix.release.as_deref(), Some("feedbee"));
+    assert!(!app.store.deployment("dpl_new").await.unwrap().unwrap().live);
 }
 
 async fn dry_run_service_does_not_touch_vercel(db: Db) {
