@@ -202,7 +202,8 @@ impl Server {
         let child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            // BACKSTOP_BENCH_SERVER_LOG (a RUST_LOG filter) profiles the server.
+            .env("RUST_LOG", std::env::var("BACKSTOP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -12,7 +12,9 @@ use crate::ledger::{now_ms, ClaimedRun, DecisionRecord, History};
 use crate::policy::{self, Decision, DomainTarget, Inputs, Outcome};
 
 impl Engine {
-    pub(super) async fn decide(&self, claimed: &ClaimedRun) -> Result<(), EngineError> {
+    /// The `decide` step; returns what was stored, so the next steps need
+    /// not read it back.
+    pub(super) async fn decide(&self, claimed: &ClaimedRun) -> Result<DecisionRecord, EngineError> {
         let run = &claimed.run.id;
         let deadline = self.settings().engine.rollback_deadline;
         let finished = self
@@ -46,7 +48,7 @@ impl Engine {
                 )
                 .await?;
         }
-        Ok(())
+        Ok(record)
     }
 
     async fn decide_once(&self, claimed: &ClaimedRun) -> Result<Decision, StepError> {
@@ -87,29 +89,29 @@ impl Engine {
             .map_err(|e| StepError::fatal("malformed", e.to_string()))?;
         let services = &self.settings().services;
         let now = now_ms();
-        let history = match policy::map_service(&alert, services) {
-            Some(svc) => self
-                .store()
-                .history(&svc.name, run, now)
-                .await
-                .map_err(|e| StepError::retryable("store", e.to_string()))?,
-            None => History::default(),
+        let svc = policy::map_service(&alert, services);
+        // For a critical alert of a mapped service, read the domains while
+        // the ledger is read: rule 7 almost always needs them, and this is
+        // the way to the first alias write. A stale alert wastes the reads.
+        let (history, production) = match svc {
+            Some(svc) if alert.is_critical() => {
+                let (h, p) = tokio::join!(self.store().history(&svc.name, run, now), self.production_state(svc));
+                (h, Some(p))
+            }
+            Some(svc) => (self.store().history(&svc.name, run, now).await, None),
+            None => (Ok(History::default()), None),
         };
-        let mut inputs = Inputs {
-            alert: &alert,
-            services,
-            history: &history,
-            production: None,
-            received_at_ms,
-            now_ms: now,
-        };
+        let history = history.map_err(|e| StepError::retryable("store", e.to_string()))?;
+        let mut inputs = Inputs { alert: &alert, services, history: &history, production: None, received_at_ms, now_ms: now };
         let decision = policy::decide(inputs);
         if decision.outcome != Outcome::NeedsProductionState {
             return Ok(decision);
         }
-        let svc = policy::map_service(&alert, services)
-            .ok_or_else(|| StepError::fatal("internal", "unmapped after mapping"))?;
-        let production = self.production_state(svc).await?;
+        let production = match (production, svc) {
+            (Some(read), _) => read?,
+            (None, Some(svc)) => self.production_state(svc).await?,
+            (None, None) => return Err(StepError::fatal("internal", "unmapped after mapping")),
+        };
         inputs.production = Some(&production);
         Ok(policy::decide(inputs))
     }

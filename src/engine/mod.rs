@@ -242,13 +242,18 @@ impl Engine {
     async fn decide_and_roll_back(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
         let run = &claimed.run.id;
         let mut pending = self.pending(run).await?;
+        let mut plan = None;
         if pending.contains("decide") {
-            self.decide(claimed).await?;
+            let record = self.decide(claimed).await?;
             self.failpoint("after-decide").await;
-            pending = self.pending(run).await?;
+            // Just stored: its steps are the pending ones.
+            pending = record.steps.iter().cloned().collect();
+            if let (Some(s), Some(f), Some(t)) = (record.service, record.rollback_from, record.rollback_to) {
+                plan = Some((s, f, t));
+            }
         }
         if pending.contains("rollback") {
-            return self.rollback(claimed).await;
+            return self.rollback(claimed, plan).await;
         }
         if pending.contains("resync") {
             return self.resync(claimed).await;

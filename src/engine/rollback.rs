@@ -17,18 +17,22 @@ use crate::ledger::{now_ms, ClaimedRun, StoreError};
 const JOB_WAIT: Duration = Duration::from_secs(60);
 
 impl Engine {
-    pub(super) async fn rollback(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
+    /// The `rollback` step. `plan` is `(service, from, to)` when the decision
+    /// was just made here; a resumed run reads it from the store.
+    pub(super) async fn rollback(&self, claimed: &ClaimedRun, plan: Option<(String, String, String)>) -> Result<bool, EngineError> {
         let run = &claimed.run.id;
-        // The decision is stored on the run; re-read it (we may be resuming).
-        let detail = self.store().run(run).await?;
-        let (Some(service), Some(from), Some(to)) = (
-            detail.service.clone(),
-            detail.rollback_from.clone(),
-            detail.rollback_to.clone(),
-        ) else {
-            return Err(EngineError::Store(StoreError::Corrupt(format!(
-                "run {run} has no rollback target"
-            ))));
+        let plan = match plan {
+            Some(plan) => Some(plan),
+            None => {
+                let stored = self.store().run(run).await?;
+                match (stored.service, stored.rollback_from, stored.rollback_to) {
+                    (Some(s), Some(f), Some(t)) => Some((s, f, t)),
+                    _ => None,
+                }
+            }
+        };
+        let Some((service, from, to)) = plan else {
+            return Err(EngineError::Store(StoreError::Corrupt(format!("run {run} has no rollback target"))));
         };
         let Some(svc) = self.settings().service(&service).cloned() else {
             return Err(EngineError::Store(StoreError::Corrupt(format!(

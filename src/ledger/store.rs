@@ -180,13 +180,27 @@ impl Store {
         } else {
             ""
         };
-        let sql = format!(
-            "UPDATE runs SET status = 'running', claimed_by = $1, lease_until = $2
-             WHERE id = (SELECT id FROM runs WHERE status IN ('pending', 'running') AND not_before <= $3
-                           AND (lease_until IS NULL OR lease_until < $3) ORDER BY created_at, id LIMIT 1 {lock})
-               AND status IN ('pending', 'running') AND (lease_until IS NULL OR lease_until < $3)
-             RETURNING {RUN_COLS}"
+        let pick = format!(
+            "(SELECT id FROM runs WHERE status IN ('pending', 'running') AND not_before <= $3
+               AND (lease_until IS NULL OR lease_until < $3) ORDER BY created_at, id LIMIT 1 {lock})"
         );
+        let cols: Vec<String> = RUN_COLS.split(", ").map(|c| format!("runs.{c}")).collect();
+        // Postgres returns the alert with the claim; SQLite's RETURNING
+        // cannot see other tables, so it reads the alert after.
+        let sql = match self.backend {
+            Backend::Postgres => format!(
+                "UPDATE runs SET status = 'running', claimed_by = $1, lease_until = $2 FROM alerts
+                 WHERE alerts.id = runs.alert_id AND runs.id = {pick}
+                   AND runs.status IN ('pending', 'running') AND (runs.lease_until IS NULL OR runs.lease_until < $3)
+                 RETURNING {}, alerts.resource, alerts.body, alerts.received_at",
+                cols.join(", ")
+            ),
+            Backend::Sqlite => format!(
+                "UPDATE runs SET status = 'running', claimed_by = $1, lease_until = $2
+                 WHERE id = {pick} AND status IN ('pending', 'running') AND (lease_until IS NULL OR lease_until < $3)
+                 RETURNING {RUN_COLS}"
+            ),
+        };
         let row = sqlx::query(&sql)
             .bind(worker)
             .bind(now + lease.as_millis() as i64)
@@ -195,10 +209,15 @@ impl Store {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let run = run_from_row(&row)?;
-        let alert = sqlx::query("SELECT resource, body, received_at FROM alerts WHERE id = $1")
-            .bind(&run.alert_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let alert = match self.backend {
+            Backend::Postgres => row,
+            Backend::Sqlite => {
+                sqlx::query("SELECT resource, body, received_at FROM alerts WHERE id = $1")
+                    .bind(&run.alert_id)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
         Ok(Some(ClaimedRun {
             resource: alert.try_get("resource")?,
             body: alert.try_get("body")?,
@@ -319,8 +338,25 @@ impl Store {
     /// step first started (Unix ms), for the step's deadline.
     pub async fn begin_attempt(&self, run: &RunId, step: &str) -> Result<(i64, i64), StoreError> {
         let now = now_ms();
-        // Two statements, no transaction: if the process dies between them
-        // the attempt is counted but has no row, which only understates.
+        if self.backend == Backend::Postgres {
+            // One round trip: count the attempt and record it together.
+            let row = sqlx::query(
+                "WITH s AS (UPDATE steps SET attempts = attempts + 1, started_at = COALESCE(started_at, $1)
+                            WHERE run_id = $2 AND name = $3 RETURNING attempts, started_at)
+                 INSERT INTO attempts (run_id, step, attempt, started_at) SELECT $2, $3, attempts, $1 FROM s
+                 RETURNING attempt AS attempts, (SELECT started_at FROM s) AS started_at",
+            )
+            .bind(now)
+            .bind(&run.0)
+            .bind(step)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("step {step} of run {run}")))?;
+            return Ok((row.try_get("attempts")?, row.try_get("started_at")?));
+        }
+        // SQLite has no data-modifying CTEs. Two statements, no transaction:
+        // if the process dies between them the attempt is counted but has
+        // no row, which only understates.
         let row = sqlx::query(
             "UPDATE steps SET attempts = attempts + 1, started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND name = $3
              RETURNING attempts, started_at",
@@ -333,15 +369,13 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound(format!("step {step} of run {run}")))?;
         let attempt: i64 = row.try_get("attempts")?;
         let started: i64 = row.try_get("started_at")?;
-        sqlx::query(
-            "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&run.0)
-        .bind(step)
-        .bind(attempt)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)")
+            .bind(&run.0)
+            .bind(step)
+            .bind(attempt)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok((attempt, started))
     }
 
@@ -702,32 +736,15 @@ impl Store {
         run: &RunId,
         now_ms: i64,
     ) -> Result<History, StoreError> {
-        let deployments = self.deployments(Some(service)).await?;
-        let live = deployments.iter().find(|d| d.live).map(|d| d.id.clone());
-        let stats = sqlx::query(
-            "SELECT
-               (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND rollback_from = $2 AND id <> $3) AS from_live,
-               (SELECT MAX(decided_at) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $3) AS last_rollback,
-               (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $3 AND decided_at >= $4) AS last_day,
-               (SELECT COUNT(*) FROM service_pauses WHERE service = $1) AS paused,
-               (SELECT MAX(reason) FROM service_pauses WHERE service = $1) AS pause_reason",
-        )
-        .bind(service)
-        .bind(live.unwrap_or_default())
-        .bind(&run.0)
-        .bind(now_ms - 86_400_000)
-        .fetch_one(&self.pool)
-        .await?;
+        // The live deployment's id comes from the same query, so the two
+        // reads can go out together.
+        let (deployments, stats) = tokio::join!(self.deployments(Some(service)), self.stats(service, run, now_ms));
+        let (deployments, stats) = (deployments?, stats?);
         let live_rolled_back = stats.try_get::<i64, _>("from_live")? > 0;
         let last: Option<i64> = stats.try_get("last_rollback")?;
         let day: i64 = stats.try_get("last_day")?;
-        let paused = (stats.try_get::<i64, _>("paused")? > 0).then(|| {
-            stats
-                .try_get::<Option<String>, _>("pause_reason")
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| "paused".into())
-        });
+        let paused = (stats.try_get::<i64, _>("paused")? > 0)
+            .then(|| stats.try_get::<Option<String>, _>("pause_reason").ok().flatten().unwrap_or_else(|| "paused".into()));
         Ok(History {
             deployments,
             live_rolled_back,
@@ -735,6 +752,24 @@ impl Store {
             rollbacks_last_day: u32::try_from(day).unwrap_or(u32::MAX),
             paused,
         })
+    }
+
+    /// Rollback counts and the pause of a service, in one query.
+    async fn stats(&self, service: &str, run: &RunId, now_ms: i64) -> Result<AnyRow, StoreError> {
+        Ok(sqlx::query(
+            "SELECT
+               (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2
+                  AND rollback_from = (SELECT id FROM deployments WHERE service = $1 AND live = 1)) AS from_live,
+               (SELECT MAX(decided_at) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2) AS last_rollback,
+               (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2 AND decided_at >= $3) AS last_day,
+               (SELECT COUNT(*) FROM service_pauses WHERE service = $1) AS paused,
+               (SELECT MAX(reason) FROM service_pauses WHERE service = $1) AS pause_reason",
+        )
+        .bind(service)
+        .bind(&run.0)
+        .bind(now_ms - 86_400_000)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Pauses automatic rollbacks of a service (`None` resumes).
