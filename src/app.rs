@@ -116,7 +116,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let workers: Vec<_> = (0..self.state.settings.engine.workers)
-            .map(|_| tokio::spawn(self.state.engine.clone().work(stop_rx.clone())))
+            .map(|n| tokio::spawn(self.state.engine.for_worker(n).work(stop_rx.clone())))
             .collect();
         tracing::info!(
             port = self.port,

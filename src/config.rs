@@ -53,6 +53,10 @@ pub struct ServerSettings {
     /// Largest accepted webhook body, in bytes.
     #[serde(deserialize_with = "de_u64")]
     pub max_body_bytes: u64,
+    /// Longest a webhook may take to be stored before it is answered 503
+    /// (Sentry waits 1 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub ingest_deadline: Duration,
 }
 
 impl Default for ServerSettings {
@@ -60,6 +64,7 @@ impl Default for ServerSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
+            ingest_deadline: Duration::from_millis(900),
         }
     }
 }

@@ -53,8 +53,13 @@ pub async fn apply_vercel_event(
         });
     };
     let promoted = e.kind == "deployment.promoted";
-    let production = e.target.as_deref() == Some("production");
-    if !promoted && !production {
+    // A promotion without a target is taken as production (older payloads);
+    // anything else must say production.
+    let production = match e.target.as_deref() {
+        Some(t) => t == "production",
+        None => promoted,
+    };
+    if !production {
         return Ok(Applied::Ignored {
             why: format!("{} for a non-production deployment", e.kind),
         });
@@ -67,12 +72,24 @@ pub async fn apply_vercel_event(
             why: format!("{} does not change the ledger", e.kind),
         });
     }
-    if !store
-        .record_vercel_event(&e.event_id, &e.kind, &e.deployment_id, e.created_at_ms)
-        .await?
-    {
+    if store.vercel_event_seen(&e.event_id).await? {
         return Ok(Applied::Duplicate);
     }
+    let applied = apply(store, svc, e, promoted).await?;
+    // Recorded last: if applying failed, Vercel's retry applies it again
+    // (every write above is idempotent) instead of being a "duplicate".
+    store
+        .record_vercel_event(&e.event_id, &e.kind, &e.deployment_id, e.created_at_ms)
+        .await?;
+    Ok(applied)
+}
+
+async fn apply(
+    store: &Store,
+    svc: &ServiceSettings,
+    e: &DeploymentEvent,
+    promoted: bool,
+) -> Result<Applied, StoreError> {
     store
         .record_deployment(&NewDeployment {
             id: e.deployment_id.clone(),

@@ -109,10 +109,12 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// True when the alert was fresh for the live deployment (not stale, production
-    /// unchanged), so the live deployment can no longer bake to `good`.
+    /// True when the alert was fresh for the live deployment (not stale), so
+    /// the live deployment can no longer bake to `good`.
     pub fn alert_hit_live(&self) -> bool {
-        self.rule >= 8 && self.live.is_some()
+        // Rule 7 too: the live deployment crashed and a person already
+        // moved production; it must not bake to good afterwards.
+        self.rule >= 7 && self.outcome != Outcome::NeedsProductionState && self.live.is_some()
     }
 }
 

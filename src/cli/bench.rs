@@ -203,7 +203,10 @@ impl Server {
             .args(["serve", "--config"])
             .arg(&path)
             // BACKSTOP_BENCH_SERVER_LOG (a RUST_LOG filter) profiles the server.
-            .env("RUST_LOG", std::env::var("BACKSTOP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BACKSTOP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

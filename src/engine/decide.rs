@@ -31,7 +31,17 @@ impl Engine {
                 })?,
                 None,
             ),
-            Finished::Failed(e) => (unreadable(claimed, &e), Some(e)),
+            Finished::Failed(e) => {
+                let mut d = unreadable(claimed, &e);
+                // Name the live deployment when the ledger knows it, so the
+                // page joins that deployment's incident.
+                if let Some(service) = &claimed.run.service {
+                    if let Ok(h) = self.store().history(service, run, now_ms()).await {
+                        d.live = h.deployments.iter().find(|x| x.live).map(Into::into);
+                    }
+                }
+                (d, Some(e))
+            }
         };
         let record = self.record(&decision);
         tracing::info!(outcome = record.outcome, rule = decision.rule, reason = %decision.reason, "decided");
@@ -95,14 +105,24 @@ impl Engine {
         // the way to the first alias write. A stale alert wastes the reads.
         let (history, production) = match svc {
             Some(svc) if alert.is_critical() => {
-                let (h, p) = tokio::join!(self.store().history(&svc.name, run, now), self.production_state(svc));
+                let (h, p) = tokio::join!(
+                    self.store().history(&svc.name, run, now),
+                    self.production_state(svc)
+                );
                 (h, Some(p))
             }
             Some(svc) => (self.store().history(&svc.name, run, now).await, None),
             None => (Ok(History::default()), None),
         };
         let history = history.map_err(|e| StepError::retryable("store", e.to_string()))?;
-        let mut inputs = Inputs { alert: &alert, services, history: &history, production: None, received_at_ms, now_ms: now };
+        let mut inputs = Inputs {
+            alert: &alert,
+            services,
+            history: &history,
+            production: None,
+            received_at_ms,
+            now_ms: now,
+        };
         let decision = policy::decide(inputs);
         if decision.outcome != Outcome::NeedsProductionState {
             return Ok(decision);

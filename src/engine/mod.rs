@@ -53,17 +53,18 @@ pub enum EngineError {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// This worker's claim id: unique per worker, even within a process.
+    worker: Arc<str>,
 }
 
 struct Inner {
     store: Store,
     settings: Arc<Settings>,
     providers: Providers,
-    worker: String,
     wake: Notify,
     failpoint: Option<String>,
-    /// When this worker last claimed or renewed each run it holds.
-    renewed: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Runs whose lease a heartbeat failed to renew: another instance may own them now.
+    lost: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Engine {
@@ -79,13 +80,13 @@ impl Engine {
                 store,
                 settings,
                 providers,
-                worker,
                 wake: Notify::new(),
                 failpoint: std::env::var("BACKSTOP_FAILPOINT")
                     .ok()
                     .filter(|f| !f.is_empty()),
-                renewed: Default::default(),
+                lost: Default::default(),
             }),
+            worker: worker.into(),
         }
     }
 
@@ -101,7 +102,15 @@ impl Engine {
 
     /// This worker's claim id.
     pub fn worker_id(&self) -> &str {
-        &self.inner.worker
+        &self.worker
+    }
+
+    /// The same engine under another worker id (one per background worker).
+    pub fn for_worker(&self, n: u64) -> Engine {
+        Engine {
+            inner: self.inner.clone(),
+            worker: format!("{}-w{n}", self.worker).into(),
+        }
     }
 
     /// Tells an idle worker there is new work.
@@ -206,9 +215,14 @@ impl Engine {
                 return Ok(());
             }
         }
-        self.holding(&run, true);
+        let heartbeat = self.heartbeat(&run);
         let result = self.process_held(&claimed, service.as_deref()).await;
-        self.holding(&run, false);
+        heartbeat.abort();
+        self.inner
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run.0);
         result
     }
 
@@ -248,7 +262,9 @@ impl Engine {
             self.failpoint("after-decide").await;
             // Just stored: its steps are the pending ones.
             pending = record.steps.iter().cloned().collect();
-            if let (Some(s), Some(f), Some(t)) = (record.service, record.rollback_from, record.rollback_to) {
+            if let (Some(s), Some(f), Some(t)) =
+                (record.service, record.rollback_from, record.rollback_to)
+            {
                 plan = Some((s, f, t));
             }
         }
@@ -328,28 +344,46 @@ impl Engine {
             .collect())
     }
 
-    /// True when the lease on `run` should be renewed before another
-    /// attempt: more than a third of it has passed since the claim or the
-    /// last renewal (which it then records).
-    pub(crate) fn lease_due(&self, run: &crate::ledger::RunId) -> bool {
-        let mut renewed = self.inner.renewed.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        match renewed.get(&run.0) {
-            Some(at) if now.duration_since(*at) < self.lease() / 3 => false,
-            _ => {
-                renewed.insert(run.0.clone(), now);
-                true
+    /// Renews the run's lease (and its service claim) every third of a
+    /// lease while the run is worked on, however long one attempt takes. If
+    /// a renewal finds the claim gone, the run is marked lost: its next
+    /// attempt stops instead of acting beside the new owner.
+    fn heartbeat(&self, run: &crate::ledger::RunId) -> tokio::task::JoinHandle<()> {
+        let (engine, run) = (self.clone(), run.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(engine.lease() / 3).await;
+                match engine
+                    .store()
+                    .renew_run(&run, engine.worker_id(), engine.lease())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(run.id = %run, "lease lost; another instance owns this run now");
+                        engine
+                            .inner
+                            .lost
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(run.0.clone());
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run.id = %run, error = %e, "cannot renew the lease; will retry")
+                    }
+                }
             }
-        }
+        })
     }
 
-    fn holding(&self, run: &crate::ledger::RunId, held: bool) {
-        let mut renewed = self.inner.renewed.lock().unwrap_or_else(|e| e.into_inner());
-        if held {
-            renewed.insert(run.0.clone(), std::time::Instant::now());
-        } else {
-            renewed.remove(&run.0);
-        }
+    /// True when a heartbeat found this worker's claim on `run` gone.
+    pub(crate) fn is_lost(&self, run: &crate::ledger::RunId) -> bool {
+        self.inner
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&run.0)
     }
 
     /// A test hook: with `BACKSTOP_FAILPOINT=<name>` set, the run in hand

@@ -19,7 +19,11 @@ const JOB_WAIT: Duration = Duration::from_secs(60);
 impl Engine {
     /// The `rollback` step. `plan` is `(service, from, to)` when the decision
     /// was just made here; a resumed run reads it from the store.
-    pub(super) async fn rollback(&self, claimed: &ClaimedRun, plan: Option<(String, String, String)>) -> Result<bool, EngineError> {
+    pub(super) async fn rollback(
+        &self,
+        claimed: &ClaimedRun,
+        plan: Option<(String, String, String)>,
+    ) -> Result<bool, EngineError> {
         let run = &claimed.run.id;
         let plan = match plan {
             Some(plan) => Some(plan),
@@ -32,7 +36,9 @@ impl Engine {
             }
         };
         let Some((service, from, to)) = plan else {
-            return Err(EngineError::Store(StoreError::Corrupt(format!("run {run} has no rollback target"))));
+            return Err(EngineError::Store(StoreError::Corrupt(format!(
+                "run {run} has no rollback target"
+            ))));
         };
         let Some(svc) = self.settings().service(&service).cloned() else {
             return Err(EngineError::Store(StoreError::Corrupt(format!(
@@ -41,21 +47,31 @@ impl Engine {
         };
         let deadline = self.settings().engine.rollback_deadline;
         let received = claimed.received_at_ms;
+        let (svc, from, to) = (&svc, &from, &to);
         let finished = self
-            .attempt_loop(run, "rollback", deadline, false, |_| async {
-                let started = Instant::now();
-                self.move_production(&svc, &to, run.to_string()).await?;
-                self.failpoint("rollback-accepted").await;
-                let verified = self.verify(&svc, &to).await?;
-                Ok(json!({
-                    "strategy": format!("{:?}", svc.strategy).to_lowercase(),
-                    "from": from,
-                    "to": to,
-                    "domains": verified,
-                    "call_ms": started.elapsed().as_millis() as u64,
-                    "alert_to_verified_ms": now_ms() - received,
-                }))
-            })
+            .attempt_loop(
+                run,
+                "rollback",
+                deadline,
+                false,
+                move |attempt| async move {
+                    if attempt > 1 {
+                        self.still_ours(&svc, &from, &to).await?;
+                    }
+                    let started = Instant::now();
+                    self.move_production(&svc, &to, run.to_string()).await?;
+                    self.failpoint("rollback-accepted").await;
+                    let verified = self.verify(&svc, &to).await?;
+                    Ok(json!({
+                        "strategy": format!("{:?}", svc.strategy).to_lowercase(),
+                        "from": from,
+                        "to": to,
+                        "domains": verified,
+                        "call_ms": started.elapsed().as_millis() as u64,
+                        "alert_to_verified_ms": now_ms() - received,
+                    }))
+                },
+            )
             .await?;
         let store = self.store();
         match finished {
@@ -154,6 +170,40 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Before retrying: production must still be on `from` or `to`. If a
+    /// person moved it meanwhile, stop, and let the failure page a human.
+    async fn still_ours(
+        &self,
+        svc: &ServiceSettings,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StepError> {
+        let production = self.production_state(svc).await?;
+        let elsewhere: Vec<String> = production
+            .iter()
+            .filter(|p| {
+                p.deployment_id.as_deref() != Some(from) && p.deployment_id.as_deref() != Some(to)
+            })
+            .map(|p| {
+                format!(
+                    "{} serves {}",
+                    p.domain,
+                    p.deployment_id.as_deref().unwrap_or("nothing")
+                )
+            })
+            .collect();
+        if elsewhere.is_empty() {
+            return Ok(());
+        }
+        Err(StepError::fatal(
+            "production_changed",
+            format!(
+                "production changed during the rollback, not retrying: {}",
+                elsewhere.join(", ")
+            ),
+        ))
     }
 
     /// Reads every alias back; fails unless each serves `to`.

@@ -97,7 +97,7 @@ impl Engine {
     {
         let store = self.store();
         loop {
-            if self.lease_due(run) && !store.renew_run(run, self.worker_id(), self.lease()).await? {
+            if self.is_lost(run) {
                 return Err(EngineError::LostClaim(run.to_string()));
             }
             let (n, started) = store.begin_attempt(run, step).await?;

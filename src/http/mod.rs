@@ -93,11 +93,18 @@ async fn sentry_webhook(
     let text = std::str::from_utf8(&body)
         .map_err(|_| IngestError::Malformed("body is not UTF-8".into()))?;
     let key = alert.dedup_key();
-    match state
-        .engine
-        .ingest(resource_name, &alert, text, now)
-        .await?
-    {
+    // Answer inside Sentry's 1 s: if storing takes longer, say 503 (Sentry
+    // retries, and a late commit then answers as a duplicate), never 202.
+    let deadline = settings.server.ingest_deadline;
+    let stored = tokio::time::timeout(
+        deadline,
+        state.engine.ingest(resource_name, &alert, text, now),
+    )
+    .await
+    .map_err(|_| {
+        crate::ledger::StoreError::Unreachable(format!("storing took longer than {deadline:?}"))
+    })??;
+    match stored {
         Ingested::Stored(run) => {
             tracing::info!(run.id = %run, key = %key, "alert stored");
             Ok((

@@ -72,7 +72,9 @@ async fn write(pool: &AnyPool, alerts: &[&NewAlert]) -> Result<Vec<Ingested>, St
         first.entry(a.dedup_key.as_str()).or_insert(i);
     }
     let mut leaders: Vec<usize> = first.values().copied().collect();
-    leaders.sort_unstable();
+    // Key order, so two instances inserting the same keys lock them in the
+    // same order and cannot deadlock.
+    leaders.sort_unstable_by(|a, b| alerts[*a].dedup_key.cmp(&alerts[*b].dedup_key));
     let alert_ids: Vec<String> = leaders
         .iter()
         .map(|_| uuid::Uuid::now_v7().to_string())

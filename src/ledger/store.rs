@@ -63,9 +63,11 @@ impl Store {
                 }
                 // One connection: SQLite has one writer anyway, and deferred
                 // transactions on several connections fail with SQLITE_BUSY.
+                // synchronous = FULL: a 202 survives power loss, not only a
+                // process crash (group commit keeps the fsyncs few).
                 options.max_connections(1).idle_timeout(None).max_lifetime(None).after_connect(|conn, _| {
                     Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON").await?;
                         Ok(())
                     })
                 })
@@ -369,13 +371,15 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound(format!("step {step} of run {run}")))?;
         let attempt: i64 = row.try_get("attempts")?;
         let started: i64 = row.try_get("started_at")?;
-        sqlx::query("INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)")
-            .bind(&run.0)
-            .bind(step)
-            .bind(attempt)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&run.0)
+        .bind(step)
+        .bind(attempt)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok((attempt, started))
     }
 
@@ -584,11 +588,16 @@ impl Store {
                 return Ok(Promotion::AlreadyLive);
             }
             if cur.promoted_at_ms.is_some_and(|p| p > at_ms) {
+                // It served until the next promotion after it, which may be
+                // earlier than the live one's.
                 sqlx::query(
-                    "UPDATE deployments SET promoted_at = COALESCE(promoted_at, $1), superseded_at = COALESCE(superseded_at, $2), updated_at = $3 WHERE id = $4",
+                    "UPDATE deployments SET promoted_at = COALESCE(promoted_at, $1),
+                       superseded_at = COALESCE(superseded_at,
+                         (SELECT MIN(promoted_at) FROM deployments WHERE service = $2 AND promoted_at > $1 AND id <> $4)),
+                       updated_at = $3 WHERE id = $4",
                 )
                 .bind(at_ms)
-                .bind(cur.promoted_at_ms)
+                .bind(service)
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
@@ -738,13 +747,21 @@ impl Store {
     ) -> Result<History, StoreError> {
         // The live deployment's id comes from the same query, so the two
         // reads can go out together.
-        let (deployments, stats) = tokio::join!(self.deployments(Some(service)), self.stats(service, run, now_ms));
+        let (deployments, stats) = tokio::join!(
+            self.deployments(Some(service)),
+            self.stats(service, run, now_ms)
+        );
         let (deployments, stats) = (deployments?, stats?);
         let live_rolled_back = stats.try_get::<i64, _>("from_live")? > 0;
         let last: Option<i64> = stats.try_get("last_rollback")?;
         let day: i64 = stats.try_get("last_day")?;
-        let paused = (stats.try_get::<i64, _>("paused")? > 0)
-            .then(|| stats.try_get::<Option<String>, _>("pause_reason").ok().flatten().unwrap_or_else(|| "paused".into()));
+        let paused = (stats.try_get::<i64, _>("paused")? > 0).then(|| {
+            stats
+                .try_get::<Option<String>, _>("pause_reason")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "paused".into())
+        });
         Ok(History {
             deployments,
             live_rolled_back,
@@ -759,7 +776,8 @@ impl Store {
         Ok(sqlx::query(
             "SELECT
                (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2
-                  AND rollback_from = (SELECT id FROM deployments WHERE service = $1 AND live = 1)) AS from_live,
+                  AND rollback_from = (SELECT id FROM deployments WHERE service = $1 AND live = 1)
+                  AND NOT EXISTS (SELECT 1 FROM steps WHERE steps.run_id = runs.id AND steps.name = 'rollback' AND steps.status = 'failed')) AS from_live,
                (SELECT MAX(decided_at) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2) AS last_rollback,
                (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = 'rollback' AND id <> $2 AND decided_at >= $3) AS last_day,
                (SELECT COUNT(*) FROM service_pauses WHERE service = $1) AS paused,
@@ -787,6 +805,15 @@ impl Store {
             None => sqlx::query("DELETE FROM service_pauses WHERE service = $1").bind(service).execute(&self.pool).await?,
         };
         Ok(())
+    }
+
+    /// True when a Vercel webhook delivery id was applied before.
+    pub async fn vercel_event_seen(&self, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vercel_events WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
     }
 
     /// Records a Vercel webhook delivery id; false if it was seen before.

@@ -254,6 +254,10 @@ fn rule_7_needs_production_state_then_skips_when_it_moved() {
         "{}",
         d.reason
     );
+    assert!(
+        d.alert_hit_live(),
+        "the crashed deployment is marked, though a person moved production"
+    );
     prod[1].deployment_id = None;
     assert_eq!(run(&alert(), &service(), &history(), Some(&prod)).rule, 7);
 }

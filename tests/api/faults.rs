@@ -199,3 +199,33 @@ async fn slack_that_stays_down_fails_the_run_after_the_rollback_and_the_page() {
         .contains("internal_error"));
     assert_eq!(app.sim.sim.world().incidents.len(), 1, "the page went out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_step_keeps_its_lease_so_no_other_instance_takes_the_run() {
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| s.engine.lease = Duration::from_millis(300)).await
+    else {
+        return;
+    };
+    // Slack answers after 1.5 s: five leases pass inside one attempt.
+    app.sim.sim.set_faults(
+        Provider::Slack,
+        Faults {
+            latency_ms: 1_500,
+            ..Faults::default()
+        },
+    );
+    assert_eq!(app.alert("920", 0).await, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.store.count_unfinished_runs().await.unwrap() > 0 {
+        let stolen = app
+            .store
+            .claim_run("another-instance", Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(stolen.is_none(), "the heartbeat keeps the run claimed");
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.store.list_runs(1).await.unwrap()[0].status, "done");
+    assert_eq!(app.sim.sim.world().messages.len(), 1);
+}

@@ -191,6 +191,19 @@ async fn preview_and_foreign_project_events_are_ignored() {
         resp.json::<serde_json::Value>().await.unwrap()["result"],
         "ignored"
     );
+    let staging = deployment_event(
+        "deployment.promoted",
+        "dpl_s",
+        "sss",
+        now_ms(),
+        Some("staging"),
+    );
+    let resp = app.post_vercel(&staging).await;
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["result"],
+        "ignored",
+        "a staging promotion is not production"
+    );
     let ready = deployment_event(
         "deployment.succeeded",
         "dpl_r",

@@ -376,7 +376,12 @@ async fn failed_rollback_pages_critical_with_vercels_error() {
     let posts = posts(&app).await;
     assert!(posts[0]["blocks"]
         .to_string()
-        .contains("The deployment is not ready"));
+        .contains("The deployment is not ready")); // The live deployment was never rolled back from: the next alert is not
+                                                   // "already handled" but escalates (cooldown), and pages again.
+    fire(&app, &crash_alert("407", now_ms() - MIN)).await;
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    assert_eq!(run.outcome.as_deref(), Some("escalate"), "{:?}", run.reason);
+    assert!(run.reason.as_deref().unwrap().starts_with("cooldown"));
 }
 
 #[tokio::test]

@@ -199,7 +199,53 @@ async fn drifted_production_does_not_touch_vercel_and_resyncs_the_ledger(db: Db)
         .expect("imported");
     assert!(hotfix.live);
     assert_eq!(hotfix.release.as_deref(), Some("feedbee"));
-    assert!(!app.store.deployment("dpl_new").await.unwrap().unwrap().live);
+    let crashed = app.store.deployment("dpl_new").await.unwrap().unwrap();
+    assert!(!crashed.live);
+    assert!(
+        crashed.alerted_at_ms.is_some(),
+        "it crashed while live: it must never bake to good"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_stops_when_a_person_moved_production_meanwhile() {
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
+    app.seed_history().await;
+    for d in DOMAINS {
+        // Read once to decide (live), then a person has promoted a fix.
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path(format!("/v4/aliases/{d}")))
+            .respond_with(alias_response(d, "dpl_new"))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&app.vercel)
+            .await;
+    }
+    app.vercel_serves("dpl_fix_by_hand").await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v2/deployments/.*/aliases$"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(serde_json::json!({"error": {"code": "internal_server_error", "message": "An unexpected internal error occurred"}})))
+        .mount(&app.vercel)
+        .await;
+    fire(&app, &crash_alert("110", now_ms() - MIN)).await;
+    app.engine.run_until_idle().await.unwrap();
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    let detail = app.store.run_detail(&run.id).await.unwrap();
+    let step = detail.steps.iter().find(|s| s.name == "rollback").unwrap();
+    assert_eq!(step.status, "failed");
+    assert_eq!(
+        step.error.as_ref().unwrap()["code"],
+        "production_changed",
+        "{:?}",
+        step.error
+    );
+    let writes_after_the_move = app.alias_writes().await.len();
+    assert_eq!(
+        writes_after_the_move, 4,
+        "only the first attempt's four tries hit Vercel"
+    );
 }
 
 async fn dry_run_service_does_not_touch_vercel(db: Db) {
