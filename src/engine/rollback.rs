@@ -56,12 +56,12 @@ impl Engine {
                 false,
                 move |attempt| async move {
                     if attempt > 1 {
-                        self.still_ours(&svc, &from, &to).await?;
+                        self.still_ours(svc, from, to).await?;
                     }
                     let started = Instant::now();
-                    self.move_production(&svc, &to, run.to_string()).await?;
+                    self.move_production(svc, to, run.to_string()).await?;
                     self.failpoint("rollback-accepted").await;
-                    let verified = self.verify(&svc, &to).await?;
+                    let verified = self.verify(svc, to).await?;
                     Ok(json!({
                         "strategy": format!("{:?}", svc.strategy).to_lowercase(),
                         "from": from,
