@@ -78,7 +78,7 @@ impl Engine {
             Finished::Succeeded(output) => {
                 // The ledger and the step's outcome move together.
                 store
-                    .complete_rollback(&service, &from, &to, run, &output)
+                    .complete_rollback(&service, from, to, run, &output)
                     .await?;
                 self.failpoint("after-rollback").await;
                 tracing::info!(from, to, "rollback verified");
