@@ -22,13 +22,13 @@ pub(super) struct Job {
 }
 
 /// Starts the writer task; it ends when every sender is dropped.
-pub(super) fn spawn(pool: AnyPool) -> mpsc::Sender<Job> {
+pub(super) fn spawn(pool: AnyPool, sqlite: bool) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-    tokio::spawn(writer(pool, rx));
+    tokio::spawn(writer(pool, sqlite, rx));
     tx
 }
 
-async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+async fn writer(pool: AnyPool, sqlite: bool, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -38,7 +38,7 @@ async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let alerts: Vec<&NewAlert> = jobs.iter().map(|j| &j.alert).collect();
-        match write(&pool, &alerts).await {
+        match write(&pool, sqlite, &alerts).await {
             Ok(answers) => {
                 for (job, answer) in jobs.into_iter().zip(answers) {
                     let _ = job.reply.send(Ok(answer));
@@ -65,7 +65,29 @@ fn placeholders(rows: usize, cols: usize) -> String {
 }
 
 /// Stores a batch in one transaction; one answer per alert, in order.
-async fn write(pool: &AnyPool, alerts: &[&NewAlert]) -> Result<Vec<Ingested>, StoreError> {
+async fn write(
+    pool: &AnyPool,
+    sqlite: bool,
+    alerts: &[&NewAlert],
+) -> Result<Vec<Ingested>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    if sqlite {
+        // A 202 must survive power loss: this commit syncs fully. (The
+        // engine's own bookkeeping commits at NORMAL; see the README.)
+        sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = FULL").await?;
+    }
+    let result = write_in(&mut conn, alerts).await;
+    if sqlite {
+        // Best effort: a connection left at FULL is only slower.
+        let _ = sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await;
+    }
+    result
+}
+
+async fn write_in(
+    conn: &mut sqlx::AnyConnection,
+    alerts: &[&NewAlert],
+) -> Result<Vec<Ingested>, StoreError> {
     // The first delivery of each key in the batch is the one that may insert.
     let mut first: HashMap<&str, usize> = HashMap::new();
     for (i, a) in alerts.iter().enumerate() {
@@ -79,8 +101,7 @@ async fn write(pool: &AnyPool, alerts: &[&NewAlert]) -> Result<Vec<Ingested>, St
         .iter()
         .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
-
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let sql = format!(
         "INSERT INTO alerts (id, dedup_key, resource, action, received_at, body) VALUES {} ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
         placeholders(leaders.len(), 6)

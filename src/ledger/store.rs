@@ -63,11 +63,11 @@ impl Store {
                 }
                 // One connection: SQLite has one writer anyway, and deferred
                 // transactions on several connections fail with SQLITE_BUSY.
-                // synchronous = FULL: a 202 survives power loss, not only a
-                // process crash (group commit keeps the fsyncs few).
+                // synchronous = NORMAL survives a process crash; the ingest
+                // batch raises it to FULL so a 202 survives power loss too.
                 options.max_connections(1).idle_timeout(None).max_lifetime(None).after_connect(|conn, _| {
                     Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON").await?;
                         Ok(())
                     })
                 })
@@ -77,7 +77,7 @@ impl Store {
                 .min_connections(0),
         };
         let pool = options.connect(&url).await?;
-        let ingest = super::batch::spawn(pool.clone());
+        let ingest = super::batch::spawn(pool.clone(), backend == Backend::Sqlite);
         Ok(Self {
             pool,
             backend,
