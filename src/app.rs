@@ -26,9 +26,14 @@ pub struct Application {
 /// Connects and migrates the store named in the settings.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let db = &settings.database;
-    let store = Store::connect_with(&db.url, db.max_connections as u32, db.acquire_timeout)
-        .await
-        .context("cannot connect to database.url")?;
+    let store = Store::connect_with(
+        &db.url,
+        db.max_connections as u32,
+        db.acquire_timeout,
+        db.sqlite_full_sync,
+    )
+    .await
+    .context("cannot connect to database.url")?;
     store
         .migrate()
         .await

@@ -82,6 +82,11 @@ pub struct DatabaseSettings {
     /// unavailable (webhooks then answer 503 while Sentry still listens).
     #[serde(deserialize_with = "de_duration")]
     pub acquire_timeout: Duration,
+    /// SQLite: sync every commit fully (`synchronous = FULL`), not only the
+    /// webhook's. Closes the power-cut window on the engine's records; costs
+    /// ~1.4 ms before the first alias write.
+    #[serde(deserialize_with = "de_bool")]
+    pub sqlite_full_sync: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -90,6 +95,7 @@ impl Default for DatabaseSettings {
             url: SecretString::from("sqlite://backstop.db"),
             max_connections: 10,
             acquire_timeout: Duration::from_millis(750),
+            sqlite_full_sync: false,
         }
     }
 }
@@ -699,6 +705,23 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// Accepts a boolean or a string holding one (env overrides are strings).
+fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(b) => Ok(b),
+        Raw::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not true or false"))),
+    }
+}
+
 /// Accepts an integer or a string holding one (env overrides are strings).
 fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
@@ -768,12 +791,17 @@ mod tests {
                 "BACKSTOP_SENTRY__TIMESTAMP_TOLERANCE".to_string(),
                 "1m".to_string(),
             ),
+            (
+                "BACKSTOP_DATABASE__SQLITE_FULL_SYNC".to_string(),
+                "true".to_string(),
+            ),
         ];
         let s = Settings::from_toml(MINIMAL, env).unwrap();
         assert_eq!(s.vercel.token.unwrap().expose_secret(), "from-env");
         assert_eq!(s.server.listen.port(), 9000);
         assert_eq!(s.server.max_body_bytes, 2048);
         assert_eq!(s.sentry.timestamp_tolerance, Duration::from_secs(60));
+        assert!(s.database.sqlite_full_sync);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub(super) struct Job {
 }
 
 /// Starts the writer task; it ends when every sender is dropped.
+/// `sqlite`: the connection runs at `synchronous = NORMAL`; each batch raises it to FULL.
 pub(super) fn spawn(pool: AnyPool, sqlite: bool) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     tokio::spawn(writer(pool, sqlite, rx));

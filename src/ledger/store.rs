@@ -37,15 +37,18 @@ const RUN_COLS: &str = "id, alert_id, service, status, outcome, reason, decision
 impl Store {
     /// Connects (creating an SQLite file if needed). Does not migrate.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
-        Self::connect_with(url, max_connections, Duration::from_secs(5)).await
+        Self::connect_with(url, max_connections, Duration::from_secs(5), false).await
     }
 
     /// Like [`Store::connect`], waiting at most `acquire_timeout` for a
     /// connection before a call fails as unavailable.
+    /// `sqlite_full_sync` makes every SQLite commit sync fully, not only
+    /// the ingest batch's.
     pub async fn connect_with(
         url: &SecretString,
         max_connections: u32,
         acquire_timeout: Duration,
+        sqlite_full_sync: bool,
     ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let raw = url.expose_secret();
@@ -65,9 +68,10 @@ impl Store {
                 // transactions on several connections fail with SQLITE_BUSY.
                 // synchronous = NORMAL survives a process crash; the ingest
                 // batch raises it to FULL so a 202 survives power loss too.
-                options.max_connections(1).idle_timeout(None).max_lifetime(None).after_connect(|conn, _| {
+                options.max_connections(1).idle_timeout(None).max_lifetime(None).after_connect(move |conn, _| {
                     Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON").await?;
+                        let sync = if sqlite_full_sync { "FULL" } else { "NORMAL" };
+                        conn.execute(format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON").as_str()).await?;
                         Ok(())
                     })
                 })
@@ -77,7 +81,10 @@ impl Store {
                 .min_connections(0),
         };
         let pool = options.connect(&url).await?;
-        let ingest = super::batch::spawn(pool.clone(), backend == Backend::Sqlite);
+        let ingest = super::batch::spawn(
+            pool.clone(),
+            backend == Backend::Sqlite && !sqlite_full_sync,
+        );
         Ok(Self {
             pool,
             backend,

@@ -264,3 +264,24 @@ async fn alerts_the_alert_alone_settles_are_stored_decided_and_finished() {
         "{reasons:?}"
     );
 }
+
+#[tokio::test]
+async fn with_full_sync_on_sqlite_alerts_are_stored_and_worked_the_same() {
+    let Some(app) = spawn_app_with(Db::Sqlite, |s| s.database.sqlite_full_sync = true).await else {
+        return;
+    };
+    app.seed_history().await;
+    app.vercel_rollback_works("dpl_new", "dpl_old").await;
+    assert_eq!(
+        app.post_sentry(
+            "metric_alert",
+            &compact(&crash_alert("903", now_ms() - MIN))
+        )
+        .await
+        .status(),
+        202
+    );
+    app.engine.run_until_idle().await.unwrap();
+    assert_eq!(app.alias_writes().await.len(), 2);
+    assert!(app.store.deployment("dpl_old").await.unwrap().unwrap().live);
+}
