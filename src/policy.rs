@@ -264,9 +264,9 @@ pub fn decide(i: Inputs<'_>) -> Decision {
     };
     if a.action == "resolved" {
         t.service = map_service(a, i.services).map(|s| s.name.clone());
-        return t.stop(1, "resolved", Outcome::Resolution, "the alert resolved");
+        return t.stop(1, "not resolved", Outcome::Resolution, "the alert resolved");
     }
-    t.pass(1, "resolved", format!("action is `{}`", a.action));
+    t.pass(1, "not resolved", format!("action is `{}`", a.action));
     if !a.is_critical() {
         return t.stop(
             2,
@@ -402,7 +402,7 @@ fn rest_of_rules(
         ));
         return t.stop(
             11,
-            "cooldown",
+            "outside cooldown",
             Outcome::Escalate,
             format!(
                 "cooldown: the last automatic rollback was {ago} ago, within {}",
@@ -410,11 +410,15 @@ fn rest_of_rules(
             ),
         );
     }
-    t.pass(11, "cooldown", "no automatic rollback within the cooldown");
+    t.pass(
+        11,
+        "outside cooldown",
+        "no automatic rollback within the cooldown",
+    );
     if h.rollbacks_last_day >= svc.max_rollbacks_per_day {
         return t.stop(
             12,
-            "budget",
+            "budget left",
             Outcome::Escalate,
             format!(
                 "budget spent: {} automatic rollbacks in the last 24 h (max {})",
@@ -424,7 +428,7 @@ fn rest_of_rules(
     }
     t.pass(
         12,
-        "budget",
+        "budget left",
         format!(
             "{} of {} rollbacks used today",
             h.rollbacks_last_day, svc.max_rollbacks_per_day
