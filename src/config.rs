@@ -707,35 +707,33 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 /// Accepts a boolean or a string holding one (env overrides are strings).
 fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bool(bool),
-        Str(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bool(b) => Ok(b),
-        Raw::Str(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not true or false"))),
-    }
+    de_lenient(d, "true or false")
 }
 
 /// Accepts an integer or a string holding one (env overrides are strings).
 fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_lenient(d, "a whole number")
+}
+
+/// The value itself, or a string that parses as one; `what` names the
+/// expected form in the error.
+fn de_lenient<'de, D, T>(d: D, what: &str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Raw {
-        Int(u64),
+    enum Raw<T> {
+        Value(T),
         Str(String),
     }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(n),
+    match Raw::<T>::deserialize(d)? {
+        Raw::Value(v) => Ok(v),
         Raw::Str(s) => s
             .trim()
             .parse()
-            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a whole number"))),
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not {what}"))),
     }
 }
 

@@ -347,46 +347,42 @@ impl Store {
     /// step first started (Unix ms), for the step's deadline.
     pub async fn begin_attempt(&self, run: &RunId, step: &str) -> Result<(i64, i64), StoreError> {
         let now = now_ms();
-        if self.backend == Backend::Postgres {
+        let sql = match self.backend {
             // One round trip: count the attempt and record it together.
-            let row = sqlx::query(
+            Backend::Postgres => {
                 "WITH s AS (UPDATE steps SET attempts = attempts + 1, started_at = COALESCE(started_at, $1)
                             WHERE run_id = $2 AND name = $3 RETURNING attempts, started_at)
                  INSERT INTO attempts (run_id, step, attempt, started_at) SELECT $2, $3, attempts, $1 FROM s
-                 RETURNING attempt AS attempts, (SELECT started_at FROM s) AS started_at",
-            )
+                 RETURNING attempt AS attempts, (SELECT started_at FROM s) AS started_at"
+            }
+            // No data-modifying CTEs: the attempt row follows below.
+            Backend::Sqlite => {
+                "UPDATE steps SET attempts = attempts + 1, started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND name = $3
+                 RETURNING attempts, started_at"
+            }
+        };
+        let row = sqlx::query(sql)
             .bind(now)
             .bind(&run.0)
             .bind(step)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("step {step} of run {run}")))?;
-            return Ok((row.try_get("attempts")?, row.try_get("started_at")?));
+        let (attempt, started): (i64, i64) = (row.try_get("attempts")?, row.try_get("started_at")?);
+        if self.backend == Backend::Sqlite {
+            // Not in one transaction: if the process dies between the two
+            // statements the attempt is counted without a row, which only
+            // understates.
+            sqlx::query(
+                "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&run.0)
+            .bind(step)
+            .bind(attempt)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         }
-        // SQLite has no data-modifying CTEs. Two statements, no transaction:
-        // if the process dies between them the attempt is counted but has
-        // no row, which only understates.
-        let row = sqlx::query(
-            "UPDATE steps SET attempts = attempts + 1, started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND name = $3
-             RETURNING attempts, started_at",
-        )
-        .bind(now)
-        .bind(&run.0)
-        .bind(step)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("step {step} of run {run}")))?;
-        let attempt: i64 = row.try_get("attempts")?;
-        let started: i64 = row.try_get("started_at")?;
-        sqlx::query(
-            "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&run.0)
-        .bind(step)
-        .bind(attempt)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
         Ok((attempt, started))
     }
 
