@@ -255,7 +255,11 @@ impl Engine {
     /// when the rollback failed.
     async fn decide_and_roll_back(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
         let run = &claimed.run.id;
-        let mut pending = self.pending(run).await?;
+        // Not decided yet: only `decide` exists, no need to read the steps.
+        let mut pending = match claimed.run.decided_at_ms {
+            None => std::iter::once("decide".to_string()).collect(),
+            Some(_) => self.pending(run).await?,
+        };
         let mut plan = None;
         if pending.contains("decide") {
             let record = self.decide(claimed).await?;

@@ -310,6 +310,9 @@ impl Store {
 
     /// Stores the decision, finishes the `decide` step and creates the next steps.
     pub async fn save_decision(&self, run: &RunId, d: &DecisionRecord) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            return self.save_decision_in_one(run, d).await;
+        }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -340,6 +343,49 @@ impl Store {
         }
         insert_steps(&mut tx, run, &d.steps, 1).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Postgres: the whole decision in one statement (data-modifying CTEs
+    /// run once, to completion, atomically), one round trip on the way to
+    /// the rollback instead of six.
+    async fn save_decision_in_one(
+        &self,
+        run: &RunId,
+        d: &DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let steps: Vec<String> = (0..d.steps.len())
+            .map(|i| format!("($8, ${}, ${}, 'pending')", 11 + 2 * i, 12 + 2 * i))
+            .collect();
+        let main = match steps.is_empty() {
+            true => "SELECT 1".to_string(),
+            false => format!(
+                "INSERT INTO steps (run_id, name, seq, status) VALUES {}",
+                steps.join(", ")
+            ),
+        };
+        let sql = format!(
+            "WITH r AS (UPDATE runs SET service = $1, outcome = $2, reason = $3, decision = $4, rollback_from = $5,
+                          rollback_to = $6, decided_at = $7 WHERE id = $8 RETURNING id),
+                  s AS (UPDATE steps SET status = 'succeeded', finished_at = $7, output = $9 WHERE run_id = $8 AND name = 'decide' RETURNING run_id),
+                  a AS (UPDATE deployments SET alerted_at = COALESCE(alerted_at, $7), updated_at = $7 WHERE id = $10 RETURNING id)
+             {main}"
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(&d.service)
+            .bind(&d.outcome)
+            .bind(&d.reason)
+            .bind(d.detail.to_string())
+            .bind(&d.rollback_from)
+            .bind(&d.rollback_to)
+            .bind(now_ms())
+            .bind(&run.0)
+            .bind(serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string())
+            .bind(&d.alerted_live);
+        for (i, name) in d.steps.iter().enumerate() {
+            q = q.bind(name).bind(1 + i as i64);
+        }
+        q.execute(&self.pool).await?;
         Ok(())
     }
 
