@@ -24,13 +24,19 @@ impl Engine {
                     .map_err(|e| StepError::fatal("internal", e.to_string()))
             })
             .await?;
+        let mut decided_attempt = None;
         let (decision, unreadable_error): (Decision, _) = match finished {
-            Finished::Succeeded(v) => (
-                serde_json::from_value(v).map_err(|e| {
-                    EngineError::Store(crate::ledger::StoreError::Corrupt(format!("decision: {e}")))
-                })?,
-                None,
-            ),
+            Finished::Succeeded(v, attempt) => {
+                decided_attempt = Some(attempt);
+                (
+                    serde_json::from_value(v).map_err(|e| {
+                        EngineError::Store(crate::ledger::StoreError::Corrupt(format!(
+                            "decision: {e}"
+                        )))
+                    })?,
+                    None,
+                )
+            }
             Finished::Failed(e) => {
                 let mut d = unreadable(claimed, &e);
                 // Name the live deployment when the ledger knows it, so the
@@ -43,7 +49,8 @@ impl Engine {
                 (d, Some(e))
             }
         };
-        let record = self.record(&decision);
+        let mut record = self.record(&decision);
+        record.attempt = decided_attempt;
         tracing::info!(outcome = record.outcome, rule = decision.rule, reason = %decision.reason, "decided");
         self.store().save_decision(run, &record).await?;
         if let Some(e) = &unreadable_error {
@@ -299,6 +306,7 @@ impl Engine {
                 .then(|| d.live.as_ref().map(|l| l.id.clone()))
                 .flatten(),
             steps,
+            attempt: None,
         }
     }
 }

@@ -332,7 +332,7 @@ impl Engine {
                 Ok(serde_json::json!({"imported": report.imported, "live": report.live}))
             })
             .await?;
-        Ok(matches!(finished, step::Finished::Succeeded(_)))
+        Ok(matches!(finished, step::Finished::Succeeded(..)))
     }
 
     /// Names of the run's unfinished steps.

@@ -163,7 +163,7 @@ impl Engine {
                 }))
             })
             .await?;
-        Ok(matches!(finished, Finished::Succeeded(_)))
+        Ok(matches!(finished, Finished::Succeeded(..)))
     }
 
     pub(super) async fn announce(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
@@ -214,7 +214,7 @@ impl Engine {
                 }))
             })
             .await?;
-        Ok(matches!(finished, Finished::Succeeded(_)))
+        Ok(matches!(finished, Finished::Succeeded(..)))
     }
 
     /// The `followup` step: when paging failed but the card went out, say
@@ -258,7 +258,7 @@ impl Engine {
                 Ok(json!({"channel": posted.channel, "ts": posted.ts, "thread_ts": ts, "text": text}))
             })
             .await?;
-        Ok(matches!(finished, Finished::Succeeded(_)))
+        Ok(matches!(finished, Finished::Succeeded(..)))
     }
 
     async fn skip_step(&self, run: &RunId, step: &str, why: &str) -> Result<bool, EngineError> {

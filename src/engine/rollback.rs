@@ -75,10 +75,10 @@ impl Engine {
             .await?;
         let store = self.store();
         match finished {
-            Finished::Succeeded(output) => {
+            Finished::Succeeded(output, attempt) => {
                 // The ledger and the step's outcome move together.
                 store
-                    .complete_rollback(&service, from, to, run, &output)
+                    .complete_rollback(&service, from, to, run, &output, Some(attempt))
                     .await?;
                 self.failpoint("after-rollback").await;
                 tracing::info!(from, to, "rollback verified");

@@ -67,8 +67,10 @@ impl From<ProviderError> for StepError {
 
 /// How a step ended.
 pub(crate) enum Finished {
-    /// With this output.
-    Succeeded(Value),
+    /// With this output, at this attempt. When the loop was told not to
+    /// finish the step, the attempt's end is not recorded either: the
+    /// caller records both with its own write.
+    Succeeded(Value, i64),
     /// For good, with this error.
     Failed(StepError),
 }
@@ -81,8 +83,9 @@ const STEP_BACKOFF: Backoff = Backoff {
 impl Engine {
     /// Runs `attempt` (given its 1-based number) until it succeeds, fails
     /// fatally, or `deadline` passes.
-    /// Only records the step's final status when `finish` is true (the
-    /// `decide` step stores its result with the decision instead).
+    /// Only records the step's final status (and a success's end) when
+    /// `finish` is true: `decide` and `rollback` store theirs together with
+    /// the decision or the ledger change.
     pub(crate) async fn attempt_loop<F, Fut>(
         &self,
         run: &RunId,
@@ -105,13 +108,13 @@ impl Engine {
             let result = tracing::Instrument::instrument(attempt(n), span).await;
             match result {
                 Ok(output) => {
-                    store.finish_attempt(run, step, n, "ok", None).await?;
                     if finish {
+                        store.finish_attempt(run, step, n, "ok", None).await?;
                         store
                             .finish_step(run, step, step_status::SUCCEEDED, Some(&output), None)
                             .await?;
                     }
-                    return Ok(Finished::Succeeded(output));
+                    return Ok(Finished::Succeeded(output, n));
                 }
                 Err(e) => {
                     let elapsed = Duration::from_millis((now_ms() - started).max(0) as u64);

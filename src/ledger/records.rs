@@ -273,6 +273,8 @@ pub struct DecisionRecord {
     pub alerted_live: Option<String>,
     /// Steps to run next, in order.
     pub steps: Vec<String>,
+    /// The `decide` attempt that made it, recorded as ended with it.
+    pub attempt: Option<i64>,
 }
 
 /// What the ledger says about a service when an alert is decided.

@@ -341,6 +341,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(n) = d.attempt {
+            sqlx::query("UPDATE attempts SET finished_at = $1, outcome = 'ok' WHERE run_id = $2 AND step = 'decide' AND attempt = $3")
+                .bind(now)
+                .bind(&run.0)
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
+        }
         insert_steps(&mut tx, run, &d.steps, 1).await?;
         tx.commit().await?;
         Ok(())
@@ -355,7 +363,7 @@ impl Store {
         d: &DecisionRecord,
     ) -> Result<(), StoreError> {
         let steps: Vec<String> = (0..d.steps.len())
-            .map(|i| format!("($8, ${}, ${}, 'pending')", 11 + 2 * i, 12 + 2 * i))
+            .map(|i| format!("($8, ${}, ${}, 'pending')", 12 + 2 * i, 13 + 2 * i))
             .collect();
         let main = match steps.is_empty() {
             true => "SELECT 1".to_string(),
@@ -368,7 +376,8 @@ impl Store {
             "WITH r AS (UPDATE runs SET service = $1, outcome = $2, reason = $3, decision = $4, rollback_from = $5,
                           rollback_to = $6, decided_at = $7 WHERE id = $8 RETURNING id),
                   s AS (UPDATE steps SET status = 'succeeded', finished_at = $7, output = $9 WHERE run_id = $8 AND name = 'decide' RETURNING run_id),
-                  a AS (UPDATE deployments SET alerted_at = COALESCE(alerted_at, $7), updated_at = $7 WHERE id = $10 RETURNING id)
+                  a AS (UPDATE deployments SET alerted_at = COALESCE(alerted_at, $7), updated_at = $7 WHERE id = $10 RETURNING id),
+                  t AS (UPDATE attempts SET finished_at = $7, outcome = 'ok' WHERE run_id = $8 AND step = 'decide' AND attempt = $11 RETURNING 1)
              {main}"
         );
         let mut q = sqlx::query(&sql)
@@ -381,7 +390,8 @@ impl Store {
             .bind(now_ms())
             .bind(&run.0)
             .bind(serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string())
-            .bind(&d.alerted_live);
+            .bind(&d.alerted_live)
+            .bind(d.attempt);
         for (i, name) in d.steps.iter().enumerate() {
             q = q.bind(name).bind(1 + i as i64);
         }
@@ -684,6 +694,7 @@ impl Store {
         to: &str,
         run: &RunId,
         output: &serde_json::Value,
+        attempt: Option<i64>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -725,6 +736,14 @@ impl Store {
             .bind(&run.0)
             .execute(&mut *tx)
             .await?;
+        if let Some(n) = attempt {
+            sqlx::query("UPDATE attempts SET finished_at = $1, outcome = 'ok' WHERE run_id = $2 AND step = 'rollback' AND attempt = $3")
+                .bind(now)
+                .bind(&run.0)
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

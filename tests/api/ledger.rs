@@ -119,6 +119,7 @@ fn decision(outcome: &str, from: Option<&str>, to: Option<&str>, steps: &[&str])
         rollback_to: to.map(str::to_owned),
         alerted_live: None,
         steps: steps.iter().map(|s| s.to_string()).collect(),
+        attempt: None,
     }
 }
 
@@ -496,7 +497,14 @@ async fn completed_rollback_marks_the_source_bad_and_the_target_live_and_good(db
     .await;
 
     store
-        .complete_rollback(SERVICE, "dpl_new", "dpl_old", &run, &serde_json::json!({}))
+        .complete_rollback(
+            SERVICE,
+            "dpl_new",
+            "dpl_old",
+            &run,
+            &serde_json::json!({}),
+            None,
+        )
         .await
         .unwrap();
 

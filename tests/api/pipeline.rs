@@ -91,6 +91,25 @@ async fn crash_alert_about_live_release_rolls_every_domain_back_and_verifies(db:
         .await
         .unwrap();
     assert_eq!(detail.run.status, "done");
+    let ends: Vec<_> = detail
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.step.as_str(),
+                a.outcome.as_deref(),
+                a.finished_at_ms.is_some(),
+            )
+        })
+        .collect();
+    assert!(
+        ends.iter().all(|(_, o, f)| *o == Some("ok") && *f),
+        "every attempt is on record as ended: {ends:?}"
+    );
+    assert!(
+        ends.iter().any(|(s, _, _)| *s == "decide")
+            && ends.iter().any(|(s, _, _)| *s == "rollback")
+    );
     assert_eq!(detail.run.outcome.as_deref(), Some("rollback"));
     assert_eq!(detail.run.rollback_from.as_deref(), Some("dpl_new"));
     assert_eq!(detail.run.rollback_to.as_deref(), Some("dpl_old"));
