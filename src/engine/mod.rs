@@ -246,7 +246,13 @@ impl Engine {
         } else {
             run_status::DONE
         };
-        self.store().finish_run(&run, status).await?;
+        if !self
+            .store()
+            .finish_run(&run, status, self.worker_id())
+            .await?
+        {
+            return Err(EngineError::LostClaim(run.to_string()));
+        }
         tracing::info!(status, "run finished");
         Ok(())
     }

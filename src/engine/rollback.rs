@@ -78,7 +78,15 @@ impl Engine {
             Finished::Succeeded(output, attempt) => {
                 // The ledger and the step's outcome move together.
                 store
-                    .complete_rollback(&service, from, to, run, &output, Some(attempt))
+                    .complete_rollback(
+                        &service,
+                        from,
+                        to,
+                        run,
+                        &output,
+                        Some(attempt),
+                        self.worker_id(),
+                    )
                     .await?;
                 self.failpoint("after-rollback").await;
                 tracing::info!(from, to, "rollback verified");

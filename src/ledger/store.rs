@@ -485,16 +485,22 @@ impl Store {
     }
 
     /// Finishes a run and drops its claim.
-    pub async fn finish_run(&self, run: &RunId, status: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE runs SET status = $1, finished_at = $2, lease_until = NULL WHERE id = $3",
-        )
-        .bind(status)
-        .bind(now_ms())
-        .bind(&run.0)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Only the worker holding the claim can finish it; false when another
+    /// instance took the run over.
+    pub async fn finish_run(
+        &self,
+        run: &RunId,
+        status: &str,
+        worker: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE runs SET status = $1, finished_at = $2, lease_until = NULL WHERE id = $3 AND claimed_by = $4")
+            .bind(status)
+            .bind(now_ms())
+            .bind(&run.0)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The steps of a run, in order.
@@ -695,9 +701,24 @@ impl Store {
         run: &RunId,
         output: &serde_json::Value,
         attempt: Option<i64>,
+        worker: &str,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // Only the holder of the claim moves the ledger (and on Postgres the
+        // row lock keeps a takeover waiting until this commits).
+        let held = sqlx::query(
+            "UPDATE runs SET lease_until = lease_until WHERE id = $1 AND claimed_by = $2",
+        )
+        .bind(&run.0)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "run {run} was taken over by another worker"
+            )));
+        }
         lock_service(&mut tx, self.backend, service).await?;
         sqlx::query(
             "UPDATE deployments SET live = 0, superseded_at = $1, verdict = 'bad', verdict_reason = $2, updated_at = $1 WHERE id = $3 AND service = $4",

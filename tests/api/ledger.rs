@@ -30,6 +30,7 @@ on_both!(
     superseded_deployment_that_took_a_critical_alert_stays_unproven,
     promoting_an_unknown_deployment_is_not_found_and_changes_nothing,
     completed_rollback_marks_the_source_bad_and_the_target_live_and_good,
+    a_worker_that_lost_its_claim_cannot_move_the_ledger_or_finish_the_run,
     marking_sets_the_verdict_and_reason_by_hand,
     marking_an_unknown_deployment_is_not_found,
     redelivered_alert_names_the_run_of_the_first_delivery,
@@ -504,6 +505,7 @@ async fn completed_rollback_marks_the_source_bad_and_the_target_live_and_good(db
             &run,
             &serde_json::json!({}),
             None,
+            "worker-decide",
         )
         .await
         .unwrap();
@@ -1107,4 +1109,49 @@ async fn attempts_are_numbered_per_step_and_kept_with_their_outcome_and_error(db
     assert_eq!(detail.run.outcome.as_deref(), Some("rollback"));
     assert_eq!(detail.run.rollback_from.as_deref(), Some("dpl_new"));
     assert_eq!(detail.alert, json!({"key": "alert-1"}));
+}
+
+async fn a_worker_that_lost_its_claim_cannot_move_the_ledger_or_finish_the_run(db: Db) {
+    let Some((_db, store)) = fresh(db).await else {
+        return;
+    };
+    record(&store, &["dpl_old", "dpl_new"]).await;
+    let now = now_ms();
+    store
+        .promote(SERVICE, "dpl_old", now - 3 * 60 * MIN, BAKE)
+        .await
+        .unwrap();
+    store
+        .promote(SERVICE, "dpl_new", now - 10 * MIN, BAKE)
+        .await
+        .unwrap();
+    let run = decided_run(
+        &store,
+        "alert-lost",
+        &decision("rollback", Some("dpl_new"), Some("dpl_old"), &["rollback"]),
+    )
+    .await;
+    // "worker-decide" holds the claim; a stale worker tries to act.
+    let err = store
+        .complete_rollback(
+            SERVICE,
+            "dpl_new",
+            "dpl_old",
+            &run,
+            &serde_json::json!({}),
+            None,
+            "stale-worker",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(get(&store, "dpl_new").await.live, "the ledger did not move");
+    assert!(!store
+        .finish_run(&run, "done", "stale-worker")
+        .await
+        .unwrap());
+    assert!(store
+        .finish_run(&run, "done", "worker-decide")
+        .await
+        .unwrap());
 }
