@@ -78,15 +78,15 @@ impl Engine {
             Finished::Succeeded(output, attempt) => {
                 // The ledger and the step's outcome move together.
                 store
-                    .complete_rollback(
-                        &service,
+                    .complete_rollback(&crate::ledger::RollbackDone {
+                        service: &service,
                         from,
                         to,
                         run,
-                        &output,
-                        Some(attempt),
-                        self.worker_id(),
-                    )
+                        output: &output,
+                        attempt: Some(attempt),
+                        worker: self.worker_id(),
+                    })
                     .await?;
                 self.failpoint("after-rollback").await;
                 tracing::info!(from, to, "rollback verified");

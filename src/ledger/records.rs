@@ -291,3 +291,22 @@ pub struct History {
     /// Why a person paused the service, if they did.
     pub paused: Option<String>,
 }
+
+/// A verified rollback, as the `rollback` step hands it to the ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackDone<'a> {
+    /// Service.
+    pub service: &'a str,
+    /// Deployment rolled back from (becomes bad).
+    pub from: &'a str,
+    /// Deployment rolled back to (becomes live and good).
+    pub to: &'a str,
+    /// The run.
+    pub run: &'a RunId,
+    /// The step's output.
+    pub output: &'a serde_json::Value,
+    /// The successful attempt, ended with this write.
+    pub attempt: Option<i64>,
+    /// The worker that must still hold the run's claim.
+    pub worker: &'a str,
+}

@@ -693,16 +693,16 @@ impl Store {
     /// After a verified rollback: `from` is bad and superseded, `to` is live
     /// and good, and the `rollback` step of `run` is finished with `output`,
     /// all in one transaction.
-    pub async fn complete_rollback(
-        &self,
-        service: &str,
-        from: &str,
-        to: &str,
-        run: &RunId,
-        output: &serde_json::Value,
-        attempt: Option<i64>,
-        worker: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn complete_rollback(&self, done: &RollbackDone<'_>) -> Result<(), StoreError> {
+        let RollbackDone {
+            service,
+            from,
+            to,
+            run,
+            output,
+            attempt,
+            worker,
+        } = *done;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         // Only the holder of the claim moves the ledger (and on Postgres the

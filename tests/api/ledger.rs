@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use backstop::ledger::{
-    now_ms, DecisionRecord, Ingested, NewAlert, NewDeployment, Promotion, RunId, Store, StoreError,
-    Verdict,
+    now_ms, DecisionRecord, Ingested, NewAlert, NewDeployment, Promotion, RollbackDone, RunId,
+    Store, StoreError, Verdict,
 };
 use serde_json::json;
 
@@ -498,15 +498,15 @@ async fn completed_rollback_marks_the_source_bad_and_the_target_live_and_good(db
     .await;
 
     store
-        .complete_rollback(
-            SERVICE,
-            "dpl_new",
-            "dpl_old",
-            &run,
-            &serde_json::json!({}),
-            None,
-            "worker-decide",
-        )
+        .complete_rollback(&RollbackDone {
+            service: SERVICE,
+            from: "dpl_new",
+            to: "dpl_old",
+            run: &run,
+            output: &json!({}),
+            attempt: None,
+            worker: "worker-decide",
+        })
         .await
         .unwrap();
 
@@ -1133,15 +1133,15 @@ async fn a_worker_that_lost_its_claim_cannot_move_the_ledger_or_finish_the_run(d
     .await;
     // "worker-decide" holds the claim; a stale worker tries to act.
     let err = store
-        .complete_rollback(
-            SERVICE,
-            "dpl_new",
-            "dpl_old",
-            &run,
-            &serde_json::json!({}),
-            None,
-            "stale-worker",
-        )
+        .complete_rollback(&RollbackDone {
+            service: SERVICE,
+            from: "dpl_new",
+            to: "dpl_old",
+            run: &run,
+            output: &json!({}),
+            attempt: None,
+            worker: "stale-worker",
+        })
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
