@@ -28,6 +28,33 @@ fn quick_timeouts(s: &mut backstop::config::Settings) {
     s.slack.timeout = Duration::from_millis(300);
 }
 
+/// A world where `provider` stays down: every call to it fails with a 5xx,
+/// and deadlines are short. Returns the app and its one finished run.
+async fn with_provider_down(
+    provider: Provider,
+    id: &str,
+) -> Option<(SimApp, backstop::ledger::RunDetail)> {
+    let app = spawn_on_sim(Db::Sqlite, |s| {
+        quick_timeouts(s);
+        s.engine.rollback_deadline = Duration::from_millis(1500);
+        s.engine.step_deadline = Duration::from_millis(1500);
+    })
+    .await?;
+    app.sim.sim.set_faults(
+        provider,
+        Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+    );
+    assert_eq!(app.alert(id, 0).await, 202);
+    app.until_runs_finish(Duration::from_secs(30)).await;
+    let run = app.store.list_runs(1).await.unwrap().remove(0);
+    assert_eq!(run.status, "failed", "the run ends failed");
+    let detail = app.store.run_detail(&run.id).await.unwrap();
+    Some((app, detail))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_thirty_percent_of_provider_calls_failing_every_run_completes() {
     let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
@@ -90,26 +117,9 @@ async fn with_thirty_percent_of_provider_calls_failing_every_run_completes() {
 
 #[tokio::test]
 async fn vercel_that_stays_down_fails_the_run_with_its_error_and_pages() {
-    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
-        quick_timeouts(s);
-        s.engine.rollback_deadline = Duration::from_millis(1500);
-    })
-    .await
-    else {
+    let Some((app, detail)) = with_provider_down(Provider::Vercel, "910").await else {
         return;
     };
-    app.sim.sim.set_faults(
-        Provider::Vercel,
-        Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        },
-    );
-    assert_eq!(app.alert("910", 0).await, 202);
-    app.until_runs_finish(Duration::from_secs(30)).await;
-    let run = &app.store.list_runs(1).await.unwrap()[0];
-    assert_eq!(run.status, "failed");
-    let detail = app.store.run_detail(&run.id).await.unwrap();
     let decide = detail.steps.iter().find(|s| s.name == "decide").unwrap();
     let message = decide.error.as_ref().unwrap()["message"]
         .as_str()
@@ -132,31 +142,14 @@ async fn vercel_that_stays_down_fails_the_run_with_its_error_and_pages() {
 
 #[tokio::test]
 async fn pagerduty_that_stays_down_is_announced_in_slack() {
-    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
-        quick_timeouts(s);
-        s.engine.step_deadline = Duration::from_millis(1500);
-    })
-    .await
-    else {
+    let Some((app, detail)) = with_provider_down(Provider::Pagerduty, "911").await else {
         return;
     };
-    app.sim.sim.set_faults(
-        Provider::Pagerduty,
-        Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        },
-    );
-    assert_eq!(app.alert("911", 0).await, 202);
-    app.until_runs_finish(Duration::from_secs(30)).await;
     assert_eq!(
         app.serving(),
         vec![Some(SIM_GOOD.to_string()); 2],
         "the rollback is not blocked"
     );
-    let run = &app.store.list_runs(1).await.unwrap()[0];
-    assert_eq!(run.status, "failed");
-    let detail = app.store.run_detail(&run.id).await.unwrap();
     let page = detail.steps.iter().find(|s| s.name == "page").unwrap();
     assert_eq!(page.status, "failed");
     let w = app.sim.sim.world();
@@ -171,27 +164,10 @@ async fn pagerduty_that_stays_down_is_announced_in_slack() {
 
 #[tokio::test]
 async fn slack_that_stays_down_fails_the_run_after_the_rollback_and_the_page() {
-    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
-        quick_timeouts(s);
-        s.engine.step_deadline = Duration::from_millis(1500);
-    })
-    .await
-    else {
+    let Some((app, detail)) = with_provider_down(Provider::Slack, "912").await else {
         return;
     };
-    app.sim.sim.set_faults(
-        Provider::Slack,
-        Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        },
-    );
-    assert_eq!(app.alert("912", 0).await, 202);
-    app.until_runs_finish(Duration::from_secs(30)).await;
     assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
-    let run = &app.store.list_runs(1).await.unwrap()[0];
-    assert_eq!(run.status, "failed");
-    let detail = app.store.run_detail(&run.id).await.unwrap();
     let announce = detail.steps.iter().find(|s| s.name == "announce").unwrap();
     assert!(announce.error.as_ref().unwrap()["message"]
         .as_str()
