@@ -134,6 +134,15 @@ async fn get_alias(
     )
 }
 
+/// Vercel's 404 for an unknown project.
+fn project_not_found(project: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("Project not found: {project}"),
+    )
+}
+
 async fn rollback(
     State(sim): State<Sim>,
     headers: HeaderMap,
@@ -144,11 +153,7 @@ async fn rollback(
     }
     let mut w = sim.world();
     let Some(domains) = w.projects.get(&project).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("Project not found: {project}"),
-        );
+        return project_not_found(&project);
     };
     if w.deployments
         .get(&deployment)
@@ -182,11 +187,7 @@ async fn get_project(
     }
     let mut w = sim.world();
     let Some(domains) = w.projects.get(&project).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("Project not found: {project}"),
-        );
+        return project_not_found(&project);
     };
     let mut job = w.alias_jobs.get(&project).cloned();
     if let Some((j, seen)) = &mut job {

@@ -124,6 +124,27 @@ fn decision(outcome: &str, from: Option<&str>, to: Option<&str>, steps: &[&str])
     }
 }
 
+/// `dpl_old` live 3 h ago, `dpl_new` live now, and a run decided to roll
+/// back from one to the other, claimed by "worker-decide".
+async fn decided_to_roll_back(store: &Store, key: &str) -> RunId {
+    record(store, &["dpl_old", "dpl_new"]).await;
+    let now = now_ms();
+    store
+        .promote(SERVICE, "dpl_old", now - 3 * 60 * MIN, BAKE)
+        .await
+        .unwrap();
+    store
+        .promote(SERVICE, "dpl_new", now - 10 * MIN, BAKE)
+        .await
+        .unwrap();
+    decided_run(
+        store,
+        key,
+        &decision("rollback", Some("dpl_new"), Some("dpl_old"), &["rollback"]),
+    )
+    .await
+}
+
 /// An alert whose run a worker claimed and decided with `d`.
 async fn decided_run(store: &Store, key: &str, d: &DecisionRecord) -> RunId {
     let run = stored_run(store, key, d.service.as_deref()).await;
@@ -480,22 +501,7 @@ async fn completed_rollback_marks_the_source_bad_and_the_target_live_and_good(db
     let Some((_db, store)) = fresh(db).await else {
         return;
     };
-    record(&store, &["dpl_old", "dpl_new"]).await;
-    let now = now_ms();
-    store
-        .promote(SERVICE, "dpl_old", now - 3 * 60 * MIN, BAKE)
-        .await
-        .unwrap();
-    store
-        .promote(SERVICE, "dpl_new", now - 10 * MIN, BAKE)
-        .await
-        .unwrap();
-    let run = decided_run(
-        &store,
-        "alert-1",
-        &decision("rollback", Some("dpl_new"), Some("dpl_old"), &["rollback"]),
-    )
-    .await;
+    let run = decided_to_roll_back(&store, "alert-1").await;
 
     store
         .complete_rollback(&RollbackDone {
@@ -1115,22 +1121,7 @@ async fn a_worker_that_lost_its_claim_cannot_move_the_ledger_or_finish_the_run(d
     let Some((_db, store)) = fresh(db).await else {
         return;
     };
-    record(&store, &["dpl_old", "dpl_new"]).await;
-    let now = now_ms();
-    store
-        .promote(SERVICE, "dpl_old", now - 3 * 60 * MIN, BAKE)
-        .await
-        .unwrap();
-    store
-        .promote(SERVICE, "dpl_new", now - 10 * MIN, BAKE)
-        .await
-        .unwrap();
-    let run = decided_run(
-        &store,
-        "alert-lost",
-        &decision("rollback", Some("dpl_new"), Some("dpl_old"), &["rollback"]),
-    )
-    .await;
+    let run = decided_to_roll_back(&store, "alert-lost").await;
     // "worker-decide" holds the claim; a stale worker tries to act.
     let err = store
         .complete_rollback(&RollbackDone {
