@@ -89,13 +89,14 @@ fn decision(c: &mut Criterion) {
             deployment_id: Some("dpl_0".into()),
         })
         .collect();
+    let policies = s.policies();
     for n in [10, 500] {
         let h = history(n);
         c.bench_function(&format!("decide (rule 15, {n} deployments)"), |b| {
             b.iter(|| {
                 decide(Inputs {
                     alert: black_box(&alert),
-                    services: &s.services,
+                    services: &policies,
                     history: black_box(&h),
                     production: Some(&production),
                     received_at_ms: NOW,

@@ -42,15 +42,18 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 }
 
 /// The Vercel client, when a token is configured.
-pub fn vercel_client(settings: &Settings) -> Option<VercelClient> {
+pub fn vercel_client(settings: &Settings) -> anyhow::Result<Option<VercelClient>> {
     let v = &settings.vercel;
     v.token
         .clone()
         .map(|token| VercelClient::new(&v.api_base, token, v.team_id.clone(), v.timeout))
+        .transpose()
+        .context("cannot build the Vercel client")
 }
 
-/// Every configured provider client.
-pub fn providers(settings: &Settings) -> Providers {
+/// Every configured provider client. Fails (so Backstop does not start)
+/// when an HTTP client cannot be built.
+pub fn providers(settings: &Settings) -> anyhow::Result<Providers> {
     let pd = &settings.pagerduty;
     let pd_target = match pd.mode {
         PagerDutyMode::Events => pd
@@ -72,11 +75,17 @@ pub fn providers(settings: &Settings) -> Providers {
         (None, Some(url)) => Some(slack::Target::Webhook { url: url.clone() }),
         (None, None) => None,
     };
-    Providers {
-        vercel: vercel_client(settings),
-        pagerduty: pd_target.map(|t| PagerDutyClient::new(pd.base(), t, pd.timeout)),
-        slack: slack_target.map(|t| SlackClient::new(&sl.api_base, t, sl.timeout)),
-    }
+    Ok(Providers {
+        vercel: vercel_client(settings)?,
+        pagerduty: pd_target
+            .map(|t| PagerDutyClient::new(pd.base(), t, pd.timeout))
+            .transpose()
+            .context("cannot build the PagerDuty client")?,
+        slack: slack_target
+            .map(|t| SlackClient::new(&sl.api_base, t, sl.timeout))
+            .transpose()
+            .context("cannot build the Slack client")?,
+    })
 }
 
 impl Application {
@@ -93,9 +102,9 @@ impl Application {
                 )
             })?;
         let port = listener.local_addr()?.port();
-        let providers = providers(&settings);
+        let providers = providers(&settings)?;
         let settings = Arc::new(settings);
-        let engine = Engine::new(store, settings.clone(), providers);
+        let engine = Engine::new(store, settings.clone(), providers)?;
         Ok(Self {
             listener,
             port,

@@ -207,7 +207,7 @@ pub async fn sync_service(
                     .await?;
             }
             store
-                .promote(&svc.name, live_id, crate::ledger::now_ms(), svc.bake_time)
+                .promote(&svc.name, live_id, crate::clock::now_ms(), svc.bake_time)
                 .await?;
         }
     }

@@ -19,9 +19,13 @@ use anyhow::{bail, Context};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::cli::demo::{demo_config, demo_history, demo_sim, SENTRY_SECRET, VERCEL_SECRET};
+use crate::sim::config::{history as demo_history, world, Bases, Config, DEMO};
+
+const SENTRY_SECRET: &str = DEMO.sentry_secret;
+const VERCEL_SECRET: &str = DEMO.vercel_webhook_secret;
+use crate::clock::now_ms;
 use crate::ingest::signature::{sign, Digest};
-use crate::ledger::{now_ms, Store};
+use crate::ledger::Store;
 use crate::sim::sender::{self, CrashAlert};
 use crate::sim::{now_us, Running};
 
@@ -175,12 +179,10 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn config(db: &str, port: u16, sim: Option<&Running>) -> String {
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    demo_config(
-        sim,
-        db,
-        listen,
-        "cooldown = \"0s\"\nmax_rollbacks_per_day = 1000000",
-    )
+    let bases = sim.map_or_else(Bases::closed, Bases::of);
+    let mut config = Config::new(DEMO, bases, db, listen);
+    config.service = "mode = \"auto\"\ncooldown = \"0s\"\nmax_rollbacks_per_day = 1000000".into();
+    config.toml()
 }
 
 /// A `backstop serve` child process.
@@ -298,7 +300,7 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
     // history, so the one run it makes really rolls back.
     let sim = match storm && opts.target.is_none() {
         true => Some(
-            demo_sim()
+            world(&DEMO)
                 .start(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await?,
         ),
@@ -364,7 +366,7 @@ async fn load(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Res
         let runs = store.list_runs(10).await?;
         let rollbacks = runs
             .iter()
-            .filter(|r| r.outcome.as_deref() == Some("rollback"))
+            .filter(|r| r.outcome == Some(crate::ledger::Outcome::Rollback))
             .count();
         note.push_str(&format!(
             "; runs: {}, rollbacks: {rollbacks}, alias writes: {}",
@@ -448,7 +450,7 @@ async fn open_loop(
 }
 
 async fn rollback(opts: &BenchOpts, exe: &Path, dir: &Path, db: &str) -> anyhow::Result<Report> {
-    let sim = demo_sim()
+    let sim = world(&DEMO)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await?;
     let port = free_port()?;

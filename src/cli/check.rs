@@ -50,7 +50,13 @@ pub async fn run(settings: &Settings) -> Vec<Row> {
         .map(|s| format!("{:?} reachable, migrations applied", s.backend()))
         .map_err(|e| format!("{e:#}"));
     rows.push(row("database", "connect and migrate".into(), db));
-    let providers = app::providers(settings);
+    let providers = match app::providers(settings) {
+        Ok(p) => p,
+        Err(e) => {
+            rows.push(row("http", "build clients".into(), Err(format!("{e:#}"))));
+            return rows;
+        }
+    };
     match &providers.vercel {
         Some(v) => {
             for svc in &settings.services {
@@ -97,17 +103,20 @@ pub async fn run(settings: &Settings) -> Vec<Row> {
         )),
     }
     if let (Some(token), Some(org)) = (&settings.sentry.token, &settings.sentry.org) {
-        let client = SentryClient::new(
-            &settings.sentry.api_base,
-            token.clone(),
-            org,
-            settings.vercel.timeout,
-        );
-        for slug in settings
+        let base = &settings.sentry.api_base;
+        let timeout = settings.vercel.timeout;
+        let client = match SentryClient::new(base, token.clone(), org, timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                rows.push(row("sentry", "build client".into(), Err(e.to_string())));
+                return rows;
+            }
+        };
+        let slugs = settings
             .services
             .iter()
-            .flat_map(|s| s.sentry_projects.iter())
-        {
+            .flat_map(|s| s.sentry_projects.iter());
+        for slug in slugs {
             let r = client
                 .project(slug)
                 .await

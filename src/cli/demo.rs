@@ -10,23 +10,18 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::app::Application;
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::ingest::signature::{sign, Digest};
-use crate::ledger::{now_ms, RunDetail, RunId};
-use crate::notify::Notice;
+use crate::ledger::{Outcome, RunDetail, RunId, RunStatus, StepName};
+use crate::notice::Notice;
+use crate::sim::config::{world, Bases, Config, DEMO, DOMAINS, PROJECT};
 use crate::sim::sender::{self, CrashAlert};
-use crate::sim::{Credentials, Provider, Running, Sim};
+use crate::sim::Running;
 
-/// Credentials shared by the demo's Backstop and simulator (not secrets).
-pub const SENTRY_SECRET: &str = "demo-sentry-client-secret";
-/// The demo's Vercel webhook secret (not a secret).
-pub const VERCEL_SECRET: &str = "demo-vercel-webhook-secret";
-const VERCEL_TOKEN: &str = "demo-vercel-token";
-const ROUTING_KEY: &str = "demo0000000000000000000000000key";
-const SLACK_TOKEN: &str = "xoxb-demo";
-const PROJECT: &str = "prj_storefront";
-const DOMAINS: [&str; 2] = ["shop.example.com", "www.shop.example.com"];
+const SENTRY_SECRET: &str = DEMO.sentry_secret;
+const VERCEL_SECRET: &str = DEMO.vercel_webhook_secret;
 const MIN: i64 = 60_000;
 
 /// What the demo showed; the test suite asserts it.
@@ -48,122 +43,9 @@ pub struct DemoReport {
     pub slack_messages: usize,
 }
 
-/// The simulator seeded with the demo's world: two good deployments and a
-/// live one promoted two minutes ago.
-pub fn demo_sim() -> Sim {
-    demo_sim_with(Credentials {
-        vercel_token: VERCEL_TOKEN.into(),
-        routing_keys: vec![ROUTING_KEY.into()],
-        pagerduty_token: "demo-pagerduty-token".into(),
-        slack_token: SLACK_TOKEN.into(),
-        sentry_token: "demo-sentry-token".into(),
-    })
-}
-
-/// The demo's world, accepting other credentials.
-pub fn demo_sim_with(creds: Credentials) -> Sim {
-    let sim = Sim::new(creds);
-    let now = now_ms();
-    {
-        let mut w = sim.world();
-        w.add_project(PROJECT, &DOMAINS);
-        for (id, sha, at) in demo_history(now) {
-            w.add_deployment(PROJECT, id, sha, at);
-        }
-        w.serve(PROJECT, "dpl_3f2c1a9live");
-        w.add_channel("#deploys");
-        w.crash_free.insert("3f2c1a9".into(), 0.921);
-        w.crash_free.insert("9be1c07".into(), 0.998);
-        w.sentry_projects
-            .insert("storefront-web".into(), 4505676595200000);
-    }
-    sim
-}
-
-/// The demo service's deployments: `(id, release, went live)`, oldest first.
-pub fn demo_history(now: i64) -> [(&'static str, &'static str, i64); 3] {
-    [
-        ("dpl_a1b2c3dgood", "a1b2c3d", now - 360 * MIN),
-        ("dpl_9be1c07good", "9be1c07", now - 180 * MIN),
-        ("dpl_3f2c1a9live", "3f2c1a9", now - 2 * MIN),
-    ]
-}
-
 /// Settings pointing every provider at the simulator.
 pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow::Result<Settings> {
-    Ok(Settings::from_toml(
-        &demo_config(Some(sim), db_url, listen, ""),
-        Vec::new(),
-    )?)
-}
-
-/// The demo's configuration as TOML: the storefront service with every
-/// provider at the simulator (or at a closed port without one), plus
-/// `service_extra` lines in its `[[services]]` table.
-pub fn demo_config(
-    sim: Option<&Running>,
-    db_url: &str,
-    listen: SocketAddr,
-    service_extra: &str,
-) -> String {
-    let base = |p| {
-        sim.map(|s| s.api_base(p))
-            .unwrap_or_else(|| "http://127.0.0.1:9".into())
-    };
-    format!(
-        r##"
-        [server]
-        listen = "{listen}"
-        [database]
-        url = "{db_url}"
-        [sentry]
-        client_secret = "{SENTRY_SECRET}"
-        [vercel]
-        token = "{VERCEL_TOKEN}"
-        webhook_secret = "{VERCEL_SECRET}"
-        api_base = "{vercel}"
-        [pagerduty]
-        routing_key = "{ROUTING_KEY}"
-        api_base = "{pagerduty}"
-        [slack]
-        bot_token = "{SLACK_TOKEN}"
-        channel = "#deploys"
-        api_base = "{slack}"
-        [engine]
-        poll_interval = "200ms"
-        [[services]]
-        name = "storefront"
-        sentry_projects = ["storefront-web"]
-        vercel_project = "{PROJECT}"
-        domains = ["{d0}", "{d1}"]
-        mode = "auto"
-        {service_extra}
-        "##,
-        vercel = base(Provider::Vercel),
-        pagerduty = base(Provider::Pagerduty),
-        slack = base(Provider::Slack),
-        d0 = DOMAINS[0],
-        d1 = DOMAINS[1],
-    )
-}
-
-/// Records the demo's deployments in a ledger directly (tests and benches;
-/// the demo itself goes through signed Vercel webhooks).
-pub async fn seed_ledger(
-    store: &crate::ledger::Store,
-    bake: Duration,
-) -> Result<(), crate::ledger::StoreError> {
-    for (id, sha, at) in demo_history(now_ms()) {
-        let d = crate::ledger::NewDeployment {
-            id: id.into(),
-            service: "storefront".into(),
-            release: Some(sha.into()),
-            ..Default::default()
-        };
-        store.record_deployment(&d).await?;
-        store.promote("storefront", id, at, bake).await?;
-    }
-    Ok(())
+    Ok(Config::new(DEMO, Bases::of(sim), db_url, listen).settings()?)
 }
 
 /// Runs the demo, printing the timeline to `out`. With `keep`, leaves
@@ -171,7 +53,7 @@ pub async fn seed_ledger(
 pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<DemoReport> {
     let dir = tempfile_dir()?;
     let db_url = format!("sqlite://{}", dir.join("backstop-demo.db").display());
-    let sim = demo_sim()
+    let sim = world(&DEMO)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("cannot start the simulator")?;
@@ -267,7 +149,7 @@ async fn script(
     )
     .await?;
     report.stale_skipped = status == 202
-        && stale_run.run.outcome.as_deref() == Some("skip")
+        && stale_run.run.outcome == Some(Outcome::Skip)
         && stale_run
             .run
             .reason
@@ -276,7 +158,7 @@ async fn script(
     writeln!(
         out,
         "\nstale alert (started 10 min ago): {} — {}",
-        stale_run.run.outcome.as_deref().unwrap_or("?"),
+        stale_run.run.outcome.map_or("?", |o| o.as_str()),
         stale_run.run.reason.as_deref().unwrap_or("?")
     )?;
 
@@ -318,7 +200,7 @@ async fn feed_ledger(
     http: &reqwest::Client,
     base: &str,
 ) -> anyhow::Result<()> {
-    for (id, sha, at) in demo_history(now_ms()) {
+    for (id, sha, at) in crate::sim::config::history(now_ms()) {
         let event = serde_json::json!({
             "id": format!("evt_{id}"), "type": "deployment.promoted", "createdAt": at, "region": "iad1",
             "payload": {"deployment": {"id": id, "name": "storefront", "url": format!("storefront-{}.vercel.app", &id[id.len() - 6..].to_lowercase()),
@@ -356,7 +238,7 @@ async fn wait_for(engine: &Engine, run: &RunId) -> anyhow::Result<RunDetail> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let d = engine.store().run_detail(run).await?;
-        if d.run.status == "done" || d.run.status == "failed" {
+        if matches!(d.run.status, RunStatus::Done | RunStatus::Failed) {
             return Ok(d);
         }
         if Instant::now() > deadline {
@@ -384,29 +266,26 @@ fn timeline(
     writeln!(
         out,
         "decision: {} — {}",
-        d.run.outcome.as_deref().unwrap_or("?"),
+        d.run.outcome.map_or("?", |o| o.as_str()),
         d.run.reason.as_deref().unwrap_or("?")
     )?;
-    if let Some(checks) = d.run.decision.as_ref().and_then(|v| v["checks"].as_array()) {
-        for c in checks {
-            let mark = if c["passed"] == true { "✓" } else { "✗" };
-            writeln!(
-                out,
-                "    {mark} {:>2} {:<22} {}",
-                c["rule"],
-                c["name"].as_str().unwrap_or(""),
-                c["detail"].as_str().unwrap_or("")
-            )?;
-        }
+    let decision = d
+        .run
+        .decision
+        .clone()
+        .and_then(|v| serde_json::from_value::<crate::policy::Decision>(v).ok());
+    for c in decision.iter().flat_map(|d| &d.checks) {
+        let mark = if c.passed { "✓" } else { "✗" };
+        let n = c.rule.number();
+        writeln!(out, "    {mark} {n:>2} {:<22} {}", c.name, c.detail)?;
     }
     let w = sim.sim.world();
     for write in &w.alias_writes {
         writeln!(out, "  {} re-aliased to {}", write.domain, write.deployment)?;
     }
-    let rollback = d.steps.iter().find(|s| s.name == "rollback");
-    let verified = rollback
-        .filter(|s| s.status == "succeeded")
-        .and_then(|s| s.output.clone())
+    let verified = d
+        .output_of(StepName::Rollback)
+        .cloned()
         .unwrap_or(Value::Null);
     for dom in verified["domains"].as_array().into_iter().flatten() {
         writeln!(

@@ -299,7 +299,7 @@ async fn sim(listen: std::net::SocketAddr, command: Option<SimCommand>) -> anyho
             let mut alert = crate::sim::sender::CrashAlert::critical(
                 &project,
                 &identifier,
-                crate::ledger::now_ms() - ago.as_millis() as i64,
+                crate::clock::now_ms() - ago.as_millis() as i64,
             );
             alert.action = action;
             let (status, body) = crate::sim::sender::deliver(
@@ -314,7 +314,7 @@ async fn sim(listen: std::net::SocketAddr, command: Option<SimCommand>) -> anyho
             Ok(())
         }
         None => {
-            let running = demo::demo_sim()
+            let running = crate::sim::config::world(&crate::sim::config::DEMO)
                 .start(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -355,7 +355,7 @@ fn known_service<'a>(
 }
 
 async fn sync(settings: &Settings, only: Option<&str>, limit: usize) -> anyhow::Result<()> {
-    let vercel = app::vercel_client(settings).context("vercel.token is required for sync")?;
+    let vercel = app::vercel_client(settings)?.context("vercel.token is required for sync")?;
     let store = app::open_store(settings).await?;
     if let Some(name) = only {
         known_service(settings, name)?;
@@ -392,7 +392,7 @@ async fn deployments(settings: &Settings, cmd: DeploymentsCommand) -> anyhow::Re
             live,
         } => {
             let svc = known_service(settings, &service)?;
-            let now = crate::ledger::now_ms();
+            let now = crate::clock::now_ms();
             store
                 .record_deployment(&NewDeployment {
                     id: id.clone(),

@@ -77,7 +77,7 @@ pub fn runs_list(runs: &[Run], json: bool) -> anyhow::Result<()> {
             time(Some(r.created_at_ms)),
             r.service.as_deref().unwrap_or("-"),
             r.status,
-            r.outcome.as_deref().unwrap_or("-"),
+            r.outcome.map_or("-", |o| o.as_str()),
             r.reason.as_deref().unwrap_or("-")
         );
     }
@@ -113,7 +113,7 @@ pub fn explain(d: &RunDetail) -> String {
     let _ = writeln!(
         out,
         "outcome    {}: {}",
-        r.outcome.as_deref().unwrap_or("(undecided)"),
+        r.outcome.map_or("(undecided)", |o| o.as_str()),
         r.reason.as_deref().unwrap_or("-")
     );
     if let Some(decision) = r
@@ -140,7 +140,8 @@ pub fn explain(d: &RunDetail) -> String {
         let _ = writeln!(out, "checks");
         for c in &decision.checks {
             let mark = if c.passed { "pass" } else { "STOP" };
-            let _ = writeln!(out, "  {:>2} {mark} {:<22} {}", c.rule, c.name, c.detail);
+            let n = c.rule.number();
+            let _ = writeln!(out, "  {n:>2} {mark} {:<22} {}", c.name, c.detail);
         }
     }
     let _ = writeln!(out, "steps");
@@ -154,28 +155,19 @@ pub fn explain(d: &RunDetail) -> String {
             time(s.finished_at_ms)
         );
         if let Some(err) = &s.error {
-            let _ = writeln!(
-                out,
-                "            error: {}",
-                err.get("message").and_then(|m| m.as_str()).unwrap_or("?")
-            );
+            let _ = writeln!(out, "            error: {}", err.message);
         }
         for a in d.attempts.iter().filter(|a| a.step == s.name) {
             let took = a
                 .finished_at_ms
                 .map(|f| format!("{} ms", f - a.started_at_ms))
                 .unwrap_or_else(|| "unfinished".into());
-            let err = a
-                .error
-                .as_ref()
-                .and_then(|e| e.get("message"))
-                .and_then(|m| m.as_str())
-                .unwrap_or("");
+            let err = a.error.as_ref().map_or("", |e| e.message.as_str());
             let _ = writeln!(
                 out,
                 "      #{} {:<9} {:<10} {}",
                 a.attempt,
-                a.outcome.as_deref().unwrap_or("in flight"),
+                a.outcome.map_or("in flight", |o| o.as_str()),
                 took,
                 err
             );

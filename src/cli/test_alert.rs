@@ -12,10 +12,11 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::app;
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::ingest::sentry::{self, Resource};
-use crate::ledger::{now_ms, Ingested, NewAlert};
+use crate::ledger::{Ingested, NewAlert};
 use crate::policy::map_service;
 
 /// Options of the command.
@@ -54,9 +55,9 @@ pub async fn run(
         body.as_bytes(),
     )?;
     let store = app::open_store(&settings).await?;
-    let providers = app::providers(&settings);
-    let service = map_service(&alert, &settings.services).map(|s| s.name.clone());
-    let engine = Engine::new(store.clone(), Arc::new(settings), providers);
+    let providers = app::providers(&settings)?;
+    let service = map_service(&alert, &settings.policies()).map(|s| s.name.to_string());
+    let engine = Engine::new(store.clone(), Arc::new(settings), providers)?;
     let decision = engine
         .preview(resource, &body)
         .await
@@ -66,14 +67,14 @@ pub async fn run(
         out,
         "outcome: {} (rule {}) — {}",
         decision.outcome.as_str(),
-        decision.rule,
+        decision.rule.number(),
         decision.reason
     )?;
     for c in &decision.checks {
         writeln!(
             out,
             "  {:>2} {} {:<22} {}",
-            c.rule,
+            c.rule.number(),
             if c.passed { "pass" } else { "STOP" },
             c.name,
             c.detail
@@ -119,7 +120,8 @@ pub async fn run(
     let run = match store.ingest_alert(&new).await? {
         Ingested::Stored(run) | Ingested::Duplicate(run) => run,
     };
-    engine.run_until_idle().await?;
+    // Only this run: a rehearsal never executes other alerts' runs.
+    engine.run_one(&run).await?;
     write!(out, "\n{}", super::explain(&store.run_detail(&run).await?))?;
     Ok(())
 }

@@ -1,93 +1,93 @@
 //! The `decide` step: gather the facts (ledger history, and the domains'
 //! live targets from Vercel when rule 7 needs them), apply the pure policy,
-//! and store the decision with the steps it calls for, in one transaction.
+//! and store the decision with the steps its plan calls for, in one
+//! transaction.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::step::{Finished, StepError};
-use super::{Engine, EngineError};
-use crate::config::ServiceSettings;
+use super::{Engine, EngineError, RunCtx};
+use crate::clock::now_ms;
+use crate::config::{PagerDutyMode, ServiceSettings, Strategy};
 use crate::ingest::sentry::{self, Resource};
-use crate::ledger::{now_ms, ClaimedRun, DecisionRecord, History};
-use crate::policy::{self, Decision, DomainTarget, Inputs, Outcome};
+use crate::ledger::{DecisionRecord, History, Outcome, RunId, StepName};
+use crate::policy::{self, Decision, DomainTarget, Inputs, Missing};
 
 impl Engine {
-    /// The `decide` step; returns what was stored, so the next steps need
-    /// not read it back.
-    pub(super) async fn decide(&self, claimed: &ClaimedRun) -> Result<DecisionRecord, EngineError> {
-        let run = &claimed.run.id;
+    /// The `decide` step. The record it stores is kept on the run context,
+    /// so the next steps need not read it back.
+    pub(super) async fn decide(&self, ctx: &RunCtx) -> Result<bool, EngineError> {
         let deadline = self.settings().engine.rollback_deadline;
         let finished = self
-            .attempt_loop(run, "decide", deadline, false, |_| async {
-                let decision = self.decide_once(claimed).await?;
+            .attempt_loop(ctx, StepName::Decide, deadline, false, |_| async {
+                let decision = self.decide_once(ctx).await?;
                 serde_json::to_value(&decision)
                     .map_err(|e| StepError::fatal("internal", e.to_string()))
             })
             .await?;
-        let mut decided_attempt = None;
-        let (decision, unreadable_error): (Decision, _) = match finished {
+        let (decision, attempt, unreadable) = match finished {
             Finished::Succeeded(v, attempt) => {
-                decided_attempt = Some(attempt);
-                (
-                    serde_json::from_value(v).map_err(|e| {
-                        EngineError::Store(crate::ledger::StoreError::Corrupt(format!(
-                            "decision: {e}"
-                        )))
-                    })?,
-                    None,
-                )
+                let d: Decision = serde_json::from_value(v)
+                    .map_err(|e| StepError::fatal("internal", format!("decision: {e}")))
+                    .unwrap_or_else(|e| self.unreadable(ctx, &e, None));
+                (d, Some(attempt), None)
             }
             Finished::Failed(e) => {
-                let mut d = unreadable(claimed, &e);
                 // Name the live deployment when the ledger knows it, so the
                 // page joins that deployment's incident.
-                if let Some(service) = &claimed.run.service {
-                    if let Ok(h) = self.store().history(service, run, now_ms()).await {
-                        d.live = h.deployments.iter().find(|x| x.live).map(Into::into);
-                    }
-                }
-                (d, Some(e))
+                let live = match &ctx.claimed.run.service {
+                    Some(service) => self
+                        .store()
+                        .history(service, &ctx.claimed.run.id, now_ms())
+                        .await
+                        .ok()
+                        .and_then(|h| h.deployments.iter().find(|x| x.live).map(Into::into)),
+                    None => None,
+                };
+                (self.unreadable(ctx, &e, live), None, Some(e))
             }
         };
         let mut record = self.record(&decision);
-        record.attempt = decided_attempt;
-        tracing::info!(outcome = record.outcome, rule = decision.rule, reason = %decision.reason, "decided");
-        self.store().save_decision(run, &record).await?;
-        if let Some(e) = &unreadable_error {
+        record.attempt = attempt;
+        tracing::info!(outcome = %record.outcome, rule = %decision.rule, reason = %decision.reason, "decided");
+        let claim = &ctx.claimed.claim;
+        self.store().save_decision(claim, &record).await?;
+        if let Some(e) = &unreadable {
             // The escalation goes out, and the run ends failed with the provider's words.
             self.store()
                 .finish_step(
-                    run,
-                    "decide",
-                    crate::ledger::step_status::FAILED,
+                    claim,
+                    StepName::Decide,
+                    crate::ledger::StepStatus::Failed,
                     None,
-                    Some(&e.envelope()),
+                    Some(e),
                 )
                 .await?;
         }
-        Ok(record)
+        let _ = ctx.decided.set(record);
+        Ok(unreadable.is_none())
     }
 
-    async fn decide_once(&self, claimed: &ClaimedRun) -> Result<Decision, StepError> {
-        self.evaluate(
-            &claimed.resource,
-            &claimed.body,
-            claimed.received_at_ms,
-            &claimed.run.id,
-        )
-        .await
+    fn unreadable(
+        &self,
+        ctx: &RunCtx,
+        e: &StepError,
+        live: Option<policy::DeploymentRef>,
+    ) -> Decision {
+        policy::facts_unreadable(ctx.claimed.run.service.clone(), live, e)
+    }
+
+    async fn decide_once(&self, ctx: &RunCtx) -> Result<Decision, StepError> {
+        let c = &ctx.claimed;
+        self.evaluate(&c.resource, &c.body, c.received_at_ms, &c.run.id)
+            .await
     }
 
     /// Decides on an alert body without storing anything: `test-alert` uses
     /// this to show what would happen.
     pub async fn preview(&self, resource: &str, body: &str) -> Result<Decision, StepError> {
-        self.evaluate(
-            resource,
-            body,
-            now_ms(),
-            &crate::ledger::RunId(String::new()),
-        )
-        .await
+        self.evaluate(resource, body, now_ms(), &RunId(String::new()))
+            .await
     }
 
     /// Gathers the facts and applies the policy; `run` is left out of the
@@ -97,16 +97,17 @@ impl Engine {
         resource: &str,
         body: &str,
         received_at_ms: i64,
-        run: &crate::ledger::RunId,
+        run: &RunId,
     ) -> Result<Decision, StepError> {
         let resource = Resource::from_header(resource).ok_or_else(|| {
             StepError::fatal("bad_resource", format!("unknown resource {resource}"))
         })?;
         let alert = sentry::parse(resource, body.as_bytes())
             .map_err(|e| StepError::fatal("malformed", e.to_string()))?;
-        let services = &self.settings().services;
+        let settings = self.settings();
+        let policies = settings.policies();
         let now = now_ms();
-        let svc = policy::map_service(&alert, services);
+        let svc = policy::map_service(&alert, &policies).and_then(|p| settings.service(p.name));
         // For a critical alert of a mapped service, read the domains while
         // the ledger is read: rule 7 almost always needs them, and this is
         // the way to the first alias write. A stale alert wastes the reads.
@@ -124,15 +125,15 @@ impl Engine {
         let history = history.map_err(|e| StepError::retryable("store", e.to_string()))?;
         let mut inputs = Inputs {
             alert: &alert,
-            services,
+            services: &policies,
             history: &history,
             production: None,
             received_at_ms,
             now_ms: now,
         };
-        let decision = policy::decide(inputs);
-        if decision.outcome != Outcome::NeedsProductionState {
-            return Ok(decision);
+        match policy::decide(inputs) {
+            Ok(decision) => return Ok(decision),
+            Err(Missing::ProductionState) => {}
         }
         let production = match (production, svc) {
             (Some(read), _) => read?,
@@ -140,7 +141,8 @@ impl Engine {
             (None, None) => return Err(StepError::fatal("internal", "unmapped after mapping")),
         };
         inputs.production = Some(&production);
-        Ok(policy::decide(inputs))
+        policy::decide(inputs)
+            .map_err(|m| StepError::fatal("internal", format!("still missing {m:?}")))
     }
 
     /// The provider calls a decision leads to, for people to read.
@@ -151,22 +153,22 @@ impl Engine {
         };
         let vercel = &settings.vercel.api_base;
         let mut calls = Vec::new();
-        for step in self.steps_for(d) {
-            match step.as_str() {
-                "rollback" => {
+        for step in self.plan(d) {
+            match step {
+                StepName::Rollback => {
                     let to = d.target.as_ref().map(|t| t.id.as_str()).unwrap_or("?");
                     match svc.strategy {
-                        crate::config::Strategy::Alias => {
+                        Strategy::Alias => {
                             for dom in &svc.domains {
                                 calls.push(format!("POST {vercel}/v2/deployments/{to}/aliases {{\"alias\":\"{dom}\"}}"));
                             }
                         }
-                        crate::config::Strategy::VercelRollback => {
+                        Strategy::VercelRollback => {
+                            let project = &svc.vercel_project;
                             calls.push(format!(
-                                "POST {vercel}/v1/projects/{}/rollback/{to}?description=...",
-                                svc.vercel_project
+                                "POST {vercel}/v1/projects/{project}/rollback/{to}?description=..."
                             ));
-                            calls.push(format!("GET {vercel}/v9/projects/{} until lastAliasRequest.jobStatus = succeeded", svc.vercel_project));
+                            calls.push(format!("GET {vercel}/v9/projects/{project} until lastAliasRequest.jobStatus = succeeded"));
                         }
                     }
                     for dom in &svc.domains {
@@ -175,25 +177,21 @@ impl Engine {
                         ));
                     }
                 }
-                "page" => {
-                    let key = super::notify::dedup_key(&svc.name, d);
-                    let action = if d.outcome == Outcome::Resolution {
-                        "resolve"
-                    } else {
-                        "trigger"
+                StepName::Page => {
+                    let key = super::incident_key(&svc.name, d);
+                    let action = match d.outcome {
+                        Outcome::Resolution => "resolve",
+                        _ => "trigger",
                     };
+                    let base = settings.pagerduty.base();
                     calls.push(match settings.pagerduty.mode {
-                        crate::config::PagerDutyMode::Events => format!(
-                            "POST {}/v2/enqueue event_action={action} dedup_key={key}",
-                            settings.pagerduty.base()
-                        ),
-                        crate::config::PagerDutyMode::Rest => format!(
-                            "POST {}/incidents incident_key={key}",
-                            settings.pagerduty.base()
-                        ),
+                        PagerDutyMode::Events => {
+                            format!("POST {base}/v2/enqueue event_action={action} dedup_key={key}")
+                        }
+                        PagerDutyMode::Rest => format!("POST {base}/incidents incident_key={key}"),
                     });
                 }
-                "announce" => {
+                StepName::Announce => {
                     let channel = svc
                         .slack_channel
                         .clone()
@@ -204,7 +202,7 @@ impl Engine {
                         settings.slack.api_base
                     ));
                 }
-                _ => {}
+                StepName::Decide | StepName::Resync | StepName::Followup => {}
             }
         }
         calls
@@ -215,61 +213,26 @@ impl Engine {
         &self,
         svc: &ServiceSettings,
     ) -> Result<Vec<DomainTarget>, StepError> {
-        let vercel = self.vercel().map_err(|e| *e)?;
+        let vercel = self.vercel()?;
         // Every domain at once: this is on the way to the first alias write.
-        let mut reads = tokio::task::JoinSet::new();
-        for (i, domain) in svc.domains.iter().enumerate() {
-            let (vercel, domain) = (vercel.clone(), domain.clone());
-            reads.spawn(async move { (i, vercel.alias_target(&domain).await, domain) });
-        }
-        let mut out: Vec<(usize, DomainTarget)> = Vec::with_capacity(svc.domains.len());
-        while let Some(read) = reads.join_next().await {
-            let (i, result, domain) =
-                read.map_err(|e| StepError::retryable("internal", e.to_string()))?;
-            out.push((
-                i,
-                DomainTarget {
-                    domain,
-                    deployment_id: result?,
-                },
-            ));
-        }
-        out.sort_by_key(|(i, _)| *i);
-        Ok(out.into_iter().map(|(_, d)| d).collect())
+        let reads = svc.domains.iter().map(|domain| async move {
+            let deployment_id = vercel.alias_target(domain).await?;
+            Ok::<_, StepError>(DomainTarget {
+                domain: domain.clone(),
+                deployment_id,
+            })
+        });
+        futures_util::future::try_join_all(reads).await
     }
 
-    /// The steps an outcome calls for, given what is configured.
-    pub(crate) fn steps_for(&self, d: &Decision) -> Vec<String> {
+    /// The steps a decision calls for, given what is configured.
+    pub(crate) fn plan(&self, d: &Decision) -> Vec<StepName> {
         let settings = self.settings();
         let Some(svc) = d.service.as_deref().and_then(|s| settings.service(s)) else {
             return vec![];
         };
-        let (page, announce) = match d.outcome {
-            Outcome::Rollback | Outcome::Escalate => (true, true),
-            Outcome::DryRun => (svc.page_on_dry_run, true),
-            Outcome::Resolution => (svc.resolve_on_recovery, true),
-            // Critical alerts for a mapped service that were not acted on.
-            Outcome::Skip => (false, svc.announce_skips && matches!(d.rule, 6..=8)),
-            Outcome::NeedsProductionState => (false, false),
-        };
-        let mut steps = Vec::new();
-        if d.outcome == Outcome::Rollback {
-            steps.push("rollback".to_string());
-        }
-        if d.outcome == Outcome::Skip && d.rule == 7 {
-            // Someone changed production: bring the ledger up to date.
-            steps.push("resync".to_string());
-        }
-        if page && settings.pagerduty.enabled() {
-            steps.push("page".into());
-        }
-        if announce && settings.slack.enabled() {
-            steps.push("announce".into());
-        }
-        if steps.iter().any(|s| s == "page") && steps.iter().any(|s| s == "announce") {
-            steps.push("followup".into());
-        }
-        steps
+        let ctx = svc.plan_context(settings.pagerduty.enabled(), settings.slack.enabled());
+        policy::plan(d, &ctx)
     }
 
     pub(crate) fn vercel(&self) -> Result<&crate::providers::vercel::VercelClient, Box<StepError>> {
@@ -282,52 +245,22 @@ impl Engine {
     }
 
     pub(super) fn record(&self, d: &Decision) -> DecisionRecord {
-        let steps = self.steps_for(d);
-        let (from, to) = match d.outcome {
-            Outcome::Rollback | Outcome::DryRun => (
-                d.live.as_ref().map(|l| l.id.clone()),
-                d.target.as_ref().map(|t| t.id.clone()),
-            ),
-            _ => (None, None),
-        };
+        let target = d.target.as_ref().map(|t| t.id.clone());
+        let from = d.live.as_ref().map(|l| l.id.clone());
         DecisionRecord {
             service: d.service.clone(),
-            outcome: d.outcome.as_str().into(),
+            outcome: d.outcome,
             reason: d.reason.clone(),
             detail: serde_json::to_value(d).unwrap_or(Value::Null),
-            rollback_from: if d.outcome == Outcome::Rollback {
-                from
-            } else {
-                None
-            },
-            rollback_to: to,
-            alerted_live: d
-                .alert_hit_live()
-                .then(|| d.live.as_ref().map(|l| l.id.clone()))
+            rollback_from: (d.outcome == Outcome::Rollback)
+                .then(|| from.clone())
                 .flatten(),
-            steps,
+            rollback_to: matches!(d.outcome, Outcome::Rollback | Outcome::DryRun)
+                .then_some(target)
+                .flatten(),
+            alerted_live: d.alert_hit_live().then_some(from).flatten(),
+            steps: self.plan(d),
             attempt: None,
         }
-    }
-}
-
-/// The decision when the facts could not be gathered in time: escalate,
-/// never stay silent on a critical alert.
-fn unreadable(claimed: &ClaimedRun, e: &StepError) -> Decision {
-    let reason = format!("live state unknown: {}", e.message);
-    Decision {
-        outcome: Outcome::Escalate,
-        rule: 5,
-        reason: reason.clone(),
-        service: claimed.run.service.clone(),
-        live: None,
-        target: None,
-        alert_started_at_ms: None,
-        checks: vec![policy::Check {
-            rule: 5,
-            name: "facts readable".into(),
-            passed: false,
-            detail: json!(e.envelope()).to_string(),
-        }],
     }
 }

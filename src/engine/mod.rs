@@ -1,30 +1,43 @@
 //! Durable runs. A worker claims a run under a lease, claims its service (so
 //! one service is decided and rolled back by one run at a time, across
-//! instances), and executes its steps in order: `decide`, then `rollback`,
-//! then the notification steps. Every attempt is stored before and after it
-//! runs; a step's outcome is stored before the next starts; a run whose
-//! worker died is taken over when its lease lapses and resumes at the first
-//! unfinished step.
+//! instances), and executes its steps phase by phase (see
+//! [`StepName::phase`]): `decide`, then `rollback` or `resync`, then `page`
+//! and `announce` side by side, then `followup`. Every attempt is stored
+//! before and after it runs; a step's outcome is stored before the next
+//! phase starts; every write carries the run's claim, so a worker whose
+//! claim was taken over changes nothing ([`EngineError::LostClaim`]); a run
+//! whose worker died is taken over when its lease lapses and resumes at the
+//! first unfinished step.
+//!
+//! Adding a step: a variant of [`StepName`] (with its phase), a line in
+//! `policy::plan`, its own file here, and its arm in [`Engine::run_step`].
 
+mod announce;
 mod decide;
-mod notify;
+mod facts;
+mod page;
+mod resync;
 mod rollback;
 mod step;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::config::Settings;
-use crate::ledger::{run_status, step_status, ClaimedRun, Store, StoreError};
-use crate::providers::vercel::VercelClient;
-
-pub use notify::dedup_key;
-pub use step::StepError;
-
+use crate::ledger::{
+    ClaimedRun, DecisionRecord, Phase, RunId, RunStatus, StepName, StepStatus, Store, StoreError,
+};
+use crate::notice::Templates;
 use crate::providers::pagerduty::PagerDutyClient;
 use crate::providers::slack::SlackClient;
+use crate::providers::vercel::VercelClient;
+
+pub use page::incident_key;
+pub use step::StepError;
 
 /// The provider clients the engine calls; `None` where not configured.
 #[derive(Clone, Default)]
@@ -43,10 +56,25 @@ pub struct Providers {
 pub enum EngineError {
     /// The store failed; the run stays claimed until its lease lapses.
     #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Another worker took the run over.
+    Store(StoreError),
+    /// Another worker took the run over; this one stopped and changed nothing.
     #[error("lost the claim on run {0}")]
-    LostClaim(String),
+    LostClaim(RunId),
+    /// The run's service is no longer in the configuration.
+    #[error("service `{0}` is no longer configured")]
+    ServiceGone(String),
+    /// A configured template does not compile.
+    #[error("templates: {0}")]
+    Templates(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LostClaim(run) => EngineError::LostClaim(run),
+            other => EngineError::Store(other),
+        }
+    }
 }
 
 /// Executes runs. Cheap to clone.
@@ -61,33 +89,57 @@ struct Inner {
     store: Store,
     settings: Arc<Settings>,
     providers: Providers,
+    templates: Templates,
     wake: Notify,
     failpoint: Option<String>,
-    /// Runs whose lease a heartbeat failed to renew: another instance may own them now.
-    lost: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A run being worked on: the claim, what the heartbeat learned, and the
+/// decision once it is made (so later steps need not read it back).
+pub(crate) struct RunCtx {
+    claimed: ClaimedRun,
+    lost: Arc<AtomicBool>,
+    decided: OnceLock<DecisionRecord>,
+}
+
+impl RunCtx {
+    /// `LostClaim` once a heartbeat found the claim gone: the next attempt
+    /// would act beside the new owner, so it does not start.
+    pub(crate) fn still_held(&self) -> Result<(), EngineError> {
+        match self.lost.load(Ordering::SeqCst) {
+            true => Err(EngineError::LostClaim(self.claimed.run.id.clone())),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Engine {
-    /// An engine for this process.
-    pub fn new(store: Store, settings: Arc<Settings>, providers: Providers) -> Self {
+    /// An engine for this process. Fails when a template does not compile.
+    pub fn new(
+        store: Store,
+        settings: Arc<Settings>,
+        providers: Providers,
+    ) -> Result<Self, EngineError> {
+        let templates =
+            Templates::compile(&settings).map_err(|e| EngineError::Templates(e.to_string()))?;
         let worker = format!(
             "{}-{}",
             std::process::id(),
             &uuid::Uuid::now_v7().simple().to_string()[20..]
         );
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 settings,
                 providers,
+                templates,
                 wake: Notify::new(),
                 failpoint: std::env::var("BACKSTOP_FAILPOINT")
                     .ok()
                     .filter(|f| !f.is_empty()),
-                lost: Default::default(),
             }),
             worker: worker.into(),
-        }
+        })
     }
 
     /// The store behind the engine.
@@ -129,14 +181,14 @@ impl Engine {
         body: &str,
         received_at_ms: i64,
     ) -> Result<crate::ledger::Ingested, StoreError> {
-        let services = &self.settings().services;
-        let decided = crate::policy::decide_from_alert(alert, services, received_at_ms)
+        let policies = self.settings().policies();
+        let decided = crate::policy::decide_from_alert(alert, &policies, received_at_ms)
             .map(|d| self.record(&d));
         let new = crate::ledger::NewAlert {
             dedup_key: alert.dedup_key(),
             resource: resource.to_string(),
             action: alert.action.clone(),
-            service: crate::policy::map_service(alert, services).map(|s| s.name.clone()),
+            service: crate::policy::map_service(alert, &policies).map(|s| s.name.to_string()),
             body: body.to_string(),
             received_at_ms,
             decided,
@@ -160,6 +212,33 @@ impl Engine {
             worked += 1;
         }
         Ok(worked)
+    }
+
+    /// Works one run (and no other) until it is finished; `backstop
+    /// test-alert` uses this, so a rehearsal never executes other alerts.
+    pub async fn run_one(&self, run: &RunId) -> Result<(), EngineError> {
+        let deadline = std::time::Instant::now() + 4 * self.lease();
+        loop {
+            let status = self.store().run(run).await?.status;
+            if matches!(status, RunStatus::Done | RunStatus::Failed) {
+                return Ok(());
+            }
+            let claimed = self
+                .store()
+                .claim_run_by_id(run, self.worker_id(), self.lease())
+                .await?;
+            match claimed {
+                Some(claimed) => self.process(claimed).await?,
+                // Another run of the service holds it: wait for it, bounded.
+                None if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                None => {
+                    let why = format!("run {run} stayed held by another worker");
+                    return Err(EngineError::Store(StoreError::Conflict(why)));
+                }
+            }
+        }
     }
 
     /// The background worker: runs until `shutdown` resolves, finishing the
@@ -200,156 +279,106 @@ impl Engine {
     /// Works one claimed run as far as it can go.
     #[tracing::instrument(skip_all, fields(run.id = %claimed.run.id, service = claimed.run.service.as_deref().unwrap_or("-")))]
     async fn process(&self, claimed: ClaimedRun) -> Result<(), EngineError> {
-        let run = claimed.run.id.clone();
+        let claim = claimed.claim.clone();
         let service = claimed.run.service.clone();
         if let Some(service) = &service {
             if !self
                 .store()
-                .claim_service(service, &run, self.lease())
+                .claim_service(service, &claim, self.lease())
                 .await?
             {
                 // Another run of this service is deciding or rolling back.
                 self.store()
-                    .defer_run(&run, self.worker_id(), Duration::from_millis(200))
+                    .defer_run(&claim, Duration::from_millis(200))
                     .await?;
                 return Ok(());
             }
         }
-        let heartbeat = self.heartbeat(&run);
-        let result = self.process_held(&claimed, service.as_deref()).await;
+        let ctx = RunCtx {
+            claimed,
+            lost: Arc::new(AtomicBool::new(false)),
+            decided: OnceLock::new(),
+        };
+        let heartbeat = self.heartbeat(&ctx);
+        let result = self.process_held(&ctx, service.as_deref()).await;
         heartbeat.abort();
-        self.inner
-            .lost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&run.0);
         result
     }
 
-    async fn process_held(
-        &self,
-        claimed: &ClaimedRun,
-        service: Option<&str>,
-    ) -> Result<(), EngineError> {
-        let run = claimed.run.id.clone();
-        // Deciding and rolling back hold the service; notifying does not.
-        let acted = self.decide_and_roll_back(claimed).await;
-        if let Some(service) = service {
-            self.store().release_service(service, &run).await?;
-        }
-        let ok = acted? & self.notify(claimed).await?;
-        self.failpoint("before-finish").await;
-        let steps = self.store().steps(&run).await?;
-        let failed = !ok || steps.iter().any(|s| s.status == step_status::FAILED);
-        let status = if failed {
-            run_status::FAILED
-        } else {
-            run_status::DONE
+    /// Runs the unfinished steps phase by phase; the service is held while
+    /// deciding and acting, and released before telling.
+    async fn process_held(&self, ctx: &RunCtx, service: Option<&str>) -> Result<(), EngineError> {
+        let claim = &ctx.claimed.claim;
+        // Not decided yet: only `decide` exists, no need to read the steps.
+        let mut pending: BTreeSet<StepName> = match ctx.claimed.run.decided_at_ms {
+            None => [StepName::Decide].into(),
+            Some(_) => self.pending(ctx).await?,
         };
-        if !self
-            .store()
-            .finish_run(&run, status, self.worker_id())
-            .await?
-        {
-            return Err(EngineError::LostClaim(run.to_string()));
+        let mut ok = true;
+        let mut holding = service;
+        for phase in [Phase::Decide, Phase::Act, Phase::Tell, Phase::FollowUp] {
+            if let (Some(s), false) = (holding, phase.holds_service()) {
+                self.store().release_service(s, claim).await?;
+                holding = None;
+            }
+            let steps: Vec<StepName> = pending
+                .iter()
+                .copied()
+                .filter(|s| s.phase() == phase)
+                .collect();
+            let results =
+                futures_util::future::join_all(steps.iter().map(|s| self.run_step(ctx, *s))).await;
+            for r in results {
+                ok &= r?;
+            }
+            if phase == Phase::Decide && !steps.is_empty() {
+                self.failpoint("after-decide").await;
+                // Just stored: its steps are the pending ones.
+                pending = ctx
+                    .decided
+                    .get()
+                    .map(|d| d.steps.iter().copied().collect())
+                    .unwrap_or_default();
+            }
         }
-        tracing::info!(status, "run finished");
+        if let Some(s) = holding {
+            self.store().release_service(s, claim).await?;
+        }
+        self.failpoint("before-finish").await;
+        let failed = !ok
+            || self
+                .store()
+                .steps(&claim.run)
+                .await?
+                .iter()
+                .any(|s| s.status == StepStatus::Failed);
+        let status = match failed {
+            true => RunStatus::Failed,
+            false => RunStatus::Done,
+        };
+        self.store().finish_run(claim, status).await?;
+        tracing::info!(status = %status, "run finished");
         Ok(())
     }
 
-    /// The `decide` and `rollback` steps, whichever are unfinished; false
-    /// when the rollback failed.
-    async fn decide_and_roll_back(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
-        let run = &claimed.run.id;
-        // Not decided yet: only `decide` exists, no need to read the steps.
-        let mut pending = match claimed.run.decided_at_ms {
-            None => std::iter::once("decide".to_string()).collect(),
-            Some(_) => self.pending(run).await?,
-        };
-        let mut plan = None;
-        if pending.contains("decide") {
-            let record = self.decide(claimed).await?;
-            self.failpoint("after-decide").await;
-            // Just stored: its steps are the pending ones.
-            pending = record.steps.iter().cloned().collect();
-            if let (Some(s), Some(f), Some(t)) =
-                (record.service, record.rollback_from, record.rollback_to)
-            {
-                plan = Some((s, f, t));
-            }
+    /// The one dispatcher: every step, by name. True when it succeeded.
+    async fn run_step(&self, ctx: &RunCtx, step: StepName) -> Result<bool, EngineError> {
+        match step {
+            StepName::Decide => self.decide(ctx).await,
+            StepName::Rollback => self.rollback(ctx).await,
+            StepName::Resync => self.resync(ctx).await,
+            StepName::Page => self.page(ctx).await,
+            StepName::Announce => self.announce(ctx).await,
+            StepName::Followup => self.followup(ctx).await,
         }
-        if pending.contains("rollback") {
-            return self.rollback(claimed, plan).await;
-        }
-        if pending.contains("resync") {
-            return self.resync(claimed).await;
-        }
-        Ok(true)
     }
 
-    /// `page` and `announce` side by side, then `followup`; false when one failed.
-    async fn notify(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
-        let run = &claimed.run.id;
-        let pending = self.pending(run).await?;
-        let (paged, announced) = tokio::join!(
-            async {
-                if pending.contains("page") {
-                    self.page(claimed).await
-                } else {
-                    Ok(true)
-                }
-            },
-            async {
-                if pending.contains("announce") {
-                    self.announce(claimed).await
-                } else {
-                    Ok(true)
-                }
-            },
-        );
-        let mut ok = paged? & announced?;
-        if pending.contains("followup") {
-            ok &= self.followup(claimed).await?;
-        }
-        Ok(ok)
-    }
-
-    /// The `resync` step: production changed under the ledger (rule 7), so
-    /// import the service's production deployments and live alias again.
-    async fn resync(&self, claimed: &ClaimedRun) -> Result<bool, EngineError> {
-        let run = &claimed.run.id;
-        let service = claimed.run.service.clone().unwrap_or_default();
-        let (Some(svc), Some(vercel)) = (
-            self.settings().service(&service).cloned(),
-            self.inner.providers.vercel.clone(),
-        ) else {
-            return Ok(true);
-        };
-        let deadline = self.settings().engine.step_deadline;
-        let (store, svc, vercel) = (self.store(), &svc, &vercel);
-        let finished = self
-            .attempt_loop(run, "resync", deadline, true, move |_| async move {
-                let report = crate::feed::sync_service(store, vercel, svc, 20)
-                    .await
-                    .map_err(|e| match e {
-                        crate::feed::SyncError::Provider(p) => StepError::from(p),
-                        other => StepError::retryable("store", other.to_string()),
-                    })?;
-                Ok(serde_json::json!({"imported": report.imported, "live": report.live}))
-            })
-            .await?;
-        Ok(matches!(finished, step::Finished::Succeeded(..)))
-    }
-
-    /// Names of the run's unfinished steps.
-    async fn pending(
-        &self,
-        run: &crate::ledger::RunId,
-    ) -> Result<std::collections::HashSet<String>, EngineError> {
-        let steps = self.store().steps(run).await?;
+    /// The run's unfinished steps.
+    async fn pending(&self, ctx: &RunCtx) -> Result<BTreeSet<StepName>, EngineError> {
+        let steps = self.store().steps(&ctx.claimed.run.id).await?;
         Ok(steps
             .into_iter()
-            .filter(|s| s.status == step_status::PENDING)
+            .filter(|s| s.status == StepStatus::Pending)
             .map(|s| s.name)
             .collect())
     }
@@ -357,43 +386,25 @@ impl Engine {
     /// Renews the run's lease (and its service claim) every third of a
     /// lease while the run is worked on, however long one attempt takes. If
     /// a renewal finds the claim gone, the run is marked lost: its next
-    /// attempt stops instead of acting beside the new owner.
-    fn heartbeat(&self, run: &crate::ledger::RunId) -> tokio::task::JoinHandle<()> {
-        let (engine, run) = (self.clone(), run.clone());
+    /// attempt does not start (and any write it tries is fenced anyway).
+    fn heartbeat(&self, ctx: &RunCtx) -> tokio::task::JoinHandle<()> {
+        let (engine, claim, lost) = (self.clone(), ctx.claimed.claim.clone(), ctx.lost.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(engine.lease() / 3).await;
-                match engine
-                    .store()
-                    .renew_run(&run, engine.worker_id(), engine.lease())
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(run.id = %run, "lease lost; another instance owns this run now");
-                        engine
-                            .inner
-                            .lost
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(run.0.clone());
+                match engine.store().renew_run(&claim, engine.lease()).await {
+                    Ok(()) => {}
+                    Err(StoreError::LostClaim(_)) => {
+                        tracing::warn!(run.id = %claim.run, "lease lost; another instance owns this run now");
+                        lost.store(true, Ordering::SeqCst);
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(run.id = %run, error = %e, "cannot renew the lease; will retry")
+                        tracing::warn!(run.id = %claim.run, error = %e, "cannot renew the lease; will retry")
                     }
                 }
             }
         })
-    }
-
-    /// True when a heartbeat found this worker's claim on `run` gone.
-    pub(crate) fn is_lost(&self, run: &crate::ledger::RunId) -> bool {
-        self.inner
-            .lost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&run.0)
     }
 
     /// A test hook: with `BACKSTOP_FAILPOINT=<name>` set, the run in hand
@@ -405,5 +416,20 @@ impl Engine {
             eprintln!("BACKSTOP_FAILPOINT {name} reached");
             std::future::pending::<()>().await;
         }
+    }
+
+    /// The configured service `name`, or `ServiceGone`.
+    pub(crate) fn service(
+        &self,
+        name: &str,
+    ) -> Result<&crate::config::ServiceSettings, EngineError> {
+        self.settings()
+            .service(name)
+            .ok_or_else(|| EngineError::ServiceGone(name.to_string()))
+    }
+
+    /// The compiled templates.
+    pub(crate) fn templates(&self) -> &Templates {
+        &self.inner.templates
     }
 }

@@ -9,49 +9,42 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::step::{Finished, StepError};
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, RunCtx};
+use crate::clock::now_ms;
 use crate::config::{ServiceSettings, Strategy};
-use crate::ledger::{now_ms, ClaimedRun, StoreError};
+use crate::ledger::{RollbackDone, StepName, StepStatus, StoreError};
 
 /// How long to follow an Instant Rollback job before giving this attempt up.
 const JOB_WAIT: Duration = Duration::from_secs(60);
 
 impl Engine {
-    /// The `rollback` step. `plan` is `(service, from, to)` when the decision
-    /// was just made here; a resumed run reads it from the store.
-    pub(super) async fn rollback(
-        &self,
-        claimed: &ClaimedRun,
-        plan: Option<(String, String, String)>,
-    ) -> Result<bool, EngineError> {
-        let run = &claimed.run.id;
-        let plan = match plan {
-            Some(plan) => Some(plan),
+    /// The `rollback` step. The plan comes from the decision just made, or
+    /// from the stored run when the run was resumed.
+    pub(super) async fn rollback(&self, ctx: &RunCtx) -> Result<bool, EngineError> {
+        let run = &ctx.claimed.run.id;
+        let (service, from, to) = match ctx.decided.get() {
+            Some(d) => (
+                d.service.clone(),
+                d.rollback_from.clone(),
+                d.rollback_to.clone(),
+            ),
             None => {
                 let stored = self.store().run(run).await?;
-                match (stored.service, stored.rollback_from, stored.rollback_to) {
-                    (Some(s), Some(f), Some(t)) => Some((s, f, t)),
-                    _ => None,
-                }
+                (stored.service, stored.rollback_from, stored.rollback_to)
             }
         };
-        let Some((service, from, to)) = plan else {
-            return Err(EngineError::Store(StoreError::Corrupt(format!(
-                "run {run} has no rollback target"
-            ))));
+        let (Some(service), Some(from), Some(to)) = (service, from, to) else {
+            let why = format!("run {run} has no rollback target");
+            return Err(EngineError::Store(StoreError::Corrupt(why)));
         };
-        let Some(svc) = self.settings().service(&service).cloned() else {
-            return Err(EngineError::Store(StoreError::Corrupt(format!(
-                "service {service} is no longer configured"
-            ))));
-        };
+        let svc = self.service(&service)?.clone();
         let deadline = self.settings().engine.rollback_deadline;
-        let received = claimed.received_at_ms;
+        let received = ctx.claimed.received_at_ms;
         let (svc, from, to) = (&svc, &from, &to);
         let finished = self
             .attempt_loop(
-                run,
-                "rollback",
+                ctx,
+                StepName::Rollback,
                 deadline,
                 false,
                 move |attempt| async move {
@@ -73,19 +66,18 @@ impl Engine {
                 },
             )
             .await?;
-        let store = self.store();
+        let claim = &ctx.claimed.claim;
         match finished {
             Finished::Succeeded(output, attempt) => {
                 // The ledger and the step's outcome move together.
-                store
-                    .complete_rollback(&crate::ledger::RollbackDone {
+                self.store()
+                    .complete_rollback(&RollbackDone {
+                        claim,
                         service: &service,
                         from,
                         to,
-                        run,
                         output: &output,
                         attempt: Some(attempt),
-                        worker: self.worker_id(),
                     })
                     .await?;
                 self.failpoint("after-rollback").await;
@@ -93,15 +85,16 @@ impl Engine {
                 Ok(true)
             }
             Finished::Failed(e) => {
-                store
+                self.store()
                     .finish_step(
-                        run,
-                        "rollback",
-                        crate::ledger::step_status::FAILED,
+                        claim,
+                        StepName::Rollback,
+                        StepStatus::Failed,
                         None,
-                        Some(&e.envelope()),
+                        Some(&e),
                     )
                     .await?;
+                // Logged once, here: the page says the same to a person.
                 tracing::error!(from, to, error = %e, "rollback failed: manual action needed");
                 Ok(false)
             }
@@ -114,7 +107,7 @@ impl Engine {
         to: &str,
         run: String,
     ) -> Result<(), StepError> {
-        let vercel = self.vercel().map_err(|e| *e)?;
+        let vercel = self.vercel()?;
         match svc.strategy {
             Strategy::Alias => {
                 for domain in &svc.domains {
@@ -143,7 +136,7 @@ impl Engine {
 
     /// Polls `lastAliasRequest` until the job to `to` succeeds (bounded).
     async fn follow_job(&self, svc: &ServiceSettings, to: &str) -> Result<(), StepError> {
-        let vercel = self.vercel().map_err(|e| *e)?;
+        let vercel = self.vercel()?;
         let started = Instant::now();
         let mut wait = Duration::from_millis(100);
         loop {

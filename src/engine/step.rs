@@ -1,57 +1,20 @@
-//! The attempt loop shared by every step: record the attempt, run it,
-//! record how it ended, and retry retryable failures with capped, jittered
-//! backoff until the step's deadline (counted from its first attempt, which
-//! is stored, so the deadline survives restarts).
+//! The attempt loop shared by every step: record the attempt, run it with a
+//! timeout that keeps it inside the step's deadline, record how it ended,
+//! and retry retryable failures with capped, jittered backoff until the
+//! deadline (counted from the step's first attempt, which is stored, so the
+//! deadline survives restarts).
 
 use std::future::Future;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Engine, EngineError};
-use crate::ledger::{now_ms, step_status, RunId};
+use super::{Engine, EngineError, RunCtx};
+use crate::clock::now_ms;
+use crate::ledger::{AttemptOutcome, StepName, StepStatus};
 use crate::providers::{Backoff, ProviderError};
 
-/// A failed attempt.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct StepError {
-    /// Machine-readable code.
-    pub code: String,
-    /// Human-readable message (no secrets).
-    pub message: String,
-    /// Another attempt may succeed.
-    pub retryable: bool,
-    /// Provider-requested wait.
-    pub retry_after: Option<Duration>,
-}
-
-impl StepError {
-    /// An error no retry will fix.
-    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: false,
-            retry_after: None,
-        }
-    }
-
-    /// An error worth another attempt.
-    pub fn retryable(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: true,
-            retry_after: None,
-        }
-    }
-
-    /// The stored envelope `{code, message, retryable}`.
-    pub fn envelope(&self) -> Value {
-        serde_json::json!({ "code": self.code, "message": self.message, "retryable": self.retryable })
-    }
-}
+pub use crate::ledger::StepError;
 
 impl From<ProviderError> for StepError {
     fn from(e: ProviderError) -> Self {
@@ -65,6 +28,12 @@ impl From<ProviderError> for StepError {
     }
 }
 
+impl From<Box<StepError>> for StepError {
+    fn from(e: Box<StepError>) -> Self {
+        *e
+    }
+}
+
 /// How a step ended.
 pub(crate) enum Finished {
     /// With this output, at this attempt. When the loop was told not to
@@ -75,21 +44,32 @@ pub(crate) enum Finished {
     Failed(StepError),
 }
 
+impl Finished {
+    /// True for a success.
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Finished::Succeeded(..))
+    }
+}
+
 const STEP_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(500),
     max: Duration::from_secs(30),
 };
 
+/// The least time an attempt gets, even when the step's deadline has all
+/// but passed (a run resumed long after it started still tries once).
+const ATTEMPT_FLOOR: Duration = Duration::from_secs(5);
+
 impl Engine {
     /// Runs `attempt` (given its 1-based number) until it succeeds, fails
-    /// fatally, or `deadline` passes.
-    /// Only records the step's final status (and a success's end) when
-    /// `finish` is true: `decide` and `rollback` store theirs together with
-    /// the decision or the ledger change.
+    /// fatally, or `deadline` passes; each attempt is cut off where it
+    /// would run past the deadline. Only records the step's final status
+    /// (and a success's end) when `finish` is true: `decide` and `rollback`
+    /// store theirs together with the decision or the ledger change.
     pub(crate) async fn attempt_loop<F, Fut>(
         &self,
-        run: &RunId,
-        step: &str,
+        ctx: &RunCtx,
+        step: StepName,
         deadline: Duration,
         finish: bool,
         mut attempt: F,
@@ -99,50 +79,83 @@ impl Engine {
         Fut: Future<Output = Result<Value, StepError>>,
     {
         let store = self.store();
+        let claim = &ctx.claimed.claim;
         loop {
-            if self.is_lost(run) {
-                return Err(EngineError::LostClaim(run.to_string()));
-            }
-            let (n, started) = store.begin_attempt(run, step).await?;
-            let span = tracing::info_span!("step", step, attempt = n);
-            let result = tracing::Instrument::instrument(attempt(n), span).await;
-            match result {
+            ctx.still_held()?;
+            let (n, started) = store.begin_attempt(claim, step).await?;
+            let elapsed = since(started);
+            let budget = deadline
+                .saturating_sub(elapsed)
+                .max(deadline.min(ATTEMPT_FLOOR));
+            let span = tracing::info_span!("step", step = %step, attempt = n);
+            let run = tracing::Instrument::instrument(attempt(n), span);
+            let result = match tokio::time::timeout(budget, run).await {
+                Ok(result) => result,
+                Err(_) => Err(StepError::fatal(
+                    "deadline_exceeded",
+                    format!(
+                        "{step} did not finish within its deadline of {}",
+                        humantime::format_duration(deadline)
+                    ),
+                )),
+            };
+            let e = match result {
                 Ok(output) => {
                     if finish {
-                        store.finish_attempt(run, step, n, "ok", None).await?;
                         store
-                            .finish_step(run, step, step_status::SUCCEEDED, Some(&output), None)
+                            .finish_attempt(claim, step, n, AttemptOutcome::Ok, None)
+                            .await?;
+                        store
+                            .finish_step(claim, step, StepStatus::Succeeded, Some(&output), None)
                             .await?;
                     }
                     return Ok(Finished::Succeeded(output, n));
                 }
-                Err(e) => {
-                    let elapsed = Duration::from_millis((now_ms() - started).max(0) as u64);
-                    let wait = STEP_BACKOFF.delay((n - 1).clamp(0, 16) as u32, e.retry_after);
-                    let retry = e.retryable && elapsed + wait < deadline;
-                    let outcome = if e.retryable { "retryable" } else { "fatal" };
+                Err(e) => e,
+            };
+            let wait = STEP_BACKOFF.delay((n - 1).clamp(0, 16) as u32, e.retry_after);
+            let retry = e.retryable && since(started) + wait < deadline;
+            let outcome = match e.retryable {
+                true => AttemptOutcome::Retryable,
+                false => AttemptOutcome::Fatal,
+            };
+            store
+                .finish_attempt(claim, step, n, outcome, Some(&e))
+                .await?;
+            if !retry {
+                if finish {
                     store
-                        .finish_attempt(run, step, n, outcome, Some(&e.envelope()))
+                        .finish_step(claim, step, StepStatus::Failed, None, Some(&e))
                         .await?;
-                    if !retry {
-                        tracing::warn!(step, attempt = n, error = %e, "step failed");
-                        if finish {
-                            store
-                                .finish_step(
-                                    run,
-                                    step,
-                                    step_status::FAILED,
-                                    None,
-                                    Some(&e.envelope()),
-                                )
-                                .await?;
-                        }
-                        return Ok(Finished::Failed(e));
-                    }
-                    tracing::info!(step, attempt = n, error = %e, wait_ms = wait.as_millis() as u64, "step will retry");
-                    tokio::time::sleep(wait).await;
                 }
+                return Ok(Finished::Failed(e));
             }
+            tracing::info!(step = %step, attempt = n, error = %e, wait_ms = wait.as_millis() as u64, "step will retry");
+            tokio::time::sleep(wait).await;
         }
     }
+
+    /// Finishes a step that has nothing to do, saying why.
+    pub(crate) async fn skip_step(
+        &self,
+        ctx: &RunCtx,
+        step: StepName,
+        why: &str,
+    ) -> Result<bool, EngineError> {
+        let output = serde_json::json!({"skipped": why});
+        self.store()
+            .finish_step(
+                &ctx.claimed.claim,
+                step,
+                StepStatus::Succeeded,
+                Some(&output),
+                None,
+            )
+            .await?;
+        Ok(true)
+    }
+}
+
+fn since(started_ms: i64) -> Duration {
+    Duration::from_millis((now_ms() - started_ms).max(0) as u64)
 }

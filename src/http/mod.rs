@@ -12,16 +12,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
 use serde_json::json;
 
 pub use error::ApiError;
 
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::feed;
-use crate::ingest::{self, sentry, signature, vercel, IngestError};
-use crate::ledger::{now_ms, Ingested};
+use crate::ingest::{self, sentry, vercel, IngestError};
+use crate::ledger::{Ingested, StoreError};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -44,10 +44,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 #[tracing::instrument(skip_all, fields(resource, request_id))]
 async fn sentry_webhook(
     State(state): State<AppState>,
@@ -55,38 +51,25 @@ async fn sentry_webhook(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let span = tracing::Span::current();
-    span.record("request_id", header(&headers, "request-id").unwrap_or("-"));
+    span.record(
+        "request_id",
+        ingest::header(&headers, "request-id").unwrap_or("-"),
+    );
     let settings = &state.settings;
     let secret = settings
         .sentry
         .client_secret
         .as_ref()
         .ok_or(ApiError::NotConfigured("sentry.client_secret"))?;
-    let signature =
-        header(&headers, "sentry-hook-signature").ok_or(IngestError::MissingSignature)?;
-    if !signature::verify(
-        signature::Digest::Sha256,
-        secret.expose_secret().as_bytes(),
-        &body,
-        signature,
-    ) {
-        return Err(IngestError::BadSignature.into());
-    }
     let now = now_ms();
-    ingest::check_timestamp(
-        header(&headers, "sentry-hook-timestamp"),
-        now,
-        settings.sentry.timestamp_tolerance,
-    )?;
-    require_json(&headers)?;
-    let resource_name = header(&headers, "sentry-hook-resource").unwrap_or("");
+    let tolerance = settings.sentry.timestamp_tolerance;
+    let resource_name = sentry::verify(&headers, &body, secret, tolerance, now)?;
     span.record("resource", resource_name);
     let Some(resource) = sentry::Resource::from_header(resource_name) else {
+        let reason = format!("resource `{resource_name}` is not an alert");
         return Ok((
             StatusCode::OK,
-            Json(
-                json!({"status": "ignored", "reason": format!("resource `{resource_name}` is not an alert")}),
-            ),
+            Json(json!({"status": "ignored", "reason": reason})),
         ));
     };
     let alert = sentry::parse(resource, &body)?;
@@ -101,25 +84,13 @@ async fn sentry_webhook(
         state.engine.ingest(resource_name, &alert, text, now),
     )
     .await
-    .map_err(|_| {
-        crate::ledger::StoreError::Unreachable(format!("storing took longer than {deadline:?}"))
-    })??;
-    match stored {
-        Ingested::Stored(run) => {
-            tracing::info!(run.id = %run, key = %key, "alert stored");
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"status": "accepted", "run": run})),
-            ))
-        }
-        Ingested::Duplicate(run) => {
-            tracing::info!(run.id = %run, key = %key, "duplicate alert");
-            Ok((
-                StatusCode::OK,
-                Json(json!({"status": "duplicate", "run": run})),
-            ))
-        }
-    }
+    .map_err(|_| StoreError::Unreachable(format!("storing took longer than {deadline:?}")))??;
+    let (status, word, run) = match stored {
+        Ingested::Stored(run) => (StatusCode::ACCEPTED, "accepted", run),
+        Ingested::Duplicate(run) => (StatusCode::OK, "duplicate", run),
+    };
+    tracing::info!(run.id = %run, key = %key, "alert {word}");
+    Ok((status, Json(json!({"status": word, "run": run}))))
 }
 
 #[tracing::instrument(skip_all)]
@@ -134,16 +105,7 @@ async fn vercel_webhook(
         .webhook_secret
         .as_ref()
         .ok_or(ApiError::NotConfigured("vercel.webhook_secret"))?;
-    let signature = header(&headers, "x-vercel-signature").ok_or(IngestError::MissingSignature)?;
-    if !signature::verify(
-        signature::Digest::Sha1,
-        secret.expose_secret().as_bytes(),
-        &body,
-        signature,
-    ) {
-        return Err(IngestError::BadSignature.into());
-    }
-    require_json(&headers)?;
+    vercel::verify(&headers, &body, secret)?;
     let Some(event) = vercel::parse(&body)? else {
         return Ok((
             StatusCode::OK,
@@ -156,19 +118,6 @@ async fn vercel_webhook(
         StatusCode::OK,
         Json(serde_json::to_value(&applied).unwrap_or_default()),
     ))
-}
-
-/// Both providers send `application/json`; anything else is malformed.
-fn require_json(headers: &HeaderMap) -> Result<(), IngestError> {
-    let ct = header(headers, "content-type").unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(IngestError::Malformed(format!(
-            "content type must be application/json, not `{ct}`"
-        )))
-    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

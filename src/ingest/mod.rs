@@ -23,6 +23,24 @@ pub enum IngestError {
     Malformed(String),
 }
 
+/// A header's value, when present and text.
+pub fn header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Every provider sends `application/json`; anything else is malformed.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), IngestError> {
+    let ct = header(headers, "content-type").unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(IngestError::Malformed(format!(
+            "content type must be application/json, not `{ct}`"
+        )))
+    }
+}
+
 /// Checks `Sentry-Hook-Timestamp` (Unix seconds) against `now` within `tolerance`.
 pub fn check_timestamp(
     header: Option<&str>,

@@ -6,7 +6,32 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::IngestError;
+use axum::http::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{header, require_json, signature, IngestError};
+use crate::clock::parse_time;
+
+/// Verifies a delivery before anything is parsed: `Sentry-Hook-Signature`
+/// (HMAC-SHA256 of the raw body, compared in constant time), then
+/// `Sentry-Hook-Timestamp` within `tolerance` of `now_ms`, then the JSON
+/// content type. Returns the `Sentry-Hook-Resource` it names.
+pub fn verify<'h>(
+    headers: &'h HeaderMap,
+    body: &[u8],
+    secret: &SecretString,
+    tolerance: std::time::Duration,
+    now_ms: i64,
+) -> Result<&'h str, IngestError> {
+    let sig = header(headers, "sentry-hook-signature").ok_or(IngestError::MissingSignature)?;
+    let digest = signature::Digest::Sha256;
+    if !signature::verify(digest, secret.expose_secret().as_bytes(), body, sig) {
+        return Err(IngestError::BadSignature);
+    }
+    super::check_timestamp(header(headers, "sentry-hook-timestamp"), now_ms, tolerance)?;
+    require_json(headers)?;
+    Ok(header(headers, "sentry-hook-resource").unwrap_or(""))
+}
 
 /// `Sentry-Hook-Resource` values Backstop acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,24 +259,6 @@ fn number(v: &Value) -> Option<f64> {
 fn leading_percent(text: &str) -> Option<f64> {
     let (num, _) = text.trim_start().split_once('%')?;
     num.trim().parse::<f64>().ok().filter(|n| n.is_finite())
-}
-
-/// Unix ms to RFC 3339 (empty when out of range).
-pub fn format_time(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-/// RFC 3339 / ISO 8601 to Unix ms; `None` when malformed.
-pub fn parse_time(s: &str) -> Option<i64> {
-    use time::format_description::well_known::Rfc3339;
-    let t = time::OffsetDateTime::parse(s.trim(), &Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 #[cfg(test)]

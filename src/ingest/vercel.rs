@@ -4,7 +4,22 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::IngestError;
+use axum::http::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{header, require_json, signature, IngestError};
+
+/// Verifies a delivery before anything is parsed: `x-vercel-signature`
+/// (HMAC-SHA1 of the raw body, compared in constant time), then the JSON
+/// content type.
+pub fn verify(headers: &HeaderMap, body: &[u8], secret: &SecretString) -> Result<(), IngestError> {
+    let sig = header(headers, "x-vercel-signature").ok_or(IngestError::MissingSignature)?;
+    let digest = signature::Digest::Sha1;
+    if !signature::verify(digest, secret.expose_secret().as_bytes(), body, sig) {
+        return Err(IngestError::BadSignature);
+    }
+    require_json(headers)
+}
 
 /// One deployment event, with the provider's own timestamp.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Ingested, NewAlert, RunId, StoreError};
+use super::dialect::Sql;
+use super::{Ingested, NewAlert, RunId, RunStatus, StepName, StepStatus, StoreError};
 
 /// Most alerts stored in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -54,17 +55,6 @@ async fn writer(pool: AnyPool, sqlite: bool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// `($1, $2, ...), ($n, ...)` for `rows` rows of `cols` parameters.
-fn placeholders(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let row: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-            format!("({})", row.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Stores a batch in one transaction; one answer per alert, in order.
 async fn write(
     pool: &AnyPool,
@@ -103,22 +93,20 @@ async fn write_in(
         .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let sql = format!(
-        "INSERT INTO alerts (id, dedup_key, resource, action, received_at, body) VALUES {} ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-        placeholders(leaders.len(), 6)
-    );
-    let mut q = sqlx::query(&sql);
-    for (i, id) in leaders.iter().zip(&alert_ids) {
+    let mut sql =
+        Sql::new("INSERT INTO alerts (id, dedup_key, resource, action, received_at, body) VALUES ");
+    sql.push_values(leaders.iter().zip(&alert_ids), |row, (i, id)| {
         let a = alerts[*i];
-        q = q
-            .bind(id)
-            .bind(&a.dedup_key)
-            .bind(&a.resource)
-            .bind(&a.action)
+        row.bind(id.clone())
+            .bind(a.dedup_key.clone())
+            .bind(a.resource.clone())
+            .bind(a.action.clone())
             .bind(a.received_at_ms)
-            .bind(&a.body);
-    }
-    let inserted: HashSet<String> = q
+            .bind(a.body.clone());
+    });
+    sql.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id");
+    let (text, args) = sql.build()?;
+    let inserted: HashSet<String> = sqlx::query_with(&text, args)
         .fetch_all(&mut *tx)
         .await?
         .iter()
@@ -144,15 +132,16 @@ async fn write_in(
         .filter(|k| !runs.contains_key(k))
         .collect();
     if !seen.is_empty() {
-        let sql = format!(
-            "SELECT r.id, a.dedup_key FROM runs r JOIN alerts a ON a.id = r.alert_id WHERE a.dedup_key IN ({})",
-            (1..=seen.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+        let mut sql = Sql::new(
+            "SELECT r.id, a.dedup_key FROM runs r JOIN alerts a ON a.id = r.alert_id WHERE a.dedup_key IN ",
         );
-        let mut q = sqlx::query(&sql);
-        for k in &seen {
-            q = q.bind(*k);
-        }
-        for row in q.fetch_all(&mut *tx).await? {
+        sql.push_values([&seen], |row, keys| {
+            for k in keys.iter() {
+                row.bind(k.to_string());
+            }
+        });
+        let (text, args) = sql.build()?;
+        for row in sqlx::query_with(&text, args).fetch_all(&mut *tx).await? {
             let key: String = row.try_get("dedup_key")?;
             if let Some(k) = seen.iter().find(|k| **k == key) {
                 runs.insert(k, (RunId(row.try_get("id")?), false));
@@ -178,65 +167,63 @@ async fn write_in(
 }
 
 /// The runs of newly stored alerts, and their first step: `decide`, still
-/// to do, or done already when the alert alone decided it.
+/// to do, or done already when the alert alone decided it. A new run may
+/// be claimed at once (`not_before` 0): no host's clock is compared with
+/// the database's.
 async fn insert_runs(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     alerts: &[&NewAlert],
     new: &[(usize, &String, RunId)],
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO runs (id, alert_id, service, status, outcome, reason, decision, created_at, decided_at, finished_at, not_before) VALUES {}",
-        placeholders(new.len(), 11)
+    let mut sql = Sql::new(
+        "INSERT INTO runs (id, alert_id, service, status, outcome, reason, decision, created_at, decided_at, finished_at, not_before) VALUES ",
     );
-    let mut q = sqlx::query(&sql);
-    for (i, alert_id, run) in new {
+    sql.push_values(new, |row, (i, alert_id, run)| {
         let a = alerts[*i];
         let at = a.received_at_ms;
         let d = a.decided.as_ref();
         let done = d.map(|_| at);
-        q = q
-            .bind(&run.0)
-            .bind(*alert_id)
-            .bind(d.map_or(&a.service, |d| &d.service))
-            .bind(if d.is_some() { "done" } else { "pending" })
-            .bind(d.map(|d| d.outcome.clone()))
+        let status = if d.is_some() {
+            RunStatus::Done
+        } else {
+            RunStatus::Pending
+        };
+        row.bind(run.0.clone())
+            .bind((*alert_id).clone())
+            .bind(d.map_or(&a.service, |d| &d.service).clone())
+            .bind(status.as_str().to_string())
+            .bind(d.map(|d| d.outcome.as_str().to_string()))
             .bind(d.map(|d| d.reason.clone()))
             .bind(d.map(|d| d.detail.to_string()))
             .bind(at)
             .bind(done)
             .bind(done)
-            .bind(at);
-    }
-    q.execute(&mut **tx).await?;
-    let sql = format!(
-        "INSERT INTO steps (run_id, name, seq, status, output, finished_at) VALUES {}",
-        placeholders(new.len(), 6)
-    );
-    let mut q = sqlx::query(&sql);
-    for (i, _, run) in new {
+            .bind(0i64);
+    });
+    let (text, args) = sql.build()?;
+    sqlx::query_with(&text, args).execute(&mut **tx).await?;
+    let mut sql =
+        Sql::new("INSERT INTO steps (run_id, name, seq, status, output, finished_at) VALUES ");
+    sql.push_values(new, |row, (i, _, run)| {
         let a = alerts[*i];
         let d = a.decided.as_ref();
-        q =
-            q.bind(&run.0)
-                .bind("decide")
-                .bind(0i64)
-                .bind(if d.is_some() { "succeeded" } else { "pending" })
-                .bind(d.map(|d| {
+        let status = if d.is_some() {
+            StepStatus::Succeeded
+        } else {
+            StepStatus::Pending
+        };
+        row.bind(run.0.clone())
+            .bind(StepName::Decide.as_str().to_string())
+            .bind(0i64)
+            .bind(status.as_str().to_string())
+            .bind(
+                d.map(|d| {
                     serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string()
-                }))
-                .bind(d.map(|_| a.received_at_ms));
-    }
-    q.execute(&mut **tx).await?;
+                }),
+            )
+            .bind(d.map(|_| a.received_at_ms));
+    });
+    let (text, args) = sql.build()?;
+    sqlx::query_with(&text, args).execute(&mut **tx).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::placeholders;
-
-    #[test]
-    fn placeholders_number_every_parameter_once() {
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(placeholders(1, 1), "($1)");
-    }
 }

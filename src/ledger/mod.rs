@@ -3,27 +3,33 @@
 //!
 //! One [`Store`] serves both backends through sqlx's `Any` driver: the schema
 //! and queries are written in the common subset of SQLite and Postgres (TEXT
-//! and BIGINT only), and the few places where the dialects differ (row locks
-//! for claims, migration locking) branch on [`Backend`]. The conformance
-//! suite in `tests/api/ledger.rs` runs every behaviour against both.
+//! and BIGINT only), and every place where the dialects differ is in
+//! [`dialect`]. The conformance suite in `tests/api/ledger/` runs every
+//! behaviour against both.
 //!
 //! Invariants: at most one live deployment per service (a partial unique
 //! index); an alert's dedup key is unique, and the alert and its run are
-//! written in one transaction; a run or a service is worked on only by the
-//! holder of an unexpired lease.
+//! written in one transaction; every write that belongs to a run is fenced
+//! by the run's claim ([`Claim`]), so a worker whose claim was taken over
+//! changes nothing; leases are computed on the database's clock.
 
 mod batch;
+mod connect;
+mod deployments;
+pub mod dialect;
 mod records;
-mod store;
+mod rows;
+mod runs;
+mod steps;
 
+pub use dialect::Backend;
 pub use records::*;
-pub use store::{now_ms, Backend, Store};
 
 /// What went wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database could not be reached or timed out: retry later.
+    /// The database could not be reached, timed out or asked to retry.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// A query failed for another reason.
@@ -38,6 +44,10 @@ pub enum StoreError {
     /// A request contradicts the ledger (e.g. two live deployments).
     #[error("{0}")]
     Conflict(String),
+    /// The writer no longer holds the run's claim: another worker took the
+    /// run over, and this write changed nothing.
+    #[error("lost the claim on run {0}")]
+    LostClaim(RunId),
     /// The store could not be reached (a copy of an error shared by a batch).
     #[error("store unavailable: {0}")]
     Unreachable(String),
@@ -55,8 +65,17 @@ impl StoreError {
             StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
             StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
             StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            StoreError::LostClaim(r) => StoreError::LostClaim(r.clone()),
             other => StoreError::Failed(other.to_string()),
         }
+    }
+
+    /// True when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Unreachable(_)
+        )
     }
 }
 
@@ -71,16 +90,25 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.message().to_string())
             }
-            sqlx::Error::Database(db) if is_transient(db.message()) => StoreError::Unavailable(e),
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| Backend::is_transient(&c)) => {
+                StoreError::Unavailable(e)
+            }
             _ => StoreError::Query(e),
         }
     }
 }
 
-fn is_transient(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("database is locked")
-        || m.contains("terminating connection")
-        || m.contains("the database system is")
-        || m.contains("could not serialize")
+/// The ledger. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: sqlx::AnyPool,
+    backend: Backend,
+    ingest: tokio::sync::mpsc::Sender<batch::Job>,
+}
+
+impl Store {
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
 }

@@ -1,6 +1,163 @@
-//! Plain records read from and written to the ledger.
+//! Plain records read from and written to the ledger, and the vocabulary
+//! they are written in: every status, step name and outcome is an enum
+//! whose stored spelling lives only in its own `as_str`/`parse`.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+/// Defines a stored enum: its variants, their spellings, `as_str`, `parse`,
+/// `ALL`, `Display` and serde in the same spelling.
+macro_rules! stored_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+
+            /// Parses the stored spelling.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+stored_enum!(
+    /// What the ledger knows about a deployment's health.
+    Verdict {
+        /// Recorded, not yet proven.
+        Unproven = "unproven",
+        /// Baked without a critical alert, or marked good by a person.
+        Good = "good",
+        /// Rolled back from, or marked bad by a person. Never a target.
+        Bad = "bad",
+    }
+);
+
+stored_enum!(
+    /// Where a run is.
+    RunStatus {
+        /// Waiting for a worker.
+        Pending = "pending",
+        /// Claimed by a worker.
+        Running = "running",
+        /// Every step finished (or none was needed).
+        Done = "done",
+        /// A step failed for good.
+        Failed = "failed",
+    }
+);
+
+stored_enum!(
+    /// Where a step is.
+    StepStatus {
+        /// Not finished yet.
+        Pending = "pending",
+        /// Finished successfully.
+        Succeeded = "succeeded",
+        /// Gave up (fatal error or deadline).
+        Failed = "failed",
+    }
+);
+
+stored_enum!(
+    /// How one attempt of a step ended.
+    AttemptOutcome {
+        /// It did what it was for.
+        Ok = "ok",
+        /// It failed; another attempt may succeed.
+        Retryable = "retryable",
+        /// It failed; no retry will help.
+        Fatal = "fatal",
+    }
+);
+
+stored_enum!(
+    /// The steps a run can have. Which ones a decision calls for is
+    /// `policy::plan`; how each runs is its own file under `engine/`; when
+    /// it runs relative to the others is [`StepName::phase`].
+    StepName {
+        /// Gather the facts and apply the policy.
+        Decide = "decide",
+        /// Move production to the known-good deployment and verify it.
+        Rollback = "rollback",
+        /// Production changed under the ledger: import it again.
+        Resync = "resync",
+        /// Open (or resolve) the PagerDuty incident.
+        Page = "page",
+        /// Post the decision card (or a reply) in Slack.
+        Announce = "announce",
+        /// Say in the card's thread that paging failed.
+        Followup = "followup",
+    }
+);
+
+impl StepName {
+    /// Steps run in phases, in order; the steps of one phase run side by
+    /// side. Phases 0 and 1 hold the service's claim (one run per service
+    /// decides and moves production at a time); later ones do not.
+    pub fn phase(self) -> Phase {
+        match self {
+            StepName::Decide => Phase::Decide,
+            StepName::Rollback | StepName::Resync => Phase::Act,
+            StepName::Page | StepName::Announce => Phase::Tell,
+            StepName::Followup => Phase::FollowUp,
+        }
+    }
+}
+
+/// When a step runs; see [`StepName::phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Deciding.
+    Decide,
+    /// Acting on production (under the service claim).
+    Act,
+    /// Paging and announcing, side by side.
+    Tell,
+    /// What the telling left to say.
+    FollowUp,
+}
+
+impl Phase {
+    /// True while the run must hold its service's claim.
+    pub fn holds_service(self) -> bool {
+        self <= Phase::Act
+    }
+}
+
+stored_enum!(
+    /// What a decision decided.
+    Outcome {
+        /// A `resolved` alert: reply in the thread, maybe resolve the page.
+        Resolution = "resolution",
+        /// Nothing to do.
+        Skip = "skip",
+        /// Page a human instead of acting.
+        Escalate = "escalate",
+        /// Announce what would have happened; change nothing.
+        DryRun = "dry-run",
+        /// Roll production back from the live deployment to the target.
+        Rollback = "rollback",
+    }
+);
 
 /// A run's id (a time-ordered UUID).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,35 +177,53 @@ impl std::fmt::Display for RunId {
     }
 }
 
-/// What the ledger knows about a deployment's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Recorded, not yet proven.
-    Unproven,
-    /// Baked without a critical alert, or marked good by a person.
-    Good,
-    /// Rolled back from, or marked bad by a person. Never a target.
-    Bad,
+/// A worker's hold on a run. Every write that belongs to the run carries
+/// it: the `fence` grows with every claim, so a write by a worker whose
+/// claim was taken over matches no row and fails as `LostClaim`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The run.
+    pub run: RunId,
+    /// The worker holding it (for people reading the database).
+    pub worker: Arc<str>,
+    /// The claim's number: higher than every earlier claim of this run.
+    pub fence: i64,
 }
 
-impl Verdict {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Unproven => "unproven",
-            Verdict::Good => "good",
-            Verdict::Bad => "bad",
+/// The stored error envelope of an attempt or step: `{code, message,
+/// retryable}`. Messages never carry secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// Machine-readable code.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Another attempt may succeed.
+    pub retryable: bool,
+    /// Provider-requested wait (not stored).
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl StepError {
+    /// An error no retry will fix.
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
         }
     }
 
-    /// Parses the stored or typed spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "unproven" => Some(Verdict::Unproven),
-            "good" => Some(Verdict::Good),
-            "bad" => Some(Verdict::Bad),
-            _ => None,
+    /// An error worth another attempt.
+    pub fn retryable(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
         }
     }
 }
@@ -135,28 +310,6 @@ pub struct NewAlert {
     pub decided: Option<DecisionRecord>,
 }
 
-/// Run status.
-pub mod run_status {
-    /// Waiting for a worker.
-    pub const PENDING: &str = "pending";
-    /// Claimed by a worker.
-    pub const RUNNING: &str = "running";
-    /// Every step finished (or none was needed).
-    pub const DONE: &str = "done";
-    /// A step failed for good.
-    pub const FAILED: &str = "failed";
-}
-
-/// Step status.
-pub mod step_status {
-    /// Not finished yet.
-    pub const PENDING: &str = "pending";
-    /// Finished successfully.
-    pub const SUCCEEDED: &str = "succeeded";
-    /// Gave up (fatal error or deadline).
-    pub const FAILED: &str = "failed";
-}
-
 /// One run row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
@@ -166,10 +319,10 @@ pub struct Run {
     pub alert_id: String,
     /// Service, once known.
     pub service: Option<String>,
-    /// `pending`, `running`, `done`, `failed`.
-    pub status: String,
-    /// `rollback`, `escalate`, `dry-run`, `skip`, `resolution`.
-    pub outcome: Option<String>,
+    /// Where it is.
+    pub status: RunStatus,
+    /// What was decided.
+    pub outcome: Option<Outcome>,
     /// One-line reason for the outcome.
     pub reason: Option<String>,
     /// The full decision with its facts.
@@ -189,7 +342,9 @@ pub struct Run {
 /// A run claimed by a worker, with the alert it acts on.
 #[derive(Debug, Clone)]
 pub struct ClaimedRun {
-    /// The run.
+    /// The worker's hold on the run; every write passes it.
+    pub claim: Claim,
+    /// The run as claimed.
     pub run: Run,
     /// Alert resource (`metric_alert`, `event_alert`).
     pub resource: String,
@@ -202,18 +357,18 @@ pub struct ClaimedRun {
 /// One step of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// `decide`, `rollback`, `page`, `announce`.
-    pub name: String,
+    /// Which step.
+    pub name: StepName,
     /// Order of creation.
     pub seq: i64,
-    /// `pending`, `succeeded`, `failed`.
-    pub status: String,
+    /// Where it is.
+    pub status: StepStatus,
     /// Attempts made.
     pub attempts: i64,
     /// What the step produced.
     pub output: Option<serde_json::Value>,
-    /// Last error envelope `{code, message, retryable}`.
-    pub error: Option<serde_json::Value>,
+    /// Last error.
+    pub error: Option<StepError>,
     /// Unix ms of the first attempt.
     pub started_at_ms: Option<i64>,
     /// Unix ms.
@@ -224,17 +379,17 @@ pub struct Step {
 #[derive(Debug, Clone, Serialize)]
 pub struct Attempt {
     /// Step name.
-    pub step: String,
+    pub step: StepName,
     /// 1-based attempt number.
     pub attempt: i64,
     /// Unix ms.
     pub started_at_ms: i64,
     /// Unix ms; `None` while in flight (or if the process died).
     pub finished_at_ms: Option<i64>,
-    /// `ok`, `retryable`, `fatal`; `None` while in flight.
-    pub outcome: Option<String>,
-    /// Error envelope.
-    pub error: Option<serde_json::Value>,
+    /// How it ended; `None` while in flight.
+    pub outcome: Option<AttemptOutcome>,
+    /// Its error.
+    pub error: Option<StepError>,
 }
 
 /// A run with everything it did.
@@ -254,13 +409,27 @@ pub struct RunDetail {
     pub attempts: Vec<Attempt>,
 }
 
+impl RunDetail {
+    /// The step called `name`, if the run has it.
+    pub fn step(&self, name: StepName) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// The output of step `name` when it succeeded.
+    pub fn output_of(&self, name: StepName) -> Option<&serde_json::Value> {
+        self.step(name)
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .and_then(|s| s.output.as_ref())
+    }
+}
+
 /// The decision as stored on the run.
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
     /// Service the alert mapped to.
     pub service: Option<String>,
-    /// Outcome kind.
-    pub outcome: String,
+    /// What was decided.
+    pub outcome: Outcome,
     /// One-line reason.
     pub reason: String,
     /// The full decision (serialised).
@@ -272,7 +441,7 @@ pub struct DecisionRecord {
     /// Live deployment that took a fresh critical alert (no longer bakes to good).
     pub alerted_live: Option<String>,
     /// Steps to run next, in order.
-    pub steps: Vec<String>,
+    pub steps: Vec<StepName>,
     /// The `decide` attempt that made it, recorded as ended with it.
     pub attempt: Option<i64>,
 }
@@ -295,18 +464,43 @@ pub struct History {
 /// A verified rollback, as the `rollback` step hands it to the ledger.
 #[derive(Debug, Clone, Copy)]
 pub struct RollbackDone<'a> {
+    /// The run's claim, which must still hold.
+    pub claim: &'a Claim,
     /// Service.
     pub service: &'a str,
     /// Deployment rolled back from (becomes bad).
     pub from: &'a str,
     /// Deployment rolled back to (becomes live and good).
     pub to: &'a str,
-    /// The run.
-    pub run: &'a RunId,
     /// The step's output.
     pub output: &'a serde_json::Value,
     /// The successful attempt, ended with this write.
     pub attempt: Option<i64>,
-    /// The worker that must still hold the run's claim.
-    pub worker: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stored_spelling_parses_back() {
+        for s in StepName::ALL {
+            assert_eq!(StepName::parse(s.as_str()), Some(*s));
+            let json = serde_json::to_string(s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.as_str()), Some(*o));
+        }
+        assert_eq!(RunStatus::parse("nope"), None);
+    }
+
+    #[test]
+    fn only_deciding_and_acting_hold_the_service() {
+        assert!(StepName::Decide.phase().holds_service());
+        assert!(StepName::Rollback.phase().holds_service());
+        assert!(!StepName::Page.phase().holds_service());
+        assert!(StepName::Page.phase() == StepName::Announce.phase());
+        assert!(StepName::Followup.phase() > StepName::Announce.phase());
+    }
 }

@@ -1,31 +1,38 @@
 //! Every row of the decision table, and the precedence between rows.
 
 use super::*;
-use crate::config::{Mode, ServiceSettings, Strategy};
 use std::time::Duration;
 
 const MIN: i64 = 60_000;
 const NOW: i64 = 1_800_000_000_000;
 
-fn service() -> ServiceSettings {
-    ServiceSettings {
-        name: "storefront".into(),
-        sentry_projects: vec!["web".into()],
-        environment: "production".into(),
-        vercel_project: "prj_1".into(),
-        domains: vec!["shop.example.com".into(), "www.shop.example.com".into()],
-        strategy: Strategy::Alias,
+/// A service's policy, owned, so tests can change it.
+struct Svc {
+    projects: Vec<String>,
+    mode: Mode,
+    accept_other_rules: bool,
+}
+
+impl Svc {
+    fn view(&self) -> ServicePolicy<'_> {
+        ServicePolicy {
+            name: "storefront",
+            projects: &self.projects,
+            environment: "production",
+            mode: self.mode,
+            bake_time: Duration::from_secs(30 * 60),
+            cooldown: Duration::from_secs(3600),
+            max_rollbacks_per_day: 3,
+            accept_other_rules: self.accept_other_rules,
+        }
+    }
+}
+
+fn service() -> Svc {
+    Svc {
+        projects: vec!["web".into()],
         mode: Mode::Auto,
-        bake_time: Duration::from_secs(30 * 60),
-        cooldown: Duration::from_secs(3600),
-        max_rollbacks_per_day: 3,
         accept_other_rules: false,
-        release_meta_key: "githubCommitSha".into(),
-        slack_channel: None,
-        resolve_on_recovery: false,
-        page_on_dry_run: false,
-        announce_skips: true,
-        templates: Default::default(),
     }
 }
 
@@ -89,11 +96,10 @@ fn history() -> History {
 }
 
 fn serving(id: &str) -> Vec<DomainTarget> {
-    service()
-        .domains
+    ["shop.example.com", "www.shop.example.com"]
         .iter()
         .map(|d| DomainTarget {
-            domain: d.clone(),
+            domain: d.to_string(),
             deployment_id: Some(id.into()),
         })
         .collect()
@@ -101,13 +107,13 @@ fn serving(id: &str) -> Vec<DomainTarget> {
 
 fn run(
     alert: &Alert,
-    svc: &ServiceSettings,
+    svc: &Svc,
     h: &History,
     production: Option<&[DomainTarget]>,
-) -> Decision {
+) -> Result<Decision, Missing> {
     decide(Inputs {
         alert,
-        services: std::slice::from_ref(svc),
+        services: &[svc.view()],
         history: h,
         production,
         received_at_ms: NOW,
@@ -115,14 +121,14 @@ fn run(
     })
 }
 
-fn full(alert: &Alert, svc: &ServiceSettings, h: &History) -> Decision {
-    run(alert, svc, h, Some(&serving("dpl_live")))
+fn full(alert: &Alert, svc: &Svc, h: &History) -> Decision {
+    run(alert, svc, h, Some(&serving("dpl_live"))).expect("every input given")
 }
 
 #[test]
 fn rule_15_rolls_back_a_fresh_crash_alert_to_the_newest_known_good() {
     let d = full(&alert(), &service(), &history());
-    assert_eq!((d.outcome, d.rule), (Outcome::Rollback, 15));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Rollback, 15));
     assert_eq!(d.live.as_ref().unwrap().id, "dpl_live");
     assert_eq!(d.target.as_ref().unwrap().id, "dpl_baked");
     assert_eq!(d.service.as_deref(), Some("storefront"));
@@ -137,7 +143,7 @@ fn rule_1_resolution_wins_over_everything() {
     a.action = "resolved".into();
     a.projects = vec!["elsewhere".into()];
     let d = full(&a, &service(), &History::default());
-    assert_eq!((d.outcome, d.rule), (Outcome::Resolution, 1));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Resolution, 1));
 }
 
 #[test]
@@ -147,7 +153,7 @@ fn rule_2_warnings_are_skipped_even_when_unmapped() {
         a.action = action.into();
         a.projects = vec!["elsewhere".into()];
         let d = full(&a, &service(), &history());
-        assert_eq!((d.outcome, d.rule), (Outcome::Skip, 2), "{action}");
+        assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 2), "{action}");
     }
 }
 
@@ -155,14 +161,14 @@ fn rule_2_warnings_are_skipped_even_when_unmapped() {
 fn rule_3_unmapped_project_or_environment_is_skipped() {
     let mut a = alert();
     a.projects = vec!["other".into()];
-    assert_eq!(full(&a, &service(), &history()).rule, 3);
+    assert_eq!(full(&a, &service(), &history()).rule.number(), 3);
     let mut a = alert();
     a.environment = Some("staging".into());
-    assert_eq!(full(&a, &service(), &history()).rule, 3);
+    assert_eq!(full(&a, &service(), &history()).rule.number(), 3);
     let mut a = alert();
     a.environment = None;
     let d = full(&a, &service(), &history());
-    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 3));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 3));
     assert!(!d.alert_hit_live());
 }
 
@@ -171,7 +177,7 @@ fn rule_4_other_aggregates_are_skipped_unless_accepted() {
     let mut a = alert();
     a.aggregate = Some("count()".into());
     let d = full(&a, &service(), &history());
-    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 4));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 4));
     let mut svc = service();
     svc.accept_other_rules = true;
     assert_eq!(full(&a, &svc, &history()).outcome, Outcome::Rollback);
@@ -189,11 +195,11 @@ fn rule_5_unknown_live_release_escalates() {
     let mut h = history();
     h.deployments.retain(|d| !d.live);
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 5));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 5));
     // Precedence: an unmapped alert is skipped before the ledger matters.
     let mut a = alert();
     a.projects = vec!["other".into()];
-    assert_eq!(full(&a, &service(), &h).rule, 3);
+    assert_eq!(full(&a, &service(), &h).rule.number(), 3);
 }
 
 #[test]
@@ -201,7 +207,7 @@ fn rule_6_alert_started_before_the_promotion_is_stale() {
     let mut a = alert();
     a.started_at_ms = Some(NOW - 11 * MIN);
     let d = full(&a, &service(), &history());
-    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 6));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 6));
     assert!(d.reason.starts_with("stale"));
     assert!(!d.alert_hit_live());
 }
@@ -217,13 +223,14 @@ fn rule_6_unknown_or_future_start_counts_as_received_time() {
     // Received before the live promotion, with a start claimed after it: stale.
     let d = decide(Inputs {
         alert: &a,
-        services: &[service()],
+        services: &[service().view()],
         history: &history(),
         production: Some(&serving("dpl_live")),
         received_at_ms: NOW - 20 * MIN,
         now_ms: NOW,
-    });
-    assert_eq!(d.rule, 6);
+    })
+    .unwrap();
+    assert_eq!(d.rule, Rule::Fresh);
 }
 
 #[test]
@@ -235,7 +242,7 @@ fn rule_6_issue_alert_about_another_release_is_stale() {
     a.release = Some("rel-dpl_baked".into());
     let mut svc = service();
     svc.accept_other_rules = true;
-    assert_eq!(full(&a, &svc, &history()).rule, 6);
+    assert_eq!(full(&a, &svc, &history()).rule.number(), 6);
     a.release = Some("rel-dpl_live".into());
     assert_eq!(full(&a, &svc, &history()).outcome, Outcome::Rollback);
 }
@@ -243,11 +250,11 @@ fn rule_6_issue_alert_about_another_release_is_stale() {
 #[test]
 fn rule_7_needs_production_state_then_skips_when_it_moved() {
     let d = run(&alert(), &service(), &history(), None);
-    assert_eq!(d.outcome, Outcome::NeedsProductionState);
+    assert_eq!(d, Err(Missing::ProductionState));
     let mut prod = serving("dpl_live");
     prod[1].deployment_id = Some("dpl_someone_else".into());
-    let d = run(&alert(), &service(), &history(), Some(&prod));
-    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 7));
+    let d = run(&alert(), &service(), &history(), Some(&prod)).unwrap();
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 7));
     assert!(
         d.reason
             .contains("www.shop.example.com serves dpl_someone_else"),
@@ -259,7 +266,8 @@ fn rule_7_needs_production_state_then_skips_when_it_moved() {
         "the crashed deployment is marked, though a person moved production"
     );
     prod[1].deployment_id = None;
-    assert_eq!(run(&alert(), &service(), &history(), Some(&prod)).rule, 7);
+    let d = run(&alert(), &service(), &history(), Some(&prod)).unwrap();
+    assert_eq!(d.rule, Rule::ProductionUnchanged);
 }
 
 #[test]
@@ -268,7 +276,11 @@ fn rule_8_live_deployment_already_rolled_back_from_is_skipped() {
     h.live_rolled_back = true;
     h.paused = Some("maintenance".into());
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 8), "8 wins over 10");
+    assert_eq!(
+        (d.outcome, d.rule.number()),
+        (Outcome::Skip, 8),
+        "8 wins over 10"
+    );
 }
 
 #[test]
@@ -278,7 +290,7 @@ fn rule_9_mode_off_is_skipped_before_pause() {
     let mut h = history();
     h.paused = Some("x".into());
     let d = full(&alert(), &svc, &h);
-    assert_eq!((d.outcome, d.rule), (Outcome::Skip, 9));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 9));
 }
 
 #[test]
@@ -287,7 +299,7 @@ fn rule_10_paused_service_escalates() {
     h.paused = Some("release freeze".into());
     h.rollbacks_last_day = 99;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 10));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 10));
     assert!(d.reason.contains("release freeze"));
 }
 
@@ -296,7 +308,7 @@ fn rule_11_cooldown_escalates_and_expires() {
     let mut h = history();
     h.last_rollback_at_ms = Some(NOW - 30 * MIN);
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 11));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 11));
     h.last_rollback_at_ms = Some(NOW - 61 * MIN);
     assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
 }
@@ -306,7 +318,7 @@ fn rule_12_daily_budget_escalates() {
     let mut h = history();
     h.rollbacks_last_day = 3;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 12));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 12));
     h.rollbacks_last_day = 2;
     assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
 }
@@ -317,7 +329,7 @@ fn rule_13_no_known_good_target_escalates() {
     h.deployments[1].verdict = Verdict::Bad;
     h.deployments[2].verdict = Verdict::Bad;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, 13));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 13));
 }
 
 #[test]
@@ -333,7 +345,7 @@ fn rule_13_unbaked_or_alerted_deployments_are_not_targets() {
     let mut h = history();
     h.deployments[1].verdict = Verdict::Bad;
     h.deployments[2].promoted_at_ms = Some(NOW - MIN);
-    assert_eq!(full(&alert(), &service(), &h).rule, 13);
+    assert_eq!(full(&alert(), &service(), &h).rule.number(), 13);
 }
 
 #[test]
@@ -341,12 +353,12 @@ fn rule_14_dry_run_names_the_target_and_changes_nothing() {
     let mut svc = service();
     svc.mode = Mode::DryRun;
     let d = full(&alert(), &svc, &history());
-    assert_eq!((d.outcome, d.rule), (Outcome::DryRun, 14));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::DryRun, 14));
     assert_eq!(d.target.unwrap().id, "dpl_baked");
     // Escalation rules still come first in dry-run.
     let mut h = history();
     h.rollbacks_last_day = 3;
-    assert_eq!(full(&alert(), &svc, &h).rule, 12);
+    assert_eq!(full(&alert(), &svc, &h).rule.number(), 12);
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub enum ProviderError {
     Fatal {
         /// `vercel`, `pagerduty`, `slack`.
         provider: &'static str,
+        /// The HTTP status, when the provider answered with one.
+        status: Option<u16>,
         /// The provider's error code, e.g. `not_found`.
         code: Option<String>,
         /// Status and the provider's own words.
@@ -55,6 +57,25 @@ impl ProviderError {
     /// True for errors worth another attempt.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProviderError::Retryable { .. })
+    }
+
+    /// The HTTP status of a fatal answer (`404`: the thing does not exist).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProviderError::Fatal { status, .. } => *status,
+            ProviderError::Retryable { .. } => None,
+        }
+    }
+
+    /// A fatal error that is not an HTTP answer (a bad response body, a
+    /// client that cannot be built).
+    pub fn invalid(provider: &'static str, code: &str, message: impl Into<String>) -> Self {
+        ProviderError::Fatal {
+            provider,
+            status: None,
+            code: Some(code.into()),
+            message: message.into(),
+        }
     }
 
     /// How long the provider asked us to wait, if it did.
@@ -132,13 +153,21 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(base: &str, timeout: Duration, tries: u32, backoff: Backoff) -> Self {
-        Self {
-            http: http_client(timeout),
+    /// Fails when the HTTP client cannot be built (Backstop then refuses
+    /// to start: a client without its timeout must never be used).
+    pub fn new(
+        provider: &'static str,
+        base: &str,
+        timeout: Duration,
+        tries: u32,
+        backoff: Backoff,
+    ) -> Result<Self, ProviderError> {
+        Ok(Self {
+            http: http_client(provider, timeout)?,
             base: base.trim_end_matches('/').to_string(),
             tries,
             backoff,
-        }
+        })
     }
 
     /// `base` + `path`.
@@ -163,13 +192,30 @@ impl Endpoint {
 }
 
 /// An HTTP client with a per-call timeout and Backstop's user agent.
-pub(crate) fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+pub(crate) fn http_client(
+    provider: &'static str,
+    timeout: Duration,
+) -> Result<reqwest::Client, ProviderError> {
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
+        .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")));
+    build_client(provider, builder)
+}
+
+/// Builds a client or says why not; never falls back to a default client
+/// (which would have no timeout).
+fn build_client(
+    provider: &'static str,
+    builder: reqwest::ClientBuilder,
+) -> Result<reqwest::Client, ProviderError> {
+    builder.build().map_err(|e| {
+        ProviderError::invalid(
+            provider,
+            "client_unavailable",
+            format!("cannot build the HTTP client: {}", without_url(&e)),
+        )
+    })
 }
 
 /// A successful body that must be JSON.
@@ -178,10 +224,12 @@ pub(crate) fn json_body(
     status: reqwest::StatusCode,
     text: &str,
 ) -> Result<serde_json::Value, ProviderError> {
-    serde_json::from_str(text).map_err(|e| ProviderError::Fatal {
-        provider,
-        code: Some("invalid_response".into()),
-        message: format!("HTTP {status} with a body that is not JSON: {e}"),
+    serde_json::from_str(text).map_err(|e| {
+        ProviderError::invalid(
+            provider,
+            "invalid_response",
+            format!("HTTP {status} with a body that is not JSON: {e}"),
+        )
     })
 }
 
@@ -218,6 +266,7 @@ pub(crate) fn classify(
     } else {
         ProviderError::Fatal {
             provider,
+            status: Some(s),
             code,
             message,
         }
@@ -346,6 +395,14 @@ mod tests {
             assert!(!e.is_retryable(), "{s}");
             assert_eq!(e.envelope().code, "c");
         }
+    }
+
+    #[test]
+    fn a_client_that_cannot_be_built_is_an_error_not_a_client_without_a_timeout() {
+        let broken = reqwest::Client::builder().user_agent("bad\nagent");
+        let err = build_client("vercel", broken).unwrap_err();
+        assert_eq!(err.envelope().code, "client_unavailable");
+        assert!(http_client("vercel", Duration::from_secs(1)).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -48,8 +48,9 @@ pub struct PagerDutyClient {
 /// One page to open (or resolve).
 #[derive(Debug, Clone, Serialize)]
 pub struct Page {
-    /// Same key, same incident.
-    pub dedup_key: String,
+    /// Same key, same incident: PagerDuty's `dedup_key` (Events) or
+    /// `incident_key` (REST). Not the alert's dedup key.
+    pub incident_key: String,
     /// One line (truncated to 1024 chars).
     pub summary: String,
     /// `critical`, `error`, `warning`, `info`.
@@ -71,8 +72,8 @@ pub struct Page {
 /// What PagerDuty said.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Opened {
-    /// The dedup key (Events) or incident key (REST).
-    pub dedup_key: String,
+    /// The incident key PagerDuty grouped it under.
+    pub incident_key: String,
     /// REST incident id.
     pub incident_id: Option<String>,
     /// Link to the incident, when known.
@@ -93,15 +94,15 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 impl PagerDutyClient {
     /// A client for `base` (`https://events.pagerduty.com` or `https://api.pagerduty.com`).
-    pub fn new(base: &str, target: Target, timeout: Duration) -> Self {
+    pub fn new(base: &str, target: Target, timeout: Duration) -> Result<Self, ProviderError> {
         let backoff = Backoff {
             base: Duration::from_millis(300),
             max: Duration::from_secs(20),
         };
-        Self {
-            api: Endpoint::new(base, timeout, 3, backoff),
+        Ok(Self {
+            api: Endpoint::new(PROVIDER, base, timeout, 3, backoff)?,
             target,
-        }
+        })
     }
 
     /// Overrides the per-request retry schedule.
@@ -110,7 +111,7 @@ impl PagerDutyClient {
         self
     }
 
-    /// Opens (or re-triggers) the incident for `page.dedup_key`.
+    /// Opens (or re-triggers) the incident for `page.incident_key`.
     pub async fn trigger(&self, page: &Page) -> Result<Opened, ProviderError> {
         self.api
             .retry(|| async {
@@ -124,20 +125,21 @@ impl PagerDutyClient {
             .await
     }
 
-    /// Resolves the incident for `page.dedup_key` (Events API only; REST
-    /// incidents are resolved by the responder).
-    pub async fn resolve(&self, page: &Page) -> Result<Opened, ProviderError> {
+    /// Resolves the incident for `page.incident_key`: an Events API
+    /// `resolve`, or in REST mode `PUT /incidents/{id}` with status
+    /// `resolved` (the id as opened, else found by its incident key).
+    pub async fn resolve(
+        &self,
+        page: &Page,
+        incident_id: Option<&str>,
+    ) -> Result<Opened, ProviderError> {
         self.api
             .retry(|| async {
                 match &self.target {
                     Target::Events { routing_key } => {
                         self.enqueue(routing_key, "resolve", page).await
                     }
-                    Target::Rest { .. } => Err(ProviderError::Fatal {
-                        provider: PROVIDER,
-                        code: Some("unsupported".into()),
-                        message: "resolving is only supported with the Events API".into(),
-                    }),
+                    Target::Rest { .. } => self.resolve_incident(page, incident_id).await,
                 }
             })
             .await
@@ -150,23 +152,13 @@ impl PagerDutyClient {
             Target::Events { routing_key } if routing_key.expose_secret().len() == 32 => {
                 Ok("Events API v2 has no read-only call; integration key is well-formed".into())
             }
-            Target::Events { .. } => Err(ProviderError::Fatal {
-                provider: PROVIDER,
-                code: None,
-                message: "integration key must be 32 characters".into(),
-            }),
-            Target::Rest {
-                token, service_id, ..
-            } => {
-                let req = self
-                    .api
-                    .http
-                    .get(self.api.url(&format!("/services/{service_id}")))
-                    .header(
-                        "Authorization",
-                        format!("Token token={}", token.expose_secret()),
-                    )
-                    .header("Accept", "application/vnd.pagerduty+json;version=2");
+            Target::Events { .. } => Err(ProviderError::invalid(
+                PROVIDER,
+                "invalid_routing_key",
+                "integration key must be 32 characters",
+            )),
+            Target::Rest { service_id, .. } => {
+                let req = self.rest(Method::GET, &format!("/services/{service_id}"));
                 let (status, headers, text) = send(PROVIDER, req).await?;
                 if status.is_success() {
                     return Ok(format!("service {service_id} readable"));
@@ -187,7 +179,7 @@ impl PagerDutyClient {
         let mut body = json!({
             "routing_key": routing_key,
             "event_action": action,
-            "dedup_key": truncate(&page.dedup_key, DEDUP_MAX),
+            "dedup_key": truncate(&page.incident_key, DEDUP_MAX),
         });
         if action == "trigger" {
             body["payload"] = json!({
@@ -224,9 +216,9 @@ impl PagerDutyClient {
             let key = v
                 .get("dedup_key")
                 .and_then(Value::as_str)
-                .unwrap_or(&page.dedup_key);
+                .unwrap_or(&page.incident_key);
             return Ok(Opened {
-                dedup_key: key.to_string(),
+                incident_key: key.to_string(),
                 incident_id: None,
                 html_url: None,
                 already_open: false,
@@ -241,12 +233,100 @@ impl PagerDutyClient {
         ))
     }
 
+    /// A REST API request with the token, `From:` and the v2 `Accept`.
+    fn rest(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self
+            .api
+            .http
+            .request(method, self.api.url(path))
+            .header("Accept", "application/vnd.pagerduty+json;version=2");
+        if let Target::Rest { token, from, .. } = &self.target {
+            req = req
+                .header(
+                    "Authorization",
+                    format!("Token token={}", token.expose_secret()),
+                )
+                .header("From", from);
+        }
+        req
+    }
+
+    /// REST: resolves the incident `id`, or the open one whose incident key
+    /// is the page's. No open incident is nothing to resolve.
+    async fn resolve_incident(
+        &self,
+        page: &Page,
+        id: Option<&str>,
+    ) -> Result<Opened, ProviderError> {
+        let key = truncate(&page.incident_key, DEDUP_MAX);
+        let id = match id {
+            Some(id) => Some(id.to_string()),
+            None => self.open_incident(&key).await?,
+        };
+        let Some(id) = id else {
+            return Ok(Opened {
+                incident_key: key,
+                incident_id: None,
+                html_url: None,
+                already_open: false,
+            });
+        };
+        let body = json!({"incident": {"type": "incident_reference", "status": "resolved"}});
+        let req = self
+            .rest(Method::PUT, &format!("/incidents/{id}"))
+            .json(&body);
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        if !status.is_success() {
+            return Err(classify(
+                PROVIDER,
+                status,
+                &headers,
+                None,
+                error_text(&text),
+            ));
+        }
+        let v = json_body(PROVIDER, status, &text)?;
+        Ok(Opened {
+            incident_key: key,
+            incident_id: Some(id),
+            html_url: v
+                .pointer("/incident/html_url")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            already_open: false,
+        })
+    }
+
+    /// REST: the id of the triggered or acknowledged incident with `key`.
+    async fn open_incident(&self, key: &str) -> Result<Option<String>, ProviderError> {
+        let req = self.rest(Method::GET, "/incidents").query(&[
+            ("incident_key", key),
+            ("statuses[]", "triggered"),
+            ("statuses[]", "acknowledged"),
+        ]);
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        if !status.is_success() {
+            return Err(classify(
+                PROVIDER,
+                status,
+                &headers,
+                None,
+                error_text(&text),
+            ));
+        }
+        let v = json_body(PROVIDER, status, &text)?;
+        Ok(v["incidents"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|i| i["id"].as_str())
+            .map(str::to_owned))
+    }
+
     async fn create_incident(&self, page: &Page) -> Result<Opened, ProviderError> {
         let Target::Rest {
-            token,
-            from,
             service_id,
             escalation_policy_id,
+            ..
         } = &self.target
         else {
             unreachable!("create_incident is only called in REST mode")
@@ -261,7 +341,7 @@ impl PagerDutyClient {
             "title": truncate(&page.summary, SUMMARY_MAX),
             "service": {"id": service_id, "type": "service_reference"},
             "urgency": urgency,
-            "incident_key": truncate(&page.dedup_key, DEDUP_MAX),
+            "incident_key": truncate(&page.incident_key, DEDUP_MAX),
             "body": {"type": "incident_body", "details": serde_json::to_string_pretty(&page.custom_details).unwrap_or_default()},
         });
         if let Some(ep) = escalation_policy_id {
@@ -269,22 +349,14 @@ impl PagerDutyClient {
                 json!({"id": ep, "type": "escalation_policy_reference"});
         }
         let req = self
-            .api
-            .http
-            .post(self.api.url("/incidents"))
-            .header(
-                "Authorization",
-                format!("Token token={}", token.expose_secret()),
-            )
-            .header("From", from)
-            .header("Accept", "application/vnd.pagerduty+json;version=2")
+            .rest(Method::POST, "/incidents")
             .json(&json!({ "incident": incident }));
         let (status, headers, text) = send(PROVIDER, req).await?;
         if status.is_success() {
             let v = json_body(PROVIDER, status, &text)?;
             let inc = v.get("incident").cloned().unwrap_or(Value::Null);
             return Ok(Opened {
-                dedup_key: truncate(&page.dedup_key, DEDUP_MAX),
+                incident_key: truncate(&page.incident_key, DEDUP_MAX),
                 incident_id: inc.get("id").and_then(Value::as_str).map(str::to_owned),
                 html_url: inc
                     .get("html_url")
@@ -300,7 +372,7 @@ impl PagerDutyClient {
                 .contains("matching dedup key already exists")
         {
             return Ok(Opened {
-                dedup_key: truncate(&page.dedup_key, DEDUP_MAX),
+                incident_key: truncate(&page.incident_key, DEDUP_MAX),
                 incident_id: None,
                 html_url: None,
                 already_open: true,

@@ -20,20 +20,21 @@ pub struct SentryClient {
 
 impl SentryClient {
     /// A client for `base` (`https://sentry.io`).
-    pub fn new(base: &str, token: SecretString, org: &str, timeout: Duration) -> Self {
-        Self {
-            api: super::Endpoint::new(
-                base,
-                timeout,
-                1,
-                super::Backoff {
-                    base: Duration::ZERO,
-                    max: Duration::ZERO,
-                },
-            ),
+    pub fn new(
+        base: &str,
+        token: SecretString,
+        org: &str,
+        timeout: Duration,
+    ) -> Result<Self, ProviderError> {
+        let once = super::Backoff {
+            base: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        Ok(Self {
+            api: super::Endpoint::new(PROVIDER, base, timeout, 1, once)?,
             token,
             org: org.to_string(),
-        }
+        })
     }
 
     /// Reads a project (`GET /api/0/projects/{org}/{slug}/`).

@@ -48,15 +48,15 @@ pub struct Posted {
 
 impl SlackClient {
     /// A client for `base` (`https://slack.com/api`).
-    pub fn new(base: &str, target: Target, timeout: Duration) -> Self {
+    pub fn new(base: &str, target: Target, timeout: Duration) -> Result<Self, ProviderError> {
         let backoff = Backoff {
             base: Duration::from_millis(300),
             max: Duration::from_secs(30),
         };
-        Self {
-            api: Endpoint::new(base, timeout, 3, backoff),
+        Ok(Self {
+            api: Endpoint::new(PROVIDER, base, timeout, 3, backoff)?,
             target,
-        }
+        })
     }
 
     /// Overrides the per-request retry schedule.
@@ -298,9 +298,9 @@ async fn web_api(req: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
             retry_after: super::retry_after(&headers),
         });
     }
-    Err(ProviderError::Fatal {
-        provider: PROVIDER,
-        message: format!("ok=false: {error}"),
-        code: Some(error),
-    })
+    Err(ProviderError::invalid(
+        PROVIDER,
+        &error,
+        format!("ok=false: {error}"),
+    ))
 }

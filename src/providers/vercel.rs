@@ -56,16 +56,16 @@ impl VercelClient {
         token: SecretString,
         team_id: Option<String>,
         timeout: Duration,
-    ) -> Self {
+    ) -> Result<Self, ProviderError> {
         let backoff = Backoff {
             base: Duration::from_millis(200),
             max: Duration::from_secs(10),
         };
-        Self {
-            api: Endpoint::new(base, timeout, 4, backoff),
+        Ok(Self {
+            api: Endpoint::new(PROVIDER, base, timeout, 4, backoff)?,
             token,
             team_id,
-        }
+        })
     }
 
     /// Overrides the per-request retry schedule (tests use a tiny one).
@@ -102,9 +102,7 @@ impl VercelClient {
                     .or_else(|| obj.pointer("/deployment/id").and_then(Value::as_str));
                 Ok(id.map(str::to_owned))
             }
-            Err(ProviderError::Fatal { message, .. }) if message.starts_with("HTTP 404") => {
-                Ok(None)
-            }
+            Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -137,15 +135,13 @@ impl VercelClient {
             .await?;
         match v.get("lastAliasRequest") {
             None | Some(Value::Null) => Ok(None),
-            Some(job) => {
-                serde_json::from_value(job.clone())
-                    .map(Some)
-                    .map_err(|e| ProviderError::Fatal {
-                        provider: PROVIDER,
-                        code: Some("invalid_response".into()),
-                        message: format!("unexpected lastAliasRequest: {e}"),
-                    })
-            }
+            Some(job) => serde_json::from_value(job.clone()).map(Some).map_err(|e| {
+                ProviderError::invalid(
+                    PROVIDER,
+                    "invalid_response",
+                    format!("unexpected lastAliasRequest: {e}"),
+                )
+            }),
         }
     }
 

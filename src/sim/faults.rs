@@ -136,7 +136,7 @@ fn server_error(provider: Provider) -> Response {
 }
 
 fn rate_limited(provider: Provider) -> Response {
-    let reset = (crate::ledger::now_ms() / 1000 + 1).to_string();
+    let reset = (crate::clock::now_ms() / 1000 + 1).to_string();
     let (body, headers): (serde_json::Value, Vec<(&str, String)>) = match provider {
         Provider::Vercel => (
             json!({"error": {"code": "rate_limited", "message": "Rate limit exceeded", "limit": {"remaining": 0, "reset": reset.parse::<i64>().unwrap_or(0), "total": 120}}}),

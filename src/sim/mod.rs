@@ -7,6 +7,7 @@
 //! Each provider lives under its own prefix: `/vercel`, `/pagerduty`,
 //! `/slack`, `/sentry`; `/_sim/state` and `/_sim/faults` inspect and steer.
 
+pub mod config;
 mod faults;
 mod pagerduty;
 pub mod sender;

@@ -5,9 +5,9 @@
 
 use serde_json::{json, Value};
 
-use crate::ingest::sentry::format_time;
+use crate::clock::format_time;
+use crate::clock::now_ms;
 use crate::ingest::signature::{sign, Digest};
-use crate::ledger::now_ms;
 
 /// A crash-free-session metric alert.
 #[derive(Debug, Clone)]

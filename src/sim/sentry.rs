@@ -49,7 +49,7 @@ async fn sessions(
         .to_string();
     let rate = sim.world().crash_free.get(&release).copied();
     let totals = json!({"crash_free_rate(session)": rate, "sum(session)": if rate.is_some() { 1000 } else { 0 }});
-    let now = crate::ingest::sentry::format_time(crate::ledger::now_ms());
+    let now = crate::clock::format_time(crate::clock::now_ms());
     let body: Value = json!({
         "start": now, "end": now, "intervals": [now], "query": q.get("query"),
         "groups": [{"by": {}, "totals": totals, "series": {"crash_free_rate(session)": [rate], "sum(session)": [totals["sum(session)"]]}}]

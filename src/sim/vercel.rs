@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use super::{AliasWrite, Sim};
-use crate::ledger::now_ms;
+use crate::clock::now_ms;
 
 pub fn routes() -> Router<Sim> {
     Router::new()
@@ -94,7 +94,7 @@ async fn assign_alias(
         deployment: id,
         at_us: super::now_us(),
     });
-    let mut body = json!({"uid": format!("alias_{n}"), "alias": alias, "created": crate::ingest::sentry::format_time(now_ms())});
+    let mut body = json!({"uid": format!("alias_{n}"), "alias": alias, "created": crate::clock::format_time(now_ms())});
     if let Some(old) = old {
         body["oldDeploymentId"] = json!(old);
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use backstop::ledger::now_ms;
+use backstop::clock::now_ms;
 use serde_json::Value;
 
 use crate::helpers::*;

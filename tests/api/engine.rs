@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use backstop::clock::now_ms;
 use backstop::config::Strategy;
-use backstop::ledger::{now_ms, Verdict};
+use backstop::ledger::Verdict;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
@@ -153,15 +154,12 @@ async fn a_run_claimed_by_a_dead_instance_is_taken_over_after_its_lease() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.alias_writes().await.len(), 2);
-    assert!(!app
-        .store
-        .renew_run(
-            &claimed.unwrap().run.id,
-            "dead-instance",
-            Duration::from_secs(1)
-        )
-        .await
-        .unwrap());
+    let dead = claimed.unwrap().claim;
+    let renewed = app.store.renew_run(&dead, Duration::from_secs(1)).await;
+    assert!(
+        matches!(renewed, Err(backstop::ledger::StoreError::LostClaim(_))),
+        "the dead instance's claim is gone: {renewed:?}"
+    );
 }
 
 #[tokio::test]
@@ -185,7 +183,9 @@ async fn sync_imports_production_history_and_the_live_alias() {
         .mount(&app.vercel)
         .await;
     app.vercel_serves("dpl_3").await;
-    let vercel = backstop::app::vercel_client(&test_settings(&app)).unwrap();
+    let vercel = backstop::app::vercel_client(&test_settings(&app))
+        .unwrap()
+        .unwrap();
     let svc = test_settings(&app).services[0].clone();
     let report = backstop::feed::sync_service(&app.store, &vercel, &svc, 20)
         .await

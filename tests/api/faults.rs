@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use backstop::ledger::{now_ms, NewDeployment};
+use backstop::clock::now_ms;
+use backstop::ledger::NewDeployment;
 use backstop::sim::{Faults, Provider};
 
 use crate::helpers::*;
@@ -50,7 +51,7 @@ async fn with_provider_down(
     assert_eq!(app.alert(id, 0).await, 202);
     app.until_runs_finish(Duration::from_secs(30)).await;
     let run = app.store.list_runs(1).await.unwrap().remove(0);
-    assert_eq!(run.status, "failed", "the run ends failed");
+    assert_eq!(run.status, RunStatus::Failed, "the run ends failed");
     let detail = app.store.run_detail(&run.id).await.unwrap();
     Some((app, detail))
 }
@@ -103,8 +104,8 @@ async fn with_thirty_percent_of_provider_calls_failing_every_run_completes() {
     assert_eq!(runs.len(), 3);
     for r in &runs {
         assert_eq!(
-            (r.status.as_str(), r.outcome.as_deref()),
-            ("done", Some("rollback")),
+            (r.status, r.outcome),
+            (RunStatus::Done, Some(Outcome::Rollback)),
             "{:?}",
             r.reason
         );
@@ -120,11 +121,12 @@ async fn vercel_that_stays_down_fails_the_run_with_its_error_and_pages() {
     let Some((app, detail)) = with_provider_down(Provider::Vercel, "910").await else {
         return;
     };
-    let decide = detail.steps.iter().find(|s| s.name == "decide").unwrap();
-    let message = decide.error.as_ref().unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let decide = detail
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Decide)
+        .unwrap();
+    let message = decide.error.as_ref().unwrap().message.as_str().to_string();
     assert!(
         message.contains("An unexpected internal error occurred"),
         "Vercel's last words are kept: {message}"
@@ -150,8 +152,12 @@ async fn pagerduty_that_stays_down_is_announced_in_slack() {
         vec![Some(SIM_GOOD.to_string()); 2],
         "the rollback is not blocked"
     );
-    let page = detail.steps.iter().find(|s| s.name == "page").unwrap();
-    assert_eq!(page.status, "failed");
+    let page = detail
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Page)
+        .unwrap();
+    assert_eq!(page.status, StepStatus::Failed);
     let w = app.sim.sim.world();
     assert_eq!(w.messages.len(), 2);
     assert!(w.messages[1].thread_ts.is_some());
@@ -168,10 +174,17 @@ async fn slack_that_stays_down_fails_the_run_after_the_rollback_and_the_page() {
         return;
     };
     assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
-    let announce = detail.steps.iter().find(|s| s.name == "announce").unwrap();
-    assert!(announce.error.as_ref().unwrap()["message"]
-        .as_str()
+    let announce = detail
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Announce)
+        .unwrap();
+    assert!(announce
+        .error
+        .as_ref()
         .unwrap()
+        .message
+        .as_str()
         .contains("internal_error"));
     assert_eq!(app.sim.sim.world().incidents.len(), 1, "the page went out");
 }
@@ -202,6 +215,9 @@ async fn a_slow_step_keeps_its_lease_so_no_other_instance_takes_the_run() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.store.list_runs(1).await.unwrap()[0].status, "done");
+    assert_eq!(
+        app.store.list_runs(1).await.unwrap()[0].status,
+        RunStatus::Done
+    );
     assert_eq!(app.sim.sim.world().messages.len(), 1);
 }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 
 use backstop::cli::{check, demo, test_alert};
+use backstop::clock::now_ms;
 use backstop::config::Settings;
-use backstop::ledger::{now_ms, Store};
+use backstop::ledger::Store;
 use backstop::sim::sender::CrashAlert;
 use backstop::sim::Running;
 use secrecy::SecretString;
@@ -45,7 +46,7 @@ struct Rehearsal {
 
 /// The demo's simulated world with a seeded ledger and a config pointing at it.
 async fn rehearsal() -> Rehearsal {
-    let sim = demo::demo_sim()
+    let sim = backstop::sim::config::world(&backstop::sim::config::DEMO)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
@@ -54,7 +55,7 @@ async fn rehearsal() -> Rehearsal {
     let settings = demo::demo_settings(&sim, &db, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let store = Store::connect(&SecretString::from(db), 1).await.unwrap();
     store.migrate().await.unwrap();
-    demo::seed_ledger(&store, settings.services[0].bake_time)
+    backstop::sim::config::seed_ledger(&store, settings.services[0].bake_time)
         .await
         .unwrap();
     Rehearsal {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use backstop::ledger::now_ms;
+use backstop::clock::now_ms;
 use backstop::sim::sender;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -103,18 +103,18 @@ async fn two_different_alerts_for_one_service_roll_back_once(db: Db) {
     app.until_runs_finish().await;
     assert_eq!(app.alias_writes().await.len(), 2, "one rollback, not two");
     let runs = app.store.list_runs(10).await.unwrap();
-    let outcomes: Vec<_> = runs
-        .iter()
-        .map(|r| r.outcome.clone().unwrap_or_default())
-        .collect();
+    let outcomes: Vec<_> = runs.iter().map(|r| r.outcome).collect();
     assert_eq!(
-        outcomes.iter().filter(|o| *o == "rollback").count(),
+        outcomes
+            .iter()
+            .filter(|o| **o == Some(Outcome::Rollback))
+            .count(),
         1,
         "{outcomes:?}"
     );
     let other = runs
         .iter()
-        .find(|r| r.outcome.as_deref() != Some("rollback"))
+        .find(|r| r.outcome != Some(Outcome::Rollback))
         .unwrap();
     let reason = other.reason.clone().unwrap_or_default();
     assert!(

@@ -1,8 +1,8 @@
 //! Hostile and broken input: every request gets its status and leaves no
 //! trace; a few malformed-but-signed ones are accepted and handled safely.
 
+use backstop::clock::now_ms;
 use backstop::ingest::signature::{sign, Digest};
-use backstop::ledger::now_ms;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -224,8 +224,8 @@ async fn malformed_dates_and_string_ids_are_accepted_and_handled_safely() {
     app.engine.run_until_idle().await.unwrap();
     let run = &app.store.list_runs(1).await.unwrap()[0];
     // An unreadable start counts as when it arrived: after the promotion, so fresh.
-    assert_eq!(run.status, "done");
-    assert_eq!(run.outcome.as_deref(), Some("rollback"));
+    assert_eq!(run.status, RunStatus::Done);
+    assert_eq!(run.outcome, Some(Outcome::Rollback));
     let decision = run.decision.as_ref().unwrap();
     assert!(decision["alert_started_at_ms"].as_i64().unwrap() >= run.created_at_ms);
     let mut numeric = crash_alert("803", now_ms() - MIN);

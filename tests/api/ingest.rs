@@ -1,8 +1,8 @@
 //! Webhook routes: statuses exactly as DESIGN.md's route table says, and a
 //! refused request leaves nothing behind.
 
+use backstop::clock::now_ms;
 use backstop::ingest::signature::{sign, Digest};
-use backstop::ledger::now_ms;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -257,7 +257,10 @@ async fn alerts_the_alert_alone_settles_are_stored_decided_and_finished() {
         .into_iter()
         .map(|r| (r.status, r.reason.unwrap_or_default()))
         .collect();
-    assert!(reasons.iter().all(|(s, _)| s == "done"), "{reasons:?}");
+    assert!(
+        reasons.iter().all(|(s, _)| *s == RunStatus::Done),
+        "{reasons:?}"
+    );
     assert!(
         reasons.iter().any(|(_, r)| r.starts_with("unmapped"))
             && reasons.iter().any(|(_, r)| r.starts_with("not critical")),

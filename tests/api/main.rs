@@ -10,6 +10,7 @@ mod guarantees;
 mod helpers;
 mod hostile;
 mod ingest;
+mod issue9;
 mod ledger;
 mod notify;
 mod notify_clients;

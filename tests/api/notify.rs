@@ -2,7 +2,8 @@
 //! holding back reaches PagerDuty and Slack, and neither failing undoes a
 //! rollback.
 
-use backstop::ledger::{now_ms, RunDetail};
+use backstop::clock::now_ms;
+use backstop::ledger::RunDetail;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
@@ -33,10 +34,8 @@ async fn detail(app: &TestApp, run: &str) -> RunDetail {
         .unwrap()
 }
 
-fn step<'a>(d: &'a RunDetail, name: &str) -> &'a backstop::ledger::Step {
-    d.steps
-        .iter()
-        .find(|s| s.name == name)
+fn step(d: &RunDetail, name: StepName) -> &backstop::ledger::Step {
+    d.step(name)
         .unwrap_or_else(|| panic!("no {name} step in {:?}", d.steps))
 }
 
@@ -115,14 +114,14 @@ async fn rollback_pages_once_and_announces_once_with_the_facts(db: Db) {
         assert!(card.contains(part), "card lacks `{part}`: {card}");
     }
     let d = detail(&app, &run).await;
-    for name in ["rollback", "page", "announce"] {
-        assert_eq!(step(&d, name).status, "succeeded", "{name}");
+    for name in [StepName::Rollback, StepName::Page, StepName::Announce] {
+        assert_eq!(step(&d, name).status, StepStatus::Succeeded, "{name}");
     }
     assert_eq!(
-        step(&d, "announce").output.as_ref().unwrap()["ts"],
+        step(&d, StepName::Announce).output.as_ref().unwrap()["ts"],
         SLACK_TS
     );
-    assert_eq!(d.run.status, "done");
+    assert_eq!(d.run.status, RunStatus::Done);
 }
 
 #[tokio::test]
@@ -144,18 +143,21 @@ async fn slack_outage_neither_blocks_the_rollback_nor_the_page_and_announce_retr
     assert_eq!(app.alias_writes().await.len(), 2, "the rollback happened");
     assert_eq!(pages(&app).await.len(), 1, "the page went out");
     let d = detail(&app, &run).await;
-    let announce = step(&d, "announce");
-    assert_eq!(announce.status, "succeeded");
+    let announce = step(&d, StepName::Announce);
+    assert_eq!(announce.status, StepStatus::Succeeded);
     assert_eq!(announce.attempts, 2, "the announce step retried durably");
     let first = d
         .attempts
         .iter()
-        .find(|a| a.step == "announce" && a.attempt == 1)
+        .find(|a| a.step == StepName::Announce && a.attempt == 1)
         .unwrap();
-    assert_eq!(first.outcome.as_deref(), Some("retryable"));
-    assert!(first.error.as_ref().unwrap()["message"]
-        .as_str()
+    assert_eq!(first.outcome, Some(AttemptOutcome::Retryable));
+    assert!(first
+        .error
+        .as_ref()
         .unwrap()
+        .message
+        .as_str()
         .contains("503"));
     assert_eq!(
         posts(&app).await.len(),
@@ -181,9 +183,9 @@ async fn pagerduty_400_is_recorded_as_fatal_and_slack_still_posts_and_says_so() 
         .await;
     let run = fire(&app, &crash_alert("203", now_ms() - MIN)).await;
     let d = detail(&app, &run).await;
-    let page = step(&d, "page");
+    let page = step(&d, StepName::Page);
     assert_eq!((page.status.as_str(), page.attempts), ("failed", 1));
-    let message = page.error.as_ref().unwrap()["message"].as_str().unwrap();
+    let message = page.error.as_ref().unwrap().message.as_str();
     assert!(
         message.contains("Event object is invalid") && message.contains("routing_key"),
         "{message}"
@@ -202,8 +204,8 @@ async fn pagerduty_400_is_recorded_as_fatal_and_slack_still_posts_and_says_so() 
         note.contains("PagerDuty could not be paged") && note.contains("Event object is invalid"),
         "{note}"
     );
-    assert_eq!(step(&d, "followup").status, "succeeded");
-    assert_eq!(step(&d, "rollback").status, "succeeded");
+    assert_eq!(step(&d, StepName::Followup).status, StepStatus::Succeeded);
+    assert_eq!(step(&d, StepName::Rollback).status, StepStatus::Succeeded);
     assert!(app.store.deployment("dpl_old").await.unwrap().unwrap().live);
 }
 
@@ -328,12 +330,7 @@ async fn second_rollback_within_the_cooldown_escalates_instead() {
 async fn assert_escalation(app: &TestApp, id: &str, reason: &str) {
     let run = fire(app, &crash_alert(id, now_ms())).await;
     let d = detail(app, &run).await;
-    assert_eq!(
-        d.run.outcome.as_deref(),
-        Some("escalate"),
-        "{:?}",
-        d.run.reason
-    );
+    assert_eq!(d.run.outcome, Some(Outcome::Escalate), "{:?}", d.run.reason);
     let pages = pages(app).await;
     assert_eq!(pages.len(), 1, "{reason}");
     assert_eq!(pages[0]["payload"]["severity"], "critical");
@@ -380,7 +377,7 @@ async fn failed_rollback_pages_critical_with_vercels_error() {
                                                    // "already handled" but escalates (cooldown), and pages again.
     fire(&app, &crash_alert("407", now_ms() - MIN)).await;
     let run = &app.store.list_runs(1).await.unwrap()[0];
-    assert_eq!(run.outcome.as_deref(), Some("escalate"), "{:?}", run.reason);
+    assert_eq!(run.outcome, Some(Outcome::Escalate), "{:?}", run.reason);
     assert!(run.reason.as_deref().unwrap().starts_with("cooldown"));
 }
 
@@ -471,7 +468,7 @@ async fn service_template_overrides_the_summary_and_a_broken_one_falls_back() {
         "default used"
     );
     let d = detail(&app, &run).await;
-    let warning = step(&d, "announce").output.as_ref().unwrap()["template_warning"]
+    let warning = step(&d, StepName::Announce).output.as_ref().unwrap()["template_warning"]
         .as_str()
         .unwrap_or("")
         .to_string();

@@ -59,6 +59,7 @@ fn events_client(server: &MockServer) -> PagerDutyClient {
         },
         Duration::from_millis(500),
     )
+    .expect("client builds")
     .with_retries(3, fast_backoff())
 }
 
@@ -73,6 +74,7 @@ fn rest_client(server: &MockServer) -> PagerDutyClient {
         },
         Duration::from_millis(500),
     )
+    .expect("client builds")
     .with_retries(3, fast_backoff())
 }
 
@@ -84,6 +86,7 @@ fn bot_client(server: &MockServer) -> SlackClient {
         },
         Duration::from_millis(500),
     )
+    .expect("client builds")
     .with_retries(3, fast_backoff())
 }
 
@@ -95,12 +98,13 @@ fn webhook_client(server: &MockServer) -> SlackClient {
         },
         Duration::from_millis(500),
     )
+    .expect("client builds")
     .with_retries(3, fast_backoff())
 }
 
 fn page() -> Page {
     Page {
-        dedup_key: "backstop/prj_storefront/rule-4821/incident-37".into(),
+        incident_key: "backstop/prj_storefront/rule-4821/incident-37".into(),
         summary: "Rolled back shop.example.com: crash-free sessions fell to 92%".into(),
         severity: "critical".into(),
         component: "storefront".into(),
@@ -223,7 +227,7 @@ async fn pagerduty_trigger_sends_a_complete_events_v2_event_and_returns_the_dedu
     assert_eq!(
         opened,
         Opened {
-            dedup_key: "srv01/HTTP".into(),
+            incident_key: "srv01/HTTP".into(),
             incident_id: None,
             html_url: None,
             already_open: false,
@@ -243,7 +247,7 @@ async fn pagerduty_trigger_sends_a_complete_events_v2_event_and_returns_the_dedu
     assert_eq!(sent["routing_key"], ROUTING_KEY);
     assert_eq!(sent["routing_key"].as_str().unwrap().len(), 32);
     assert_eq!(sent["event_action"], "trigger");
-    assert_eq!(sent["dedup_key"], page.dedup_key);
+    assert_eq!(sent["dedup_key"], page.incident_key);
     assert!(sent["dedup_key"].as_str().unwrap().chars().count() <= 255);
 
     let payload = &sent["payload"];
@@ -288,7 +292,7 @@ async fn pagerduty_dedup_key_longer_than_255_chars_is_cut_to_255() {
     let server = MockServer::start().await;
     always(&server, "/v2/enqueue", json_response(202, EVENTS_202)).await;
     let mut page = page();
-    page.dedup_key = format!("backstop/{}", "k".repeat(400));
+    page.incident_key = format!("backstop/{}", "k".repeat(400));
 
     events_client(&server)
         .trigger(&page)
@@ -351,7 +355,7 @@ async fn pagerduty_429_then_202_succeeds_on_the_second_request() {
         .await
         .expect("retried to success");
 
-    assert_eq!(opened.dedup_key, "srv01/HTTP");
+    assert_eq!(opened.incident_key, "srv01/HTTP");
     let reqs = requests(&server).await;
     assert_eq!(reqs.len(), 2);
     assert_eq!(
@@ -377,7 +381,7 @@ async fn pagerduty_500_then_202_succeeds_on_the_second_request() {
         .await
         .expect("retried to success");
 
-    assert_eq!(opened.dedup_key, "srv01/HTTP");
+    assert_eq!(opened.incident_key, "srv01/HTTP");
     let reqs = requests(&server).await;
     assert_eq!(reqs.len(), 2);
     assert_eq!(
@@ -394,7 +398,7 @@ async fn pagerduty_resolve_sends_the_same_dedup_key_with_event_action_resolve() 
     let page = page();
 
     events_client(&server)
-        .resolve(&page)
+        .resolve(&page, None)
         .await
         .expect("202 is success");
 
@@ -405,7 +409,7 @@ async fn pagerduty_resolve_sends_the_same_dedup_key_with_event_action_resolve() 
     assert_known_fields(&sent, &fixture(EVENTS_RESOLVE_REQUEST), "resolve event");
     assert_eq!(sent["routing_key"], ROUTING_KEY);
     assert_eq!(sent["event_action"], "resolve");
-    assert_eq!(sent["dedup_key"], page.dedup_key);
+    assert_eq!(sent["dedup_key"], page.incident_key);
 }
 
 // ---------------------------------------------------------- PagerDuty REST
@@ -429,7 +433,7 @@ async fn pagerduty_rest_create_sends_a_complete_incident_and_returns_its_id_and_
     assert_eq!(
         opened,
         Opened {
-            dedup_key: page.dedup_key.clone(),
+            incident_key: page.incident_key.clone(),
             incident_id: Some("PT4KHLK".into()),
             html_url: Some("https://subdomain.pagerduty.com/incidents/PT4KHLK".into()),
             already_open: false,
@@ -463,7 +467,7 @@ async fn pagerduty_rest_create_sends_a_complete_incident_and_returns_its_id_and_
         json!({"id": "PWIXJZS", "type": "service_reference"})
     );
     assert_eq!(incident["urgency"], "high", "a critical page is urgent");
-    assert_eq!(incident["incident_key"], page.dedup_key);
+    assert_eq!(incident["incident_key"], page.incident_key);
     assert_eq!(incident["body"]["type"], "incident_body");
     let details = incident["body"]["details"]
         .as_str()
@@ -496,7 +500,7 @@ async fn pagerduty_rest_open_incident_with_the_same_key_counts_as_already_open()
         .expect("an open incident is fine");
 
     assert!(opened.already_open);
-    assert_eq!(opened.dedup_key, page.dedup_key);
+    assert_eq!(opened.incident_key, page.incident_key);
     assert_eq!(requests(&server).await.len(), 1);
 }
 

@@ -1,7 +1,8 @@
 //! The whole pipeline through the real HTTP server, on SQLite and Postgres:
 //! signed alert → decision → Vercel rollback → ledger.
 
-use backstop::ledger::{now_ms, Verdict};
+use backstop::clock::now_ms;
+use backstop::ledger::Verdict;
 use serde_json::Value;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, ResponseTemplate};
@@ -90,31 +91,30 @@ async fn crash_alert_about_live_release_rolls_every_domain_back_and_verifies(db:
         .run_detail(&backstop::ledger::RunId(run))
         .await
         .unwrap();
-    assert_eq!(detail.run.status, "done");
+    assert_eq!(detail.run.status, RunStatus::Done);
     let ends: Vec<_> = detail
         .attempts
         .iter()
-        .map(|a| {
-            (
-                a.step.as_str(),
-                a.outcome.as_deref(),
-                a.finished_at_ms.is_some(),
-            )
-        })
+        .map(|a| (a.step, a.outcome, a.finished_at_ms.is_some()))
         .collect();
     assert!(
-        ends.iter().all(|(_, o, f)| *o == Some("ok") && *f),
+        ends.iter()
+            .all(|(_, o, f)| *o == Some(AttemptOutcome::Ok) && *f),
         "every attempt is on record as ended: {ends:?}"
     );
     assert!(
-        ends.iter().any(|(s, _, _)| *s == "decide")
-            && ends.iter().any(|(s, _, _)| *s == "rollback")
+        ends.iter().any(|(s, _, _)| *s == StepName::Decide)
+            && ends.iter().any(|(s, _, _)| *s == StepName::Rollback)
     );
-    assert_eq!(detail.run.outcome.as_deref(), Some("rollback"));
+    assert_eq!(detail.run.outcome, Some(Outcome::Rollback));
     assert_eq!(detail.run.rollback_from.as_deref(), Some("dpl_new"));
     assert_eq!(detail.run.rollback_to.as_deref(), Some("dpl_old"));
-    let rollback = detail.steps.iter().find(|s| s.name == "rollback").unwrap();
-    assert_eq!(rollback.status, "succeeded");
+    let rollback = detail
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Rollback)
+        .unwrap();
+    assert_eq!(rollback.status, StepStatus::Succeeded);
     assert_eq!(
         rollback.output.as_ref().unwrap()["domains"]
             .as_array()
@@ -130,12 +130,12 @@ async fn crash_alert_about_live_release_rolls_every_domain_back_and_verifies(db:
     assert!(text.contains("production unchanged"), "{text}");
 }
 
-async fn assert_no_writes(app: &TestApp, expected_outcome: &str, reason_part: &str) {
+async fn assert_no_writes(app: &TestApp, expected_outcome: Outcome, reason_part: &str) {
     app.engine.run_until_idle().await.unwrap();
     assert!(app.alias_writes().await.is_empty(), "no alias may move");
     let runs = app.store.list_runs(10).await.unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].outcome.as_deref(), Some(expected_outcome));
+    assert_eq!(runs[0].outcome, Some(expected_outcome));
     let reason = runs[0].reason.clone().unwrap_or_default();
     assert!(
         reason.contains(reason_part),
@@ -155,7 +155,7 @@ async fn stale_alert_does_not_touch_vercel(db: Db) {
     app.vercel_serves("dpl_new").await;
     let (status, _) = fire(&app, &crash_alert("102", now_ms() - 30 * MIN)).await;
     assert_eq!(status, 202);
-    assert_no_writes(&app, "skip", "stale").await;
+    assert_no_writes(&app, Outcome::Skip, "stale").await;
 }
 
 async fn unmapped_project_does_not_touch_vercel(db: Db) {
@@ -168,7 +168,7 @@ async fn unmapped_project_does_not_touch_vercel(db: Db) {
     alert["data"]["metric_alert"]["projects"] = serde_json::json!(["billing-api"]);
     let (status, _) = fire(&app, &alert).await;
     assert_eq!(status, 202);
-    assert_no_writes(&app, "skip", "unmapped").await;
+    assert_no_writes(&app, Outcome::Skip, "unmapped").await;
 }
 
 async fn warning_does_not_touch_vercel(db: Db) {
@@ -181,7 +181,7 @@ async fn warning_does_not_touch_vercel(db: Db) {
     alert["action"] = "warning".into();
     let (status, _) = fire(&app, &alert).await;
     assert_eq!(status, 202);
-    assert_no_writes(&app, "skip", "not critical").await;
+    assert_no_writes(&app, Outcome::Skip, "not critical").await;
 }
 
 async fn drifted_production_does_not_touch_vercel_and_resyncs_the_ledger(db: Db) {
@@ -203,7 +203,7 @@ async fn drifted_production_does_not_touch_vercel_and_resyncs_the_ledger(db: Db)
     app.engine.run_until_idle().await.unwrap();
     assert!(app.alias_writes().await.is_empty(), "no alias may move");
     let run = &app.store.list_runs(1).await.unwrap()[0];
-    assert_eq!(run.outcome.as_deref(), Some("skip"));
+    assert_eq!(run.outcome, Some(Outcome::Skip));
     assert!(run
         .reason
         .as_deref()
@@ -252,10 +252,14 @@ async fn a_retry_stops_when_a_person_moved_production_meanwhile() {
     app.engine.run_until_idle().await.unwrap();
     let run = &app.store.list_runs(1).await.unwrap()[0];
     let detail = app.store.run_detail(&run.id).await.unwrap();
-    let step = detail.steps.iter().find(|s| s.name == "rollback").unwrap();
-    assert_eq!(step.status, "failed");
+    let step = detail
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Rollback)
+        .unwrap();
+    assert_eq!(step.status, StepStatus::Failed);
     assert_eq!(
-        step.error.as_ref().unwrap()["code"],
+        step.error.as_ref().unwrap().code,
         "production_changed",
         "{:?}",
         step.error
@@ -276,7 +280,7 @@ async fn dry_run_service_does_not_touch_vercel(db: Db) {
     app.seed_history().await;
     app.vercel_serves("dpl_new").await;
     fire(&app, &crash_alert("106", now_ms() - MIN)).await;
-    assert_no_writes(&app, "dry-run", "would roll back dpl_new to dpl_old").await;
+    assert_no_writes(&app, Outcome::DryRun, "would roll back dpl_new to dpl_old").await;
 }
 
 async fn forged_signature_is_refused_and_stores_nothing(db: Db) {
@@ -346,14 +350,21 @@ async fn failed_alias_write_fails_the_run_and_keeps_the_ledger(db: Db) {
     fire(&app, &crash_alert("109", now_ms() - MIN)).await;
     app.engine.run_until_idle().await.unwrap();
     let runs = app.store.list_runs(1).await.unwrap();
-    assert_eq!(runs[0].status, "failed");
+    assert_eq!(runs[0].status, RunStatus::Failed);
     let detail = app.store.run_detail(&runs[0].id).await.unwrap();
-    let step = detail.steps.iter().find(|s| s.name == "rollback").unwrap();
+    let step = detail
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Rollback)
+        .unwrap();
     assert_eq!(step.attempts, 1, "403 is fatal at once");
-    assert_eq!(step.error.as_ref().unwrap()["code"], "forbidden");
-    assert!(step.error.as_ref().unwrap()["message"]
-        .as_str()
+    assert_eq!(step.error.as_ref().unwrap().code, "forbidden");
+    assert!(step
+        .error
+        .as_ref()
         .unwrap()
+        .message
+        .as_str()
         .contains("Not authorized"));
     assert!(
         app.store.deployment("dpl_new").await.unwrap().unwrap().live,

@@ -10,10 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::cli::demo::{demo_sim_with, seed_ledger};
-use backstop::ledger::{now_ms, Store};
+use backstop::clock::now_ms;
+use backstop::ledger::{RunStatus, Store};
+use backstop::sim::config::{seed_ledger, world as sim_world, Bases, Config, Creds};
 use backstop::sim::sender::{self, CrashAlert};
-use backstop::sim::{Credentials, Faults, Provider, Running};
+use backstop::sim::{Faults, Provider, Running};
 use secrecy::SecretString;
 
 use crate::helpers::{SIM_DOMAINS, SIM_GOOD};
@@ -24,6 +25,15 @@ const VERCEL_TOKEN: &str = "proc-vercel-token-5b2d99";
 const ROUTING_KEY: &str = "0c0ffee0c0ffee0c0ffee0c0ffee0c0f";
 const SLACK_TOKEN: &str = "xoxb-proc-slack-token-e3a1";
 const SECRETS: [&str; 5] = [SENTRY, VERCEL_HOOK, VERCEL_TOKEN, ROUTING_KEY, SLACK_TOKEN];
+const CREDS: Creds = Creds {
+    sentry_secret: SENTRY,
+    vercel_token: VERCEL_TOKEN,
+    vercel_webhook_secret: VERCEL_HOOK,
+    routing_key: ROUTING_KEY,
+    pagerduty_token: "",
+    slack_token: SLACK_TOKEN,
+    sentry_token: "",
+};
 
 /// A world: the simulator, a config file and a seeded SQLite ledger.
 struct World {
@@ -37,61 +47,28 @@ async fn world(extra: &str) -> World {
     world_on(None, extra).await
 }
 
-/// A world whose ledger is `db_url` (a Postgres schema), or a fresh SQLite file.
-async fn world_on(db_url: Option<String>, extra: &str) -> World {
-    let creds = Credentials {
-        vercel_token: VERCEL_TOKEN.into(),
-        routing_keys: vec![ROUTING_KEY.into()],
-        pagerduty_token: String::new(),
-        slack_token: SLACK_TOKEN.into(),
-        sentry_token: String::new(),
-    };
-    let sim = demo_sim_with(creds)
+/// A world whose ledger is `db_url` (a Postgres schema), or a fresh SQLite
+/// file; `service` adds lines to the service's table.
+async fn world_on(db_url: Option<String>, service: &str) -> World {
+    let sim = sim_world(&CREDS)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db_url =
         db_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ledger.db").display()));
-    let channel = sim.sim.world().channels["#deploys"].clone();
-    let text = format!(
-        r#"
-        [server]
-        listen = "127.0.0.1:0"
-        [database]
-        url = "{db_url}"
-        [sentry]
-        client_secret = "{SENTRY}"
-        [vercel]
-        token = "{VERCEL_TOKEN}"
-        webhook_secret = "{VERCEL_HOOK}"
-        api_base = "{vercel}"
-        timeout = "1s"
-        [pagerduty]
-        routing_key = "{ROUTING_KEY}"
-        api_base = "{pagerduty}"
-        [slack]
-        bot_token = "{SLACK_TOKEN}"
-        channel = "{channel}"
-        api_base = "{slack}"
-        [engine]
-        lease = "1s"
-        poll_interval = "100ms"
-        [[services]]
-        name = "storefront"
-        sentry_projects = ["storefront-web"]
-        vercel_project = "prj_storefront"
-        domains = ["{d0}", "{d1}"]
-        {extra}
-        "#,
-        vercel = sim.api_base(Provider::Vercel),
-        pagerduty = sim.api_base(Provider::Pagerduty),
-        slack = sim.api_base(Provider::Slack),
-        d0 = SIM_DOMAINS[0],
-        d1 = SIM_DOMAINS[1],
-    );
-    let config = dir.path().join("backstop.toml");
-    std::fs::write(&config, text).unwrap();
+    let mut config = Config::new(
+        CREDS,
+        Bases::of(&sim),
+        &db_url,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .with("vercel", "timeout = \"1s\"");
+    config.channel = sim.sim.world().channels["#deploys"].clone();
+    config.engine = "lease = \"1s\"\npoll_interval = \"100ms\"".into();
+    config.service = service.to_string();
+    let path = dir.path().join("backstop.toml");
+    std::fs::write(&path, config.toml()).unwrap();
     let store = Store::connect(&SecretString::from(db_url.clone()), 1)
         .await
         .unwrap();
@@ -102,7 +79,7 @@ async fn world_on(db_url: Option<String>, extra: &str) -> World {
     store.close().await;
     World {
         sim,
-        config,
+        config: path,
         db_url,
         _dir: dir,
     }
@@ -193,7 +170,7 @@ async fn until_finished(db_url: &str) -> backstop::ledger::RunDetail {
         let runs = store.list_runs(5).await.unwrap();
         if let Some(r) = runs
             .first()
-            .filter(|r| r.status == "done" || r.status == "failed")
+            .filter(|r| matches!(r.status, RunStatus::Done | RunStatus::Failed))
         {
             let d = store.run_detail(&r.id).await.unwrap();
             store.close().await;
@@ -245,7 +222,12 @@ async fn killed_at_every_step_boundary_the_run_resumes_and_acts_once() {
         drop(first); // SIGKILL, right there
         let _second = Proc::spawn(&w.config, None);
         let detail = until_finished(&w.db_url).await;
-        assert_eq!(detail.run.status, "done", "{fp}: {:?}", detail.steps);
+        assert_eq!(
+            detail.run.status,
+            RunStatus::Done,
+            "{fp}: {:?}",
+            detail.steps
+        );
         let world = w.sim.sim.world();
         for d in SIM_DOMAINS {
             assert_eq!(
@@ -310,7 +292,8 @@ async fn sigterm_lets_the_step_in_flight_finish_and_exits_cleanly() {
     assert!(p.output().contains("shutting down"));
     let detail = until_finished(&w.db_url).await;
     assert_eq!(
-        detail.run.status, "done",
+        detail.run.status,
+        RunStatus::Done,
         "the step in flight finished before exit"
     );
     assert_eq!(w.sim.sim.world().messages.len(), 1);
@@ -442,7 +425,8 @@ async fn three_serve_processes_on_one_postgres_act_once_even_when_one_dies() {
     }
     let detail = until_finished(&w.db_url).await;
     assert_eq!(
-        detail.run.status, "done",
+        detail.run.status,
+        RunStatus::Done,
         "taken over after the lease: {:?}",
         detail.steps
     );

@@ -28,6 +28,7 @@ fn client(server: &MockServer) -> VercelClient {
         Some("team_1".into()),
         Duration::from_millis(500),
     )
+    .expect("client builds")
     .with_retries(
         3,
         Backoff {

@@ -1,20 +1,16 @@
 //! What Backstop tells people: the facts of a run as a [`Notice`], rendered
 //! into a PagerDuty summary and a Slack decision card. Headlines and
 //! summaries are minijinja templates with built-in defaults and per-service
-//! overrides; a template that fails to parse stops startup, one that fails to
-//! render falls back to the default and says so.
-
-use std::collections::BTreeMap;
+//! overrides, compiled once at start ([`Templates`]); a template that fails
+//! to parse stops startup, one that fails to render falls back to the
+//! default and says so.
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::ServiceSettings;
+use crate::config::{ServiceSettings, Settings, TEMPLATE_NAMES};
 use crate::ingest::sentry::Alert;
 use crate::policy::{Decision, DeploymentRef};
-
-/// Template names, also the config keys.
-pub const TEMPLATE_NAMES: [&str; 3] = ["pagerduty_summary", "slack_headline", "slack_text"];
 
 const DEFAULT_SUMMARY: &str = "{% if outcome == 'rolled-back' %}{{ service }} rolled back: crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }} on release {{ release_short }} — restored {{ to_id }} (release {{ target_release_short }})\
 {% elif outcome == 'rollback-failed' %}{{ service }}: rollback failed — manual action needed: {{ error }} (crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }} on release {{ release_short }})\
@@ -44,43 +40,61 @@ pub fn default_template(name: &str) -> &'static str {
     }
 }
 
-/// A template that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("template `{key}` does not parse: {message}")]
-pub struct TemplateError {
-    /// Config key.
-    pub key: String,
-    /// minijinja's words.
-    pub message: String,
+/// Every template in force, compiled once: the defaults, the `[templates]`
+/// overrides and each service's.
+pub struct Templates {
+    env: minijinja::Environment<'static>,
 }
 
-/// Checks that every configured template parses.
-pub fn validate_templates(
-    global: &BTreeMap<String, String>,
-    services: &[ServiceSettings],
-) -> Result<(), TemplateError> {
-    let env = minijinja::Environment::new();
-    let all = global
-        .iter()
-        .map(|(k, v)| (format!("templates.{k}"), k, v))
-        .chain(services.iter().enumerate().flat_map(|(i, s)| {
-            s.templates
-                .iter()
-                .map(move |(k, v)| (format!("services[{i}].templates.{k}"), k, v))
-        }));
-    for (key, name, text) in all {
-        if !TEMPLATE_NAMES.contains(&name.as_str()) {
-            return Err(TemplateError {
-                key,
-                message: format!("unknown template; known: {}", TEMPLATE_NAMES.join(", ")),
-            });
+impl Templates {
+    /// Compiles the defaults and every configured template. Fails only on
+    /// a template that does not parse (config validation catches those
+    /// first, naming the key).
+    pub fn compile(settings: &Settings) -> Result<Self, minijinja::Error> {
+        let mut env = minijinja::Environment::new();
+        for name in TEMPLATE_NAMES {
+            env.add_template_owned(format!("default/{name}"), default_template(name))?;
         }
-        env.template_from_str(text).map_err(|e| TemplateError {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
+        for (name, text) in &settings.templates {
+            env.add_template_owned(format!("global/{name}"), text.clone())?;
+        }
+        for svc in &settings.services {
+            for (name, text) in &svc.templates {
+                env.add_template_owned(format!("service/{}/{name}", svc.name), text.clone())?;
+            }
+        }
+        Ok(Self { env })
     }
-    Ok(())
+
+    /// Renders `name` for `service`: its own override, else the global
+    /// one, else the default. A configured template that fails to render
+    /// falls back to the default, and the second value says why.
+    fn render(&self, name: &str, service: &str, ctx: &Value) -> (String, Option<String>) {
+        let configured = [
+            format!("service/{service}/{name}"),
+            format!("global/{name}"),
+        ]
+        .into_iter()
+        .find_map(|key| self.env.get_template(&key).ok());
+        let default = self
+            .env
+            .get_template(&format!("default/{name}"))
+            .and_then(|t| t.render(ctx));
+        let fallback = |e: Option<String>| match &default {
+            Ok(text) => (text.clone(), e),
+            Err(d) => (
+                String::new(),
+                Some(format!("default template `{name}` failed: {d}")),
+            ),
+        };
+        match configured.map(|t| t.render(ctx)) {
+            None => fallback(None),
+            Some(Ok(out)) => (out, None),
+            Some(Err(e)) => fallback(Some(format!(
+                "template `{name}` failed to render, used the default: {e}"
+            ))),
+        }
+    }
 }
 
 /// What happened, as people are told.
@@ -218,28 +232,11 @@ impl Notice {
 
     /// Renders template `name` (service override, else global, else
     /// default). Returns the text and, if a configured template failed, why.
-    pub fn render(
-        &self,
-        name: &str,
-        global: &BTreeMap<String, String>,
-        svc: &ServiceSettings,
-    ) -> (String, Option<String>) {
-        let ctx = self.context();
-        let default = || {
-            render_str(default_template(name), &ctx)
-                .unwrap_or_else(|e| format!("{} ({e})", self.reason))
-        };
-        match svc.templates.get(name).or_else(|| global.get(name)) {
-            None => (default(), None),
-            Some(text) => match render_str(text, &ctx) {
-                Ok(out) => (out, None),
-                Err(e) => (
-                    default(),
-                    Some(format!(
-                        "template `{name}` failed to render, used the default: {e}"
-                    )),
-                ),
-            },
+    pub fn render(&self, name: &str, templates: &Templates) -> (String, Option<String>) {
+        let (text, warning) = templates.render(name, &self.service, &self.context());
+        match text.is_empty() {
+            true => (self.reason.clone(), warning),
+            false => (text, warning),
         }
     }
 
@@ -351,11 +348,6 @@ impl Notice {
     }
 }
 
-fn render_str(template: &str, ctx: &Value) -> Result<String, minijinja::Error> {
-    let env = minijinja::Environment::new();
-    env.render_str(template, ctx)
-}
-
 fn field(title: &str, value: &str) -> Value {
     json!({"type": "mrkdwn", "text": clip(&format!("*{title}*\n{value}"), 2000)})
 }
@@ -374,5 +366,5 @@ fn https(url: &str) -> String {
 }
 
 fn rfc3339(ms: i64) -> String {
-    crate::ingest::sentry::format_time(ms)
+    crate::clock::format_time(ms)
 }

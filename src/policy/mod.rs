@@ -1,51 +1,61 @@
 //! The decision: a pure function of (alert, ledger history, live Vercel
-//! state, service policy, now) implementing the 15 rules of DESIGN.md in
-//! order; the first rule that matches decides. Every rule evaluated is kept
-//! as a [`Check`] so a stored decision explains itself.
+//! state, service policy, now) implementing the rules of the README's
+//! decision table in order; the first rule that does not pass decides.
+//! Every rule evaluated is kept as a [`Check`] so a stored decision explains
+//! itself. Which steps follow a decision is [`plan`].
+
+mod plan;
+mod rule;
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Mode, ServiceSettings};
 use crate::ingest::sentry::{Alert, Resource};
-use crate::ledger::{Deployment, History, Verdict};
+use crate::ledger::{Deployment, History, StepError, Verdict};
 
-/// What to do about an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub use crate::ledger::Outcome;
+pub use plan::{plan, PlanContext};
+pub use rule::Rule;
+
+/// What Backstop may do for a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// A `resolved` alert: reply in the thread, maybe resolve the page.
-    Resolution,
-    /// Nothing to do.
-    Skip,
-    /// Page a human instead of acting.
-    Escalate,
-    /// Announce what would have happened; change nothing.
+pub enum Mode {
+    /// Roll back by itself.
+    Auto,
+    /// Decide and announce, change nothing.
     DryRun,
-    /// Roll production back from the live deployment to the target.
-    Rollback,
-    /// Rule 7 needs the domains' current targets: fetch them and decide again.
-    NeedsProductionState,
+    /// Ignore alerts.
+    Off,
 }
 
-impl Outcome {
-    /// Stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Resolution => "resolution",
-            Outcome::Skip => "skip",
-            Outcome::Escalate => "escalate",
-            Outcome::DryRun => "dry-run",
-            Outcome::Rollback => "rollback",
-            Outcome::NeedsProductionState => "needs-production-state",
-        }
-    }
+/// What the decision needs to know about a service: a view of its settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServicePolicy<'a> {
+    /// Service name.
+    pub name: &'a str,
+    /// Sentry project slugs whose alerts concern it.
+    pub projects: &'a [String],
+    /// The Sentry environment its rules are scoped to.
+    pub environment: &'a str,
+    /// `auto`, `dry-run` or `off`.
+    pub mode: Mode,
+    /// How long a deployment must serve without an alert to be known-good.
+    pub bake_time: Duration,
+    /// No second automatic rollback within this window.
+    pub cooldown: Duration,
+    /// Automatic rollbacks allowed in any 24 hours.
+    pub max_rollbacks_per_day: u32,
+    /// Act on rules that are not crash-free rates.
+    pub accept_other_rules: bool,
 }
 
 /// One rule as evaluated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
-    /// Rule number in DESIGN.md.
-    pub rule: u8,
+    /// The rule.
+    pub rule: Rule,
     /// Short name.
     pub name: String,
     /// True when the rule did not stop the flow.
@@ -92,8 +102,8 @@ pub struct DomainTarget {
 pub struct Decision {
     /// What to do.
     pub outcome: Outcome,
-    /// The deciding rule (1-15).
-    pub rule: u8,
+    /// The deciding rule.
+    pub rule: Rule,
     /// One line a human can read.
     pub reason: String,
     /// The mapped service.
@@ -109,22 +119,32 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// True when `rule` was evaluated and passed.
+    pub fn passed(&self, rule: Rule) -> bool {
+        self.checks.iter().any(|c| c.rule == rule && c.passed)
+    }
+
     /// True when the alert was fresh for the live deployment (not stale), so
     /// the live deployment can no longer bake to `good`.
     pub fn alert_hit_live(&self) -> bool {
-        // Rule 7 too: the live deployment crashed and a person already
-        // moved production; it must not bake to good afterwards.
-        self.rule >= 7 && self.outcome != Outcome::NeedsProductionState && self.live.is_some()
+        self.live.is_some() && self.passed(Rule::Fresh)
     }
 }
 
+/// An input the decision needs and was not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Rule 7 needs the domains' current targets: fetch them, decide again.
+    ProductionState,
+}
+
 /// The service an alert belongs to: one of its projects and its environment.
-pub fn map_service<'a>(
+pub fn map_service<'a, 'b>(
     alert: &Alert,
-    services: &'a [ServiceSettings],
-) -> Option<&'a ServiceSettings> {
+    services: &'b [ServicePolicy<'a>],
+) -> Option<&'b ServicePolicy<'a>> {
     services.iter().find(|s| {
-        alert.projects.iter().any(|p| s.sentry_projects.contains(p))
+        alert.projects.iter().any(|p| s.projects.contains(p))
             && alert
                 .environment
                 .as_deref()
@@ -166,7 +186,7 @@ pub struct Inputs<'a> {
     /// The alert.
     pub alert: &'a Alert,
     /// Configured services.
-    pub services: &'a [ServiceSettings],
+    pub services: &'a [ServicePolicy<'a>],
     /// Ledger history of the mapped service (empty if unmapped).
     pub history: &'a History,
     /// Current targets of the production domains, once fetched.
@@ -185,26 +205,29 @@ struct Trail {
 }
 
 impl Trail {
-    fn pass(&mut self, rule: u8, name: &str, detail: impl Into<String>) {
+    fn new() -> Self {
+        Self {
+            checks: Vec::new(),
+            service: None,
+            live: None,
+            started: None,
+        }
+    }
+
+    fn pass(&mut self, rule: Rule, detail: impl Into<String>) {
         self.checks.push(Check {
             rule,
-            name: name.into(),
+            name: rule.check_name().into(),
             passed: true,
             detail: detail.into(),
         });
     }
 
-    fn stop(
-        mut self,
-        rule: u8,
-        name: &str,
-        outcome: Outcome,
-        reason: impl Into<String>,
-    ) -> Decision {
+    fn stop(mut self, rule: Rule, outcome: Outcome, reason: impl Into<String>) -> Decision {
         let reason = reason.into();
         self.checks.push(Check {
             rule,
-            name: name.into(),
+            name: rule.check_name().into(),
             passed: false,
             detail: reason.clone(),
         });
@@ -213,7 +236,7 @@ impl Trail {
 
     fn finish(
         self,
-        rule: u8,
+        rule: Rule,
         outcome: Outcome,
         reason: String,
         target: Option<DeploymentRef>,
@@ -235,57 +258,70 @@ impl Trail {
 /// resolution of an unmapped alert), so it can be stored finished at once.
 pub fn decide_from_alert(
     alert: &Alert,
-    services: &[ServiceSettings],
+    services: &[ServicePolicy<'_>],
     received_at_ms: i64,
 ) -> Option<Decision> {
     let nothing = History::default();
-    let inputs = Inputs {
+    let d = decide(Inputs {
         alert,
         services,
         history: &nothing,
         production: None,
         received_at_ms,
         now_ms: received_at_ms,
-    };
-    let d = decide(inputs);
-    let settled = matches!((d.outcome, d.rule), (Outcome::Skip, 2..=4))
+    })
+    .ok()?;
+    let settled = (d.outcome == Outcome::Skip && d.rule.settles_at_ingest())
         || (d.outcome == Outcome::Resolution && d.service.is_none());
     settled.then_some(d)
 }
 
-/// Applies the rules in order; the first that matches decides.
-pub fn decide(i: Inputs<'_>) -> Decision {
+/// The decision when the facts could not be gathered in time (the ledger
+/// or Vercel failed past the deadline): escalate, never stay silent on a
+/// critical alert. `live` is the ledger's live deployment when known, so
+/// the page joins that deployment's incident.
+pub fn facts_unreadable(
+    service: Option<String>,
+    live: Option<DeploymentRef>,
+    error: &StepError,
+) -> Decision {
+    let reason = format!("live state unknown: {}", error.message);
+    let mut t = Trail::new();
+    t.service = service;
+    t.live = live;
+    t.checks.push(Check {
+        rule: Rule::LiveKnown,
+        name: "facts readable".into(),
+        passed: false,
+        detail: serde_json::to_string(error).unwrap_or_default(),
+    });
+    t.finish(Rule::LiveKnown, Outcome::Escalate, reason, None)
+}
+
+/// Applies the rules in order; the first that does not pass decides.
+pub fn decide(i: Inputs<'_>) -> Result<Decision, Missing> {
     let a = i.alert;
-    let mut t = Trail {
-        checks: Vec::new(),
-        service: None,
-        live: None,
-        started: None,
-    };
+    let mut t = Trail::new();
     if a.action == "resolved" {
-        t.service = map_service(a, i.services).map(|s| s.name.clone());
-        return t.stop(1, "not resolved", Outcome::Resolution, "the alert resolved");
+        t.service = map_service(a, i.services).map(|s| s.name.to_string());
+        return Ok(t.stop(Rule::NotResolved, Outcome::Resolution, "the alert resolved"));
     }
-    t.pass(1, "not resolved", format!("action is `{}`", a.action));
+    t.pass(Rule::NotResolved, format!("action is `{}`", a.action));
     if !a.is_critical() {
-        return t.stop(
-            2,
-            "critical",
-            Outcome::Skip,
-            format!("not critical (action `{}`)", a.action),
-        );
+        let reason = format!("not critical (action `{}`)", a.action);
+        return Ok(t.stop(Rule::Critical, Outcome::Skip, reason));
     }
-    t.pass(2, "critical", "action is critical");
+    t.pass(Rule::Critical, "action is critical");
     let Some(svc) = map_service(a, i.services) else {
         let env = a.environment.as_deref().unwrap_or("(none)");
         let reason = format!(
             "unmapped: no service for projects {:?} in environment {env}",
             a.projects
         );
-        return t.stop(3, "mapped", Outcome::Skip, reason);
+        return Ok(t.stop(Rule::Mapped, Outcome::Skip, reason));
     };
-    t.service = Some(svc.name.clone());
-    t.pass(3, "mapped", format!("service {}", svc.name));
+    t.service = Some(svc.name.to_string());
+    t.pass(Rule::Mapped, format!("service {}", svc.name));
     if !a.is_crash_free_rate() && !svc.accept_other_rules {
         let what = match a.resource {
             Resource::EventAlert => "an issue alert".to_string(),
@@ -293,172 +329,113 @@ pub fn decide(i: Inputs<'_>) -> Decision {
                 format!("aggregate `{}`", a.aggregate.as_deref().unwrap_or("?"))
             }
         };
-        return t.stop(
-            4,
-            "crash-free rate",
-            Outcome::Skip,
-            format!("not a crash alert: {what}"),
-        );
+        let reason = format!("not a crash alert: {what}");
+        return Ok(t.stop(Rule::CrashRate, Outcome::Skip, reason));
     }
     t.pass(
-        4,
-        "crash-free rate",
+        Rule::CrashRate,
         a.aggregate
             .clone()
             .unwrap_or_else(|| "other rules accepted".into()),
     );
     let Some(live) = i.history.deployments.iter().find(|d| d.live) else {
-        return t.stop(
-            5,
-            "live known",
-            Outcome::Escalate,
-            "live release unknown: the ledger has no live deployment",
-        );
+        let reason = "live release unknown: the ledger has no live deployment";
+        return Ok(t.stop(Rule::LiveKnown, Outcome::Escalate, reason));
     };
     t.live = Some(live.into());
-    t.pass(
-        5,
-        "live known",
-        format!(
-            "{} (release {})",
-            live.id,
-            live.release.as_deref().unwrap_or("?")
-        ),
-    );
+    let release = live.release.as_deref().unwrap_or("?");
+    t.pass(Rule::LiveKnown, format!("{} (release {release})", live.id));
     if let Some(reason) = staleness(a, live, i.received_at_ms, &mut t.started) {
-        return t.stop(6, "fresh", Outcome::Skip, format!("stale: {reason}"));
+        return Ok(t.stop(Rule::Fresh, Outcome::Skip, format!("stale: {reason}")));
     }
     t.pass(
-        6,
-        "fresh",
+        Rule::Fresh,
         "alert started after the live deployment was promoted",
     );
-    let Some(production) = i.production else {
-        return t.finish(
-            7,
-            Outcome::NeedsProductionState,
-            "production state needed".into(),
-            None,
-        );
-    };
+    let production = i.production.ok_or(Missing::ProductionState)?;
     let moved = serving_other(production, &live.id);
     if !moved.is_empty() || production.is_empty() {
         let reason = format!("production already changed: {}", moved.join(", "));
-        return t.stop(7, "production unchanged", Outcome::Skip, reason);
+        return Ok(t.stop(Rule::ProductionUnchanged, Outcome::Skip, reason));
     }
     t.pass(
-        7,
-        "production unchanged",
+        Rule::ProductionUnchanged,
         format!("all {} domains serve {}", production.len(), live.id),
     );
-    rest_of_rules(i, svc, live, t)
+    Ok(rest_of_rules(i, svc, live, t))
 }
 
 fn rest_of_rules(
     i: Inputs<'_>,
-    svc: &ServiceSettings,
+    svc: &ServicePolicy<'_>,
     live: &Deployment,
     mut t: Trail,
 ) -> Decision {
     let h = i.history;
     if h.live_rolled_back {
-        return t.stop(
-            8,
-            "not handled",
-            Outcome::Skip,
-            format!("already handled: {} was already rolled back from", live.id),
-        );
+        let reason = format!("already handled: {} was already rolled back from", live.id);
+        return t.stop(Rule::NotHandled, Outcome::Skip, reason);
     }
     t.pass(
-        8,
-        "not handled",
+        Rule::NotHandled,
         "no earlier rollback from the live deployment",
     );
     if svc.mode == Mode::Off {
-        return t.stop(9, "enabled", Outcome::Skip, "disabled: service mode is off");
-    }
-    t.pass(
-        9,
-        "enabled",
-        if svc.mode == Mode::DryRun {
-            "mode dry-run"
-        } else {
-            "mode auto"
-        },
-    );
-    if let Some(why) = &h.paused {
         return t.stop(
-            10,
-            "not paused",
-            Outcome::Escalate,
-            format!("paused by a person: {why}"),
+            Rule::Enabled,
+            Outcome::Skip,
+            "disabled: service mode is off",
         );
     }
-    t.pass(10, "not paused", "not paused");
+    let mode = match svc.mode {
+        Mode::DryRun => "mode dry-run",
+        _ => "mode auto",
+    };
+    t.pass(Rule::Enabled, mode);
+    if let Some(why) = &h.paused {
+        let reason = format!("paused by a person: {why}");
+        return t.stop(Rule::NotPaused, Outcome::Escalate, reason);
+    }
+    t.pass(Rule::NotPaused, "not paused");
     let cooldown = svc.cooldown.as_millis() as i64;
     if let Some(last) = h.last_rollback_at_ms.filter(|l| i.now_ms - l < cooldown) {
-        let ago = humantime::format_duration(std::time::Duration::from_secs(
+        let ago = humantime::format_duration(Duration::from_secs(
             ((i.now_ms - last) / 1000).max(0) as u64,
         ));
-        return t.stop(
-            11,
-            "outside cooldown",
-            Outcome::Escalate,
-            format!(
-                "cooldown: the last automatic rollback was {ago} ago, within {}",
-                humantime::format_duration(svc.cooldown)
-            ),
+        let reason = format!(
+            "cooldown: the last automatic rollback was {ago} ago, within {}",
+            humantime::format_duration(svc.cooldown)
         );
+        return t.stop(Rule::OutsideCooldown, Outcome::Escalate, reason);
     }
     t.pass(
-        11,
-        "outside cooldown",
+        Rule::OutsideCooldown,
         "no automatic rollback within the cooldown",
     );
-    if h.rollbacks_last_day >= svc.max_rollbacks_per_day {
-        return t.stop(
-            12,
-            "budget left",
-            Outcome::Escalate,
-            format!(
-                "budget spent: {} automatic rollbacks in the last 24 h (max {})",
-                h.rollbacks_last_day, svc.max_rollbacks_per_day
-            ),
-        );
+    let (used, max) = (h.rollbacks_last_day, svc.max_rollbacks_per_day);
+    if used >= max {
+        let reason =
+            format!("budget spent: {used} automatic rollbacks in the last 24 h (max {max})");
+        return t.stop(Rule::BudgetLeft, Outcome::Escalate, reason);
     }
     t.pass(
-        12,
-        "budget left",
-        format!(
-            "{} of {} rollbacks used today",
-            h.rollbacks_last_day, svc.max_rollbacks_per_day
-        ),
+        Rule::BudgetLeft,
+        format!("{used} of {max} rollbacks used today"),
     );
     let Some(target) = find_target(h, live, svc.bake_time.as_millis() as i64) else {
-        return t.stop(
-            13,
-            "target",
-            Outcome::Escalate,
-            "no target: no known-good deployment older than the live one",
-        );
+        let reason = "no target: no known-good deployment older than the live one";
+        return t.stop(Rule::Target, Outcome::Escalate, reason);
     };
-    t.pass(
-        13,
-        "target",
-        format!(
-            "{} (release {})",
-            target.id,
-            target.release.as_deref().unwrap_or("?")
-        ),
-    );
+    let release = target.release.as_deref().unwrap_or("?");
+    t.pass(Rule::Target, format!("{} (release {release})", target.id));
     let target_ref = Some(DeploymentRef::from(target));
     if svc.mode == Mode::DryRun {
         let reason = format!("dry run: would roll back {} to {}", live.id, target.id);
-        t.pass(14, "dry run", "mode is dry-run");
-        return t.finish(14, Outcome::DryRun, reason, target_ref);
+        t.pass(Rule::DryRun, "mode is dry-run");
+        return t.finish(Rule::DryRun, Outcome::DryRun, reason, target_ref);
     }
     let reason = format!("roll back {} to known-good {}", live.id, target.id);
-    t.finish(15, Outcome::Rollback, reason, target_ref)
+    t.finish(Rule::Act, Outcome::Rollback, reason, target_ref)
 }
 
 /// Why the alert is about an earlier release, or `None` if it is fresh.

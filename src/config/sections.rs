@@ -1,0 +1,301 @@
+//! One struct per `[section]` of the configuration, with its defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::env::{de_bool, de_duration, de_u64};
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address the HTTP server binds, e.g. `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest accepted webhook body, in bytes.
+    #[serde(deserialize_with = "de_u64")]
+    pub max_body_bytes: u64,
+    /// Longest a webhook may take to be stored before it is answered 503
+    /// (Sentry waits 1 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub ingest_deadline: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            ingest_deadline: Duration::from_millis(900),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://backstop.db` (embedded default) or `postgres://user@host/db`.
+    pub url: SecretString,
+    /// Largest connection pool (Postgres; SQLite always uses one writer).
+    #[serde(deserialize_with = "de_u64")]
+    pub max_connections: u64,
+    /// How long a request waits for a connection before the store counts as
+    /// unavailable (webhooks then answer 503 while Sentry still listens).
+    #[serde(deserialize_with = "de_duration")]
+    pub acquire_timeout: Duration,
+    /// SQLite: sync every commit fully (`synchronous = FULL`), not only the
+    /// webhook's. Closes the power-cut window on the engine's records; costs
+    /// ~1.4 ms before the first alias write.
+    #[serde(deserialize_with = "de_bool")]
+    pub sqlite_full_sync: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("sqlite://backstop.db"),
+            max_connections: 10,
+            acquire_timeout: Duration::from_millis(750),
+            sqlite_full_sync: false,
+        }
+    }
+}
+
+/// `[sentry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentrySettings {
+    /// The internal integration's Client Secret; verifies `Sentry-Hook-Signature`.
+    pub client_secret: Option<SecretString>,
+    /// How far `Sentry-Hook-Timestamp` may be from now.
+    #[serde(deserialize_with = "de_duration")]
+    pub timestamp_tolerance: Duration,
+    /// Optional API token (`project:read`), used by `backstop check`.
+    pub token: Option<SecretString>,
+    /// Organization slug, with `token`.
+    pub org: Option<String>,
+    /// API base URL.
+    pub api_base: String,
+}
+
+impl Default for SentrySettings {
+    fn default() -> Self {
+        Self {
+            client_secret: None,
+            timestamp_tolerance: Duration::from_secs(300),
+            token: None,
+            org: None,
+            api_base: "https://sentry.io".into(),
+        }
+    }
+}
+
+/// `[vercel]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VercelSettings {
+    /// API token (`Authorization: Bearer`).
+    pub token: Option<SecretString>,
+    /// Team id, sent as `?teamId=` on every call when set.
+    pub team_id: Option<String>,
+    /// Verifies `x-vercel-signature` on deployment webhooks.
+    pub webhook_secret: Option<SecretString>,
+    /// API base URL; overridable for tests and the simulator.
+    pub api_base: String,
+    /// Timeout of one API call.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for VercelSettings {
+    fn default() -> Self {
+        Self {
+            token: None,
+            team_id: None,
+            webhook_secret: None,
+            api_base: "https://api.vercel.com".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[pagerduty]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagerDutySettings {
+    /// `events` (Events API v2, default) or `rest` (REST API, named escalation policy).
+    pub mode: PagerDutyMode,
+    /// Events API v2 integration (routing) key.
+    pub routing_key: Option<SecretString>,
+    /// REST API token (`rest` mode).
+    pub api_token: Option<SecretString>,
+    /// Email of the PagerDuty user sending REST requests (`From:` header).
+    pub from: Option<String>,
+    /// PagerDuty service id incidents are opened on (`rest` mode).
+    pub service_id: Option<String>,
+    /// Escalation policy id (`rest` mode, optional).
+    pub escalation_policy_id: Option<String>,
+    /// API base URL; defaults to `https://events.pagerduty.com` or `https://api.pagerduty.com` by mode.
+    pub api_base: Option<String>,
+    /// Severity of the page after a successful rollback.
+    pub severity_rollback: Severity,
+    /// Severity of the page when a rollback failed.
+    pub severity_rollback_failed: Severity,
+    /// Severity of the page when Backstop holds back (escalations).
+    pub severity_escalation: Severity,
+    /// Severity of the page for a dry run (when the service pages on dry runs).
+    pub severity_dry_run: Severity,
+    /// Timeout of one API call.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for PagerDutySettings {
+    fn default() -> Self {
+        Self {
+            mode: PagerDutyMode::Events,
+            routing_key: None,
+            api_token: None,
+            from: None,
+            service_id: None,
+            escalation_policy_id: None,
+            api_base: None,
+            severity_rollback: Severity::Error,
+            severity_rollback_failed: Severity::Critical,
+            severity_escalation: Severity::Critical,
+            severity_dry_run: Severity::Info,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PagerDutySettings {
+    /// True when paging is configured.
+    pub fn enabled(&self) -> bool {
+        match self.mode {
+            PagerDutyMode::Events => self.routing_key.is_some(),
+            PagerDutyMode::Rest => self.api_token.is_some(),
+        }
+    }
+
+    /// The API base in force.
+    pub fn base(&self) -> &str {
+        match (&self.api_base, self.mode) {
+            (Some(b), _) => b,
+            (None, PagerDutyMode::Events) => "https://events.pagerduty.com",
+            (None, PagerDutyMode::Rest) => "https://api.pagerduty.com",
+        }
+    }
+}
+
+/// PagerDuty API flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PagerDutyMode {
+    /// Events API v2.
+    Events,
+    /// REST API.
+    Rest,
+}
+
+/// PagerDuty event severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Pages loudly.
+    Critical,
+    /// Pages.
+    Error,
+    /// Low urgency.
+    Warning,
+    /// Informational.
+    Info,
+}
+
+impl Severity {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// `[slack]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackSettings {
+    /// Bot token (`xoxb-...`) with `chat:write`.
+    pub bot_token: Option<SecretString>,
+    /// Channel to post in, e.g. `#deploys`.
+    pub channel: Option<String>,
+    /// Incoming-webhook URL, for teams without a bot (no threads).
+    pub webhook_url: Option<SecretString>,
+    /// API base URL.
+    pub api_base: String,
+    /// Timeout of one API call.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for SlackSettings {
+    fn default() -> Self {
+        Self {
+            bot_token: None,
+            channel: None,
+            webhook_url: None,
+            api_base: "https://slack.com/api".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SlackSettings {
+    /// True when announcing is configured.
+    pub fn enabled(&self) -> bool {
+        self.bot_token.is_some() || self.webhook_url.is_some()
+    }
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Background workers in this process (0: only `run_until_idle` callers
+    /// and other instances execute runs).
+    #[serde(deserialize_with = "de_u64")]
+    pub workers: u64,
+    /// How long a claim on a run or service lasts without renewal; another
+    /// instance takes the run over after it lapses.
+    #[serde(deserialize_with = "de_duration")]
+    pub lease: Duration,
+    /// How often an idle worker looks for work from other instances.
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+    /// How long `decide` and `rollback` may take, every attempt and retry
+    /// included: each attempt is cut off when it would run past it.
+    #[serde(deserialize_with = "de_duration")]
+    pub rollback_deadline: Duration,
+    /// How long each later step (`resync`, `page`, `announce`, `followup`)
+    /// may take, every attempt and retry included.
+    #[serde(deserialize_with = "de_duration")]
+    pub step_deadline: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            rollback_deadline: Duration::from_secs(120),
+            step_deadline: Duration::from_secs(600),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `[[services]]`: what Backstop protects and how.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::env::de_duration;
+use crate::policy::{Mode, PlanContext, ServicePolicy};
+
+/// How a rollback moves production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Re-point every production domain at the target (`POST /v2/deployments/{id}/aliases`).
+    Alias,
+    /// Vercel's Instant Rollback (`POST /v1/projects/{id}/rollback/{deployment}`).
+    VercelRollback,
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Unique name, used in the ledger and CLI.
+    pub name: String,
+    /// Sentry project slugs whose alerts concern this service.
+    pub sentry_projects: Vec<String>,
+    /// Sentry environment the alert rule must be scoped to.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// Vercel project id (`prj_...`).
+    pub vercel_project: String,
+    /// Production domains, all moved on rollback.
+    pub domains: Vec<String>,
+    /// `alias` (default) or `vercel-rollback`.
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    /// `auto` (default), `dry-run` or `off`.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// How long a live deployment must serve without a critical alert to be known-good.
+    #[serde(default = "default_bake", deserialize_with = "de_duration")]
+    pub bake_time: Duration,
+    /// No second automatic rollback of this service within this window.
+    #[serde(default = "default_cooldown", deserialize_with = "de_duration")]
+    pub cooldown: Duration,
+    /// Automatic rollbacks allowed in any 24 hours.
+    #[serde(default = "default_budget")]
+    pub max_rollbacks_per_day: u32,
+    /// Act on alert rules that are not crash-free rates (error counts, issue alerts).
+    #[serde(default)]
+    pub accept_other_rules: bool,
+    /// Deployment `meta` key holding the Sentry release.
+    #[serde(default = "default_release_key")]
+    pub release_meta_key: String,
+    /// Slack channel for this service (overrides `slack.channel`).
+    #[serde(default)]
+    pub slack_channel: Option<String>,
+    /// Resolve the PagerDuty incident when Sentry resolves the alert.
+    #[serde(default)]
+    pub resolve_on_recovery: bool,
+    /// Page (at `pagerduty.severity_dry_run`) on dry runs too.
+    #[serde(default)]
+    pub page_on_dry_run: bool,
+    /// Post a short Slack note when a critical alert is skipped (stale, production changed, already handled).
+    #[serde(default = "default_true")]
+    pub announce_skips: bool,
+    /// Per-service template overrides.
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
+}
+
+fn default_environment() -> String {
+    "production".into()
+}
+fn default_strategy() -> Strategy {
+    Strategy::Alias
+}
+fn default_mode() -> Mode {
+    Mode::Auto
+}
+fn default_bake() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+fn default_budget() -> u32 {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_release_key() -> String {
+    "githubCommitSha".into()
+}
+
+impl ServiceSettings {
+    /// What the decision needs to know about this service.
+    pub fn policy(&self) -> ServicePolicy<'_> {
+        ServicePolicy {
+            name: &self.name,
+            projects: &self.sentry_projects,
+            environment: &self.environment,
+            mode: self.mode,
+            bake_time: self.bake_time,
+            cooldown: self.cooldown,
+            max_rollbacks_per_day: self.max_rollbacks_per_day,
+            accept_other_rules: self.accept_other_rules,
+        }
+    }
+
+    /// What the plan needs to know about this service, given whether
+    /// paging and announcing are configured.
+    pub fn plan_context(&self, paging: bool, announcing: bool) -> PlanContext {
+        PlanContext {
+            paging,
+            announcing,
+            page_on_dry_run: self.page_on_dry_run,
+            resolve_on_recovery: self.resolve_on_recovery,
+            announce_skips: self.announce_skips,
+        }
+    }
+}

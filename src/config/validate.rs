@@ -1,0 +1,182 @@
+//! Cross-field rules. Every error names the key and the fix.
+
+use secrecy::ExposeSecret;
+
+use super::env::env_name;
+use super::{ConfigError, PagerDutyMode, Settings};
+
+/// Template names, also the config keys under `[templates]`.
+pub const TEMPLATE_NAMES: [&str; 3] = ["pagerduty_summary", "slack_headline", "slack_text"];
+
+impl Settings {
+    /// Checks cross-field rules; every error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let key = |k: &str| format!("services[{i}].{k}");
+            if s.name.trim().is_empty() {
+                return Err(invalid(&key("name"), "must not be empty"));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(
+                    &key("name"),
+                    "is used by two services; names must be unique",
+                ));
+            }
+            if s.sentry_projects.is_empty() {
+                return Err(invalid(
+                    &key("sentry_projects"),
+                    "list at least one Sentry project slug",
+                ));
+            }
+            if s.domains.is_empty() {
+                return Err(invalid(
+                    &key("domains"),
+                    "list at least one production domain",
+                ));
+            }
+            if s.vercel_project.trim().is_empty() {
+                return Err(invalid(
+                    &key("vercel_project"),
+                    "set the Vercel project id (prj_...)",
+                ));
+            }
+        }
+        if let Some(key) = &self.pagerduty.routing_key {
+            if key.expose_secret().len() != 32 {
+                return Err(invalid(
+                    "pagerduty.routing_key",
+                    "must be the 32-character Events API v2 integration key",
+                ));
+            }
+        }
+        self.validate_templates()?;
+        for (i, a) in self.services.iter().enumerate() {
+            for b in &self.services[i + 1..] {
+                let overlap = a
+                    .sentry_projects
+                    .iter()
+                    .any(|p| b.sentry_projects.contains(p));
+                if overlap && a.environment == b.environment {
+                    return Err(invalid(
+                        &format!("services[{}].sentry_projects", i),
+                        &format!("services `{}` and `{}` both claim the same Sentry project and environment", a.name, b.name),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what `backstop serve` needs on top of [`Settings::validate`].
+    pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
+        let missing = |key: &str, why: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: format!(
+                "is required {why}; set it in the file or as BACKSTOP_{}",
+                env_name(key)
+            ),
+        };
+        if self.sentry.client_secret.is_none() {
+            return Err(missing("sentry.client_secret", "to verify Sentry webhooks"));
+        }
+        if !self.services.is_empty() && self.vercel.token.is_none() {
+            return Err(missing(
+                "vercel.token",
+                "to read and move production aliases",
+            ));
+        }
+        if self.vercel.webhook_secret.is_none() {
+            return Err(missing(
+                "vercel.webhook_secret",
+                "to verify Vercel deployment webhooks",
+            ));
+        }
+        if self.slack.bot_token.is_some() && self.slack.channel.is_none() {
+            if let Some(s) = self.services.iter().find(|s| s.slack_channel.is_none()) {
+                return Err(missing(
+                    "slack.channel",
+                    &format!(
+                        "when slack.bot_token is set (service `{}` has no slack_channel)",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        if self.sentry.token.is_some() && self.sentry.org.is_none() {
+            return Err(missing(
+                "sentry.org",
+                "when sentry.token is set (the organization slug)",
+            ));
+        }
+        let pd = &self.pagerduty;
+        if pd.mode == PagerDutyMode::Rest {
+            if pd.api_token.is_none() {
+                return Err(missing(
+                    "pagerduty.api_token",
+                    "when pagerduty.mode = \"rest\"",
+                ));
+            }
+            if pd.from.is_none() {
+                return Err(missing(
+                    "pagerduty.from",
+                    "when pagerduty.mode = \"rest\" (a PagerDuty user's email)",
+                ));
+            }
+            if pd.service_id.is_none() {
+                return Err(missing(
+                    "pagerduty.service_id",
+                    "when pagerduty.mode = \"rest\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every configured template has a known name and parses (rendering
+    /// is checked when it happens: a failure falls back to the default).
+    fn validate_templates(&self) -> Result<(), ConfigError> {
+        let env = minijinja::Environment::new();
+        let global = self
+            .templates
+            .iter()
+            .map(|(k, v)| (format!("templates.{k}"), k, v));
+        let per_service = self.services.iter().enumerate().flat_map(|(i, s)| {
+            s.templates
+                .iter()
+                .map(move |(k, v)| (format!("services[{i}].templates.{k}"), k, v))
+        });
+        for (key, name, text) in global.chain(per_service) {
+            if !TEMPLATE_NAMES.contains(&name.as_str()) {
+                let known = TEMPLATE_NAMES.join(", ");
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!(
+                        "template `{name}` does not parse: unknown template; known: {known}"
+                    ),
+                });
+            }
+            if let Err(e) = env.template_from_str(text) {
+                return Err(ConfigError::Invalid {
+                    message: format!("template `{key}` does not parse: {e}"),
+                    key,
+                });
+            }
+        }
+        Ok(())
+    }
+}

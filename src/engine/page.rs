@@ -1,0 +1,93 @@
+//! The `page` step: open (or resolve) the PagerDuty incident. It runs after
+//! `rollback`, beside `announce`; its failure never blocks or undoes a
+//! rollback. The incident key is derived from the service and the
+//! deployment rolled back from, so retries and restarts reach the same
+//! incident.
+
+use serde_json::json;
+
+use super::{Engine, EngineError, RunCtx};
+use crate::clock::{format_time, now_ms};
+use crate::config::{PagerDutySettings, Severity};
+use crate::ledger::StepName;
+use crate::notice::Kind;
+use crate::policy::Decision;
+use crate::providers::pagerduty::Page;
+
+/// PagerDuty's grouping key for an incident:
+/// `backstop/<service>/<deployment rolled back from>`.
+pub fn incident_key(service: &str, decision: &Decision) -> String {
+    let live = decision
+        .live
+        .as_ref()
+        .map(|l| l.id.as_str())
+        .unwrap_or("live-unknown");
+    format!("backstop/{service}/{live}")
+}
+
+impl Engine {
+    /// The `page` step.
+    pub(super) async fn page(&self, ctx: &RunCtx) -> Result<bool, EngineError> {
+        let Some(pd) = self.inner.providers.pagerduty.clone() else {
+            let why = "pagerduty is not configured";
+            return self.skip_step(ctx, StepName::Page, why).await;
+        };
+        let facts = self.facts(ctx).await?;
+        let settings = self.settings();
+        let (summary, warning) = facts.notice.render("pagerduty_summary", self.templates());
+        let severity = severity_of(&facts.notice.outcome, &settings.pagerduty);
+        let page = Page {
+            incident_key: facts.incident_key.clone(),
+            summary,
+            severity: severity.as_str().into(),
+            component: facts.svc.name.clone(),
+            group: facts.svc.vercel_project.clone(),
+            class: serde_json::to_value(&facts.notice.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            timestamp: format_time(now_ms()),
+            custom_details: json!({ "notice": facts.notice, "decision": facts.origin.run.decision }),
+            links: facts.notice.links(),
+        };
+        let resolve = facts.notice.outcome == Kind::Resolved;
+        // The incident the critical run opened, when PagerDuty told us its id.
+        let opened_id = facts
+            .origin
+            .output_of(StepName::Page)
+            .and_then(|o| o["incident_id"].as_str())
+            .map(str::to_owned);
+        let deadline = settings.engine.step_deadline;
+        let (page, opened_id, pd, warning) = (&page, &opened_id, &pd, &warning);
+        let finished = self
+            .attempt_loop(ctx, StepName::Page, deadline, true, |_| async move {
+                let opened = match resolve {
+                    true => pd.resolve(page, opened_id.as_deref()).await?,
+                    false => pd.trigger(page).await?,
+                };
+                self.failpoint("page-accepted").await;
+                Ok(json!({
+                    "action": if resolve { "resolve" } else { "trigger" },
+                    "incident_key": opened.incident_key,
+                    "incident_id": opened.incident_id,
+                    "html_url": opened.html_url,
+                    "already_open": opened.already_open,
+                    "severity": page.severity,
+                    "summary": page.summary,
+                    "template_warning": warning,
+                }))
+            })
+            .await?;
+        Ok(finished.succeeded())
+    }
+}
+
+fn severity_of(kind: &Kind, pd: &PagerDutySettings) -> Severity {
+    match kind {
+        Kind::RolledBack => pd.severity_rollback,
+        Kind::RollbackFailed => pd.severity_rollback_failed,
+        Kind::DryRun => pd.severity_dry_run,
+        Kind::Resolved => Severity::Info,
+        Kind::Escalated | Kind::Skipped => pd.severity_escalation,
+    }
+}

@@ -1,0 +1,91 @@
+//! The real app against the stateful simulator, with a background worker.
+
+use backstop::app::Application;
+use backstop::clock::now_ms;
+use backstop::config::Settings;
+use backstop::ledger::Store;
+use backstop::sim::config::{world, Bases, Config, DEMO};
+
+use super::*;
+
+/// The real app against the stateful simulator (the demo's world: two
+/// good deployments, a live one promoted two minutes ago), with a worker.
+pub struct SimApp {
+    pub sim: backstop::sim::Running,
+    pub address: String,
+    pub store: Store,
+    pub http: reqwest::Client,
+    _db: TestDatabase,
+}
+
+pub const SIM_LIVE: &str = backstop::sim::config::LIVE;
+pub const SIM_GOOD: &str = backstop::sim::config::GOOD;
+pub const SIM_DOMAINS: [&str; 2] = backstop::sim::config::DOMAINS;
+
+pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<SimApp> {
+    let database = TestDatabase::new(db).await?;
+    let sim = world(&DEMO)
+        .start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut settings = Config::new(DEMO, Bases::of(&sim), &database.url, listen)
+        .settings()
+        .unwrap();
+    settings.engine.poll_interval = std::time::Duration::from_millis(50);
+    tweak(&mut settings);
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.engine().store().clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    backstop::sim::config::seed_ledger(&store, settings.services[0].bake_time)
+        .await
+        .unwrap();
+    Some(SimApp {
+        sim,
+        address,
+        store,
+        http: reqwest::Client::new(),
+        _db: database,
+    })
+}
+
+impl SimApp {
+    /// Sends a signed crash alert that started `ago_ms` ago; returns the status.
+    pub async fn alert(&self, identifier: &str, ago_ms: i64) -> u16 {
+        let body = backstop::sim::sender::CrashAlert::critical(
+            "storefront-web",
+            identifier,
+            now_ms() - ago_ms,
+        )
+        .body();
+        let url = format!("{}/webhooks/sentry", self.address);
+        backstop::sim::sender::deliver(&self.http, &url, DEMO.sentry_secret, "metric_alert", &body)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// Waits (bounded) until every run is finished.
+    pub async fn until_runs_finish(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.store.count_unfinished_runs().await.unwrap() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "runs did not finish within {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Which deployment each production domain serves on the simulator.
+    pub fn serving(&self) -> Vec<Option<String>> {
+        let w = self.sim.sim.world();
+        SIM_DOMAINS
+            .iter()
+            .map(|d| w.aliases.get(*d).cloned())
+            .collect()
+    }
+}
