@@ -275,17 +275,7 @@ impl PagerDutyClient {
         let req = self
             .rest(Method::PUT, &format!("/incidents/{id}"))
             .json(&body);
-        let (status, headers, text) = send(PROVIDER, req).await?;
-        if !status.is_success() {
-            return Err(classify(
-                PROVIDER,
-                status,
-                &headers,
-                None,
-                error_text(&text),
-            ));
-        }
-        let v = json_body(PROVIDER, status, &text)?;
+        let v = rest_json(req).await?;
         Ok(Opened {
             incident_key: key,
             incident_id: Some(id),
@@ -304,17 +294,7 @@ impl PagerDutyClient {
             ("statuses[]", "triggered"),
             ("statuses[]", "acknowledged"),
         ]);
-        let (status, headers, text) = send(PROVIDER, req).await?;
-        if !status.is_success() {
-            return Err(classify(
-                PROVIDER,
-                status,
-                &headers,
-                None,
-                error_text(&text),
-            ));
-        }
-        let v = json_body(PROVIDER, status, &text)?;
+        let v = rest_json(req).await?;
         Ok(v["incidents"]
             .as_array()
             .and_then(|a| a.first())
@@ -384,6 +364,17 @@ impl PagerDutyClient {
         });
         Err(classify(PROVIDER, status, &headers, code, message))
     }
+}
+
+/// A REST call whose success is a JSON body; anything else is sorted with
+/// PagerDuty's own words.
+async fn rest_json(req: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
+    let (status, headers, text) = send(PROVIDER, req).await?;
+    if !status.is_success() {
+        let message = error_text(&text);
+        return Err(classify(PROVIDER, status, &headers, None, message));
+    }
+    json_body(PROVIDER, status, &text)
 }
 
 /// PagerDuty's words from either error shape (`{status, message, errors}`

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use backstop::clock::now_ms;
-use backstop::ledger::NewDeployment;
+use backstop::ledger::{NewDeployment, RunId};
 use backstop::sim::{Faults, Provider};
+use serde_json::Value;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
 
@@ -220,4 +223,60 @@ async fn a_slow_step_keeps_its_lease_so_no_other_instance_takes_the_run() {
         RunStatus::Done
     );
     assert_eq!(app.sim.sim.world().messages.len(), 1);
+}
+
+/// A Vercel alias write that hangs: the rollback attempt stops at the
+/// step's deadline instead of running its client retries past it.
+#[tokio::test]
+async fn a_hanging_alias_write_fails_the_rollback_at_its_deadline_and_pages() {
+    let Some(app) = spawn_app_with(Db::Sqlite, |s| {
+        s.engine.rollback_deadline = Duration::from_secs(2);
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed_history().await;
+    app.vercel_serves("dpl_new").await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v2/deployments/.*/aliases$"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&app.vercel)
+        .await;
+    let resp = app
+        .post_sentry(
+            "metric_alert",
+            &compact(&crash_alert("hang-1", now_ms() - MIN)),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let run: Value = resp.json().await.unwrap();
+    app.engine.run_until_idle().await.unwrap();
+    let d = app
+        .store
+        .run_detail(&RunId(run["run"].as_str().unwrap().into()))
+        .await
+        .unwrap();
+    let rollback = d
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Rollback)
+        .unwrap();
+    assert_eq!(rollback.status, StepStatus::Failed);
+    assert_eq!(rollback.error.as_ref().unwrap().code, "deadline_exceeded");
+    let attempt = d
+        .attempts
+        .iter()
+        .find(|a| a.step == StepName::Rollback)
+        .unwrap();
+    let took = attempt.finished_at_ms.unwrap() - rollback.started_at_ms.unwrap();
+    assert!(
+        took <= 3_000,
+        "the attempt ran {took} ms, past the 2 s deadline"
+    );
+    let pages = bodies(&app.pagerduty, "/v2/enqueue").await;
+    assert!(pages[0]["payload"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("rollback failed"));
 }

@@ -6,10 +6,13 @@ use std::net::SocketAddr;
 use backstop::cli::{check, demo, test_alert};
 use backstop::clock::now_ms;
 use backstop::config::Settings;
-use backstop::ledger::Store;
+use backstop::ledger::{RunId, Store};
 use backstop::sim::sender::CrashAlert;
 use backstop::sim::Running;
 use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::helpers::{compact, crash_alert, settings, spawn_app, Db, RunStatus, MIN};
 
 #[tokio::test]
 async fn demo_rolls_back_ignores_the_stale_alert_and_deduplicates() {
@@ -183,5 +186,58 @@ async fn check_names_the_provider_with_a_bad_token() {
     assert!(
         !slack.ok && slack.detail.contains("invalid_auth"),
         "{slack:?}"
+    );
+}
+
+/// `test-alert` acts on the run it created, never on other pending runs.
+#[tokio::test]
+async fn test_alert_works_only_its_own_run() {
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
+    app.seed_history().await;
+    app.vercel_rollback_works("dpl_new", "dpl_old").await;
+    // A real delivery waits for a worker (this instance has none).
+    let other = app
+        .post_sentry(
+            "metric_alert",
+            &compact(&crash_alert("other", now_ms() - MIN)),
+        )
+        .await;
+    assert_eq!(other.status(), 202);
+    let other: Value = other.json().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alert.json");
+    std::fs::write(&file, crash_alert("rehearsal", now_ms() - MIN).to_string()).unwrap();
+    let mut settings = settings(
+        &app.db_url,
+        &app.vercel.uri(),
+        &app.pagerduty.uri(),
+        &app.slack.uri(),
+    );
+    settings.engine.workers = 0;
+    let mut out = Vec::new();
+    backstop::cli::test_alert::run(
+        settings,
+        backstop::cli::test_alert::Options {
+            file: &file,
+            dry_run: false,
+            yes: true,
+        },
+        &mut out,
+        &mut std::io::empty(),
+    )
+    .await
+    .unwrap();
+    let run = app
+        .store
+        .run(&RunId(other["run"].as_str().unwrap().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.status,
+        RunStatus::Pending,
+        "test-alert worked another alert's run"
     );
 }

@@ -2,6 +2,7 @@
 //! providers faked at the HTTP boundary.
 
 mod cli;
+mod clients;
 mod engine;
 mod faults;
 mod first_run;
@@ -10,10 +11,8 @@ mod guarantees;
 mod helpers;
 mod hostile;
 mod ingest;
-mod issue9;
 mod ledger;
 mod notify;
-mod notify_clients;
 mod pipeline;
 mod process;
 mod sim;

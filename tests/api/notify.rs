@@ -507,3 +507,47 @@ async fn a_service_channel_overrides_the_default_channel() {
     assert_eq!(posts.len(), 1);
     assert_eq!(posts[0]["channel"], "#storefront-oncall");
 }
+
+/// `resolve_on_recovery` in REST mode resolves the incident it opened.
+#[tokio::test]
+async fn resolve_on_recovery_in_rest_mode_resolves_the_incident() {
+    let Some(app) = spawn_app_with(Db::Sqlite, |s| {
+        s.services[0].resolve_on_recovery = true;
+        s.pagerduty.mode = backstop::config::PagerDutyMode::Rest;
+        s.pagerduty.routing_key = None;
+        s.pagerduty.api_token = Some(secrecy::SecretString::from("pd-rest-token-1"));
+        s.pagerduty.from = Some("oncall@example.com".into());
+        s.pagerduty.service_id = Some("PWIXJZS".into());
+    })
+    .await
+    else {
+        return;
+    };
+    Mock::given(method("POST"))
+        .and(path("/incidents"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"incident": {"id": "PT4KHLK", "type": "incident", "html_url": "https://acme.pagerduty.com/incidents/PT4KHLK", "incident_key": "k", "status": "triggered"}})))
+        .mount(&app.pagerduty)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/incidents/PT4KHLK"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"incident": {"id": "PT4KHLK", "type": "incident", "status": "resolved"}}),
+        ))
+        .mount(&app.pagerduty)
+        .await;
+    app.seed_history().await;
+    app.vercel_rollback_works("dpl_new", "dpl_old").await;
+    let alert = crash_alert("rest-1", now_ms() - MIN);
+    app.post_sentry("metric_alert", &compact(&alert)).await;
+    app.engine.run_until_idle().await.unwrap();
+    let mut resolved = alert.clone();
+    resolved["action"] = json!("resolved");
+    app.post_sentry("metric_alert", &compact(&resolved)).await;
+    app.engine.run_until_idle().await.unwrap();
+    let puts = bodies(&app.pagerduty, "/incidents/PT4KHLK").await;
+    assert_eq!(puts.len(), 1, "the incident was resolved once");
+    assert_eq!(puts[0]["incident"]["status"], "resolved");
+    assert_eq!(puts[0]["incident"]["type"], "incident_reference");
+    let last = &app.store.list_runs(1).await.unwrap()[0];
+    assert_eq!(last.status, RunStatus::Done, "{last:?}");
+}

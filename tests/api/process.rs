@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::clock::now_ms;
-use backstop::ledger::{RunStatus, Store};
+use backstop::ledger::{RunStatus, StepName, Store};
 use backstop::sim::config::{seed_ledger, world as sim_world, Bases, Config, Creds};
 use backstop::sim::sender::{self, CrashAlert};
 use backstop::sim::{Faults, Provider, Running};
@@ -50,6 +50,12 @@ async fn world(extra: &str) -> World {
 /// A world whose ledger is `db_url` (a Postgres schema), or a fresh SQLite
 /// file; `service` adds lines to the service's table.
 async fn world_on(db_url: Option<String>, service: &str) -> World {
+    let service = service.to_string();
+    world_with(db_url, move |c| c.service = service).await
+}
+
+/// A world whose configuration `tweak` adjusts.
+async fn world_with(db_url: Option<String>, tweak: impl FnOnce(&mut Config)) -> World {
     let sim = sim_world(&CREDS)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -66,7 +72,7 @@ async fn world_on(db_url: Option<String>, service: &str) -> World {
     .with("vercel", "timeout = \"1s\"");
     config.channel = sim.sim.world().channels["#deploys"].clone();
     config.engine = "lease = \"1s\"\npoll_interval = \"100ms\"".into();
-    config.service = service.to_string();
+    tweak(&mut config);
     let path = dir.path().join("backstop.toml");
     std::fs::write(&path, config.toml()).unwrap();
     let store = Store::connect(&SecretString::from(db_url.clone()), 1)
@@ -94,7 +100,23 @@ struct Proc {
 
 impl Proc {
     fn spawn(config: &Path, failpoint: Option<&str>) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        Self::start(
+            Command::new(env!("CARGO_BIN_EXE_backstop")),
+            config,
+            failpoint,
+        )
+    }
+
+    /// `backstop serve` with its clock `offset` away from the host's
+    /// (Debian's `faketime`, which `.ci/run` installs).
+    fn spawn_skewed(config: &Path, offset: &str) -> Proc {
+        let mut cmd = Command::new("faketime");
+        cmd.args(["-f", offset, env!("CARGO_BIN_EXE_backstop")]);
+        Self::start(cmd, config, None)
+    }
+
+    fn start(mut cmd: Command, config: &Path, failpoint: Option<&str>) -> Proc {
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "debug")
@@ -440,4 +462,59 @@ async fn three_serve_processes_on_one_postgres_act_once_even_when_one_dies() {
     }
     assert_eq!(world.incidents.len(), 1);
     assert_eq!(world.messages.len(), 1);
+}
+
+/// Two instances on one Postgres, one with its clock 90 s ahead, while the
+/// first holds a run whose Vercel calls are slow: leases are on the
+/// database's clock, so the skewed instance never thinks the lease lapsed,
+/// and production sees one set of alias writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_clock_runs_ahead_does_not_take_over_a_held_run() {
+    let Some(db) = crate::helpers::TestDatabase::new(crate::helpers::Db::Postgres).await else {
+        return;
+    };
+    let w = world_with(Some(db.url.clone()), |c| {
+        c.sections = vec![("vercel", "timeout = \"5s\"".into())];
+        c.engine = "lease = \"2s\"\npoll_interval = \"100ms\"".into();
+    })
+    .await;
+    let vercel_slow = Faults {
+        latency_ms: 1_200,
+        ..Faults::default()
+    };
+    w.sim.sim.set_faults(Provider::Vercel, vercel_slow);
+    let first = Proc::spawn(&w.config, None);
+    let http = reqwest::Client::new();
+    let alert = CrashAlert::critical("storefront-web", "4646", now_ms() - 30_000).body();
+    let (status, _) = sender::deliver(&http, &first.url(), SENTRY, "metric_alert", &alert)
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    assert!(
+        first.wait_for("decided", Duration::from_secs(20)).is_some(),
+        "{}",
+        first.output()
+    );
+    // The first instance is rolling back, slowly; the skewed one joins.
+    let skewed = Proc::spawn_skewed(&w.config, "+90s");
+    let detail = until_finished(&w.db_url).await;
+    assert_eq!(detail.run.status, RunStatus::Done, "{:?}", detail.steps);
+    let rollback = detail.step(StepName::Rollback).unwrap();
+    assert_eq!(
+        rollback.attempts, 1,
+        "one instance rolled back: {:?}",
+        detail.attempts
+    );
+    let world = w.sim.sim.world();
+    assert_eq!(
+        world.alias_writes.len(),
+        SIM_DOMAINS.len(),
+        "one set of alias writes: {:?}",
+        world.alias_writes
+    );
+    assert!(
+        !skewed.output().contains("run finished"),
+        "the skewed instance worked the run:\n{}",
+        skewed.output()
+    );
 }

@@ -184,14 +184,7 @@ async fn promoting_the_live_deployment_again_is_already_live(db: Db) {
     };
     record(&store, &["dpl_a", "dpl_b"]).await;
     let now = now_ms();
-    store
-        .promote(SERVICE, "dpl_a", now - 60 * MIN, BAKE)
-        .await
-        .unwrap();
-    store
-        .promote(SERVICE, "dpl_b", now - 10 * MIN, BAKE)
-        .await
-        .unwrap();
+    promote_in_order(&store, &[("dpl_a", 60 * MIN), ("dpl_b", 10 * MIN)]).await;
 
     let again = store.promote(SERVICE, "dpl_b", now, BAKE).await.unwrap();
     assert_eq!(again, Promotion::AlreadyLive);

@@ -1,8 +1,9 @@
 //! Conformance suite for the ledger: every behaviour of `Store`, once on
 //! SQLite and once on Postgres. `deployments` covers the ledger of
-//! deployments and verdicts; `runs` alerts, runs, claims, fencing, steps
-//! and attempts.
+//! deployments and verdicts; `runs` alerts, runs, steps and attempts;
+//! `claims` leases, takeovers and fencing.
 
+mod claims;
 mod deployments;
 mod runs;
 
@@ -100,6 +101,17 @@ pub fn decision(
     }
 }
 
+/// Promotes each `(id, ago)` in order, `ago` ms before now.
+pub async fn promote_in_order(store: &Store, promotions: &[(&str, i64)]) {
+    let now = now_ms();
+    for (id, ago) in promotions {
+        store
+            .promote(SERVICE, id, now - ago, BAKE)
+            .await
+            .expect("promote");
+    }
+}
+
 /// Claims the only pending run as `worker`.
 pub async fn claim(store: &Store, worker: &str) -> Claim {
     store
@@ -114,15 +126,7 @@ pub async fn claim(store: &Store, worker: &str) -> Claim {
 /// back from one to the other, claimed by "worker-decide".
 pub async fn decided_to_roll_back(store: &Store, key: &str) -> Claim {
     record(store, &["dpl_old", "dpl_new"]).await;
-    let now = now_ms();
-    store
-        .promote(SERVICE, "dpl_old", now - 3 * 60 * MIN, BAKE)
-        .await
-        .unwrap();
-    store
-        .promote(SERVICE, "dpl_new", now - 10 * MIN, BAKE)
-        .await
-        .unwrap();
+    promote_in_order(store, &[("dpl_old", 3 * 60 * MIN), ("dpl_new", 10 * MIN)]).await;
     let d = decision(
         Outcome::Rollback,
         Some("dpl_new"),
