@@ -1,4 +1,4 @@
-//! Webhook routes: statuses exactly as DESIGN.md's route table says, and a
+//! Webhook routes: statuses exactly as the README's HTTP table says, and a
 //! refused request leaves nothing behind.
 
 use backstop::clock::now_ms;
