@@ -98,7 +98,7 @@ impl Templates {
 }
 
 /// What happened, as people are told.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// Production moved back and was verified.
@@ -152,6 +152,9 @@ pub struct Notice {
     pub error: Option<String>,
     /// PagerDuty incident link, when known.
     pub pagerduty_url: Option<String>,
+    /// Production moved to `to` and was verified (for a resolution: the
+    /// incident's rollback did). Only then do messages say "restored".
+    pub moved: bool,
     /// Run id.
     pub run_id: String,
 }
@@ -192,6 +195,7 @@ impl Notice {
                 .collect(),
             error: None,
             pagerduty_url: None,
+            moved: kind == Kind::RolledBack,
             run_id: run_id.into(),
         }
     }
@@ -241,22 +245,51 @@ impl Notice {
     }
 
     /// Links for PagerDuty and Slack: the alert and both deployments.
+    /// Their labels say what happened to each deployment: "Rolled back
+    /// from / Restored" only after a verified rollback, "Would …" for a dry
+    /// run, and otherwise that the crashing one is still live and the
+    /// known-good one was not restored.
     pub fn links(&self) -> Vec<(String, String)> {
         let mut links = Vec::new();
         if let Some(url) = &self.alert_url {
             links.push((url.clone(), "Sentry alert".to_string()));
         }
-        if let Some(d) = &self.from {
-            if let Some(u) = &d.url {
-                links.push((https(u), format!("Rolled back from {}", d.id)));
-            }
-        }
-        if let Some(d) = &self.to {
-            if let Some(u) = &d.url {
-                links.push((https(u), format!("Restored {}", d.id)));
+        let (from, to) = self.labels();
+        for (d, label) in [(&self.from, from), (&self.to, to)] {
+            if let Some(d) = d {
+                if let Some(u) = &d.url {
+                    links.push((https(u), format!("{label} {}", d.id)));
+                }
             }
         }
         links
+    }
+
+    /// How to call the deployment rolled back from, and the target.
+    fn labels(&self) -> (&'static str, &'static str) {
+        match (self.moved, &self.outcome) {
+            (true, _) => ("Rolled back from", "Restored"),
+            (false, Kind::DryRun) => ("Would roll back from", "Would restore"),
+            (false, Kind::RollbackFailed) => (
+                "Live (crashing, not rolled back):",
+                "Known-good target (not restored):",
+            ),
+            (false, Kind::Resolved) => ("Live:", "Known-good target (not restored):"),
+            (false, _) => ("Live (crashing):", "Known-good target (not restored):"),
+        }
+    }
+
+    /// The card's release field: a move only when production moved.
+    fn release_field(&self, from: &str, to: &str) -> String {
+        let target = self.to.is_some();
+        match (self.moved, &self.outcome) {
+            (true, _) => format!("{from} → {to}"),
+            (false, Kind::DryRun) => format!("{from} → {to} (would)"),
+            (false, Kind::Resolved) if target => format!("{from} (live); known-good {to}"),
+            (false, Kind::Resolved) => format!("{from} (live)"),
+            (false, _) if target => format!("{from} (live, crashing); known-good {to}"),
+            (false, _) => format!("{from} (live, crashing)"),
+        }
     }
 
     /// The Slack decision card: a headline, the facts as fields, the checks
@@ -266,14 +299,8 @@ impl Notice {
         let text = |k: &str| ctx[k].as_str().unwrap_or("?").to_string();
         let mut fields = vec![field("Service", &self.service)];
         if self.from.is_some() || self.to.is_some() {
-            fields.push(field(
-                "Release",
-                &format!(
-                    "{} → {}",
-                    text("release_short"),
-                    text("target_release_short")
-                ),
-            ));
+            let release = self.release_field(&text("release_short"), &text("target_release_short"));
+            fields.push(field("Release", &release));
         }
         fields.push(field(
             "Crash-free rate",

@@ -64,7 +64,7 @@ impl Engine {
                 )
                 .await?;
         }
-        let _ = ctx.decided.set(record);
+        ctx.set_decided(record, false);
         Ok(unreadable.is_none())
     }
 
@@ -77,7 +77,7 @@ impl Engine {
         policy::facts_unreadable(ctx.claimed.run.service.clone(), live, e)
     }
 
-    async fn decide_once(&self, ctx: &RunCtx) -> Result<Decision, StepError> {
+    pub(super) async fn decide_once(&self, ctx: &RunCtx) -> Result<Decision, StepError> {
         let c = &ctx.claimed;
         self.evaluate(&c.resource, &c.body, c.received_at_ms, &c.run.id)
             .await

@@ -55,6 +55,8 @@ impl Engine {
         if is_resolution {
             notice.reason = "the alert resolved".into();
         }
+        // Only a verified rollback (this run's, or the incident's) is a move.
+        notice.moved = origin.output_of(StepName::Rollback).is_some();
         if let Some(rb) = detail.step(StepName::Rollback) {
             notice.time_to_rollback_ms = rb
                 .output

@@ -22,7 +22,7 @@ mod step;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -99,10 +99,29 @@ struct Inner {
 pub(crate) struct RunCtx {
     claimed: ClaimedRun,
     lost: Arc<AtomicBool>,
-    decided: OnceLock<DecisionRecord>,
+    decided: Mutex<Option<DecisionRecord>>,
+    /// A step changed the run's plan (a decision made again): the pending
+    /// steps must be read again.
+    replanned: AtomicBool,
 }
 
 impl RunCtx {
+    /// The decision made in this process, if any.
+    pub(crate) fn decided(&self) -> Option<DecisionRecord> {
+        self.decided
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps the decision just stored; `replanned` when it replaces one.
+    pub(crate) fn set_decided(&self, record: DecisionRecord, replanned: bool) {
+        *self.decided.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        if replanned {
+            self.replanned.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// `LostClaim` once a heartbeat found the claim gone: the next attempt
     /// would act beside the new owner, so it does not start.
     pub(crate) fn still_held(&self) -> Result<(), EngineError> {
@@ -297,7 +316,8 @@ impl Engine {
         let ctx = RunCtx {
             claimed,
             lost: Arc::new(AtomicBool::new(false)),
-            decided: OnceLock::new(),
+            decided: Mutex::new(None),
+            replanned: AtomicBool::new(false),
         };
         let heartbeat = self.heartbeat(&ctx);
         let result = self.process_held(&ctx, service.as_deref()).await;
@@ -305,8 +325,10 @@ impl Engine {
         result
     }
 
-    /// Runs the unfinished steps phase by phase; the service is held while
-    /// deciding and acting, and released before telling.
+    /// Runs the unfinished steps phase by phase, earliest phase first; the
+    /// service is held while deciding and acting, and released before
+    /// telling. A step that makes the decision again (after a resync) adds
+    /// steps, which are read back and run in their phase.
     async fn process_held(&self, ctx: &RunCtx, service: Option<&str>) -> Result<(), EngineError> {
         let claim = &ctx.claimed.claim;
         // Not decided yet: only `decide` exists, no need to read the steps.
@@ -316,7 +338,7 @@ impl Engine {
         };
         let mut ok = true;
         let mut holding = service;
-        for phase in [Phase::Decide, Phase::Act, Phase::Tell, Phase::FollowUp] {
+        while let Some(phase) = pending.iter().map(|s| s.phase()).min() {
             if let (Some(s), false) = (holding, phase.holds_service()) {
                 self.store().release_service(s, claim).await?;
                 holding = None;
@@ -331,14 +353,17 @@ impl Engine {
             for r in results {
                 ok &= r?;
             }
-            if phase == Phase::Decide && !steps.is_empty() {
+            pending.retain(|s| !steps.contains(s));
+            if phase == Phase::Decide {
                 self.failpoint("after-decide").await;
                 // Just stored: its steps are the pending ones.
                 pending = ctx
-                    .decided
-                    .get()
+                    .decided()
                     .map(|d| d.steps.iter().copied().collect())
                     .unwrap_or_default();
+            }
+            if ctx.replanned.swap(false, Ordering::SeqCst) {
+                pending = self.pending(ctx).await?;
             }
         }
         if let Some(s) = holding {

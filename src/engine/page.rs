@@ -42,7 +42,7 @@ impl Engine {
             severity: severity.as_str().into(),
             component: facts.svc.name.clone(),
             group: facts.svc.vercel_project.clone(),
-            class: serde_json::to_value(&facts.notice.outcome)
+            class: serde_json::to_value(facts.notice.outcome)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),

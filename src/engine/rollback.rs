@@ -22,7 +22,7 @@ impl Engine {
     /// from the stored run when the run was resumed.
     pub(super) async fn rollback(&self, ctx: &RunCtx) -> Result<bool, EngineError> {
         let run = &ctx.claimed.run.id;
-        let (service, from, to) = match ctx.decided.get() {
+        let (service, from, to) = match ctx.decided() {
             Some(d) => (
                 d.service.clone(),
                 d.rollback_from.clone(),

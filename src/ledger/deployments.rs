@@ -182,6 +182,43 @@ impl Store {
         Ok(())
     }
 
+    /// Marks as alerted the deployment of `service` that was serving
+    /// production at `at_ms` (the alert's start), if the claim still holds:
+    /// after a resync, that is the one that crashed.
+    pub async fn mark_alerted_at(
+        &self,
+        claim: &Claim,
+        service: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE deployments SET alerted_at = COALESCE(alerted_at, $1), updated_at = $1
+             WHERE service = $2 AND promoted_at <= $3 AND (superseded_at IS NULL OR superseded_at > $3)
+               AND EXISTS (SELECT 1 FROM runs WHERE id = $4 AND fence = $5 AND status = $6)",
+        )
+        .bind(now)
+        .bind(service)
+        .bind(at_ms)
+        .bind(&claim.run.0)
+        .bind(claim.fence)
+        .bind(RunStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            let held: Option<i64> =
+                sqlx::query_scalar("SELECT fence FROM runs WHERE id = $1 AND fence = $2")
+                    .bind(&claim.run.0)
+                    .bind(claim.fence)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if held.is_none() {
+                return Err(StoreError::LostClaim(claim.run.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// Sets a verdict by hand.
     pub async fn mark(
         &self,
@@ -273,17 +310,23 @@ impl Store {
         })
     }
 
-    /// Rollback counts and the pause of a service, in one query.
+    /// Rollback counts and the pause of a service, in one query. The
+    /// cooldown and the daily budget count rollbacks that moved production
+    /// (their `rollback` step succeeded), at the time they were verified;
+    /// a failed attempt moved nothing and counts for neither.
     async fn stats(&self, service: &str, run: &RunId, now_ms: i64) -> Result<AnyRow, StoreError> {
         let rollback = Outcome::Rollback.as_str();
         let (step, failed) = (StepName::Rollback.as_str(), StepStatus::Failed.as_str());
+        let succeeded = StepStatus::Succeeded.as_str();
         Ok(sqlx::query(&format!(
             "SELECT
                (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = '{rollback}' AND id <> $2
                   AND rollback_from = (SELECT id FROM deployments WHERE service = $1 AND live = 1)
                   AND NOT EXISTS (SELECT 1 FROM steps WHERE steps.run_id = runs.id AND steps.name = '{step}' AND steps.status = '{failed}')) AS from_live,
-               (SELECT MAX(decided_at) FROM runs WHERE service = $1 AND outcome = '{rollback}' AND id <> $2) AS last_rollback,
-               (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = '{rollback}' AND id <> $2 AND decided_at >= $3) AS last_day,
+               (SELECT MAX(s.finished_at) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{step}' AND s.status = '{succeeded}'
+                  WHERE r.service = $1 AND r.outcome = '{rollback}' AND r.id <> $2) AS last_rollback,
+               (SELECT COUNT(*) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{step}' AND s.status = '{succeeded}'
+                  WHERE r.service = $1 AND r.outcome = '{rollback}' AND r.id <> $2 AND s.finished_at >= $3) AS last_day,
                (SELECT COUNT(*) FROM service_pauses WHERE service = $1) AS paused,
                (SELECT MAX(reason) FROM service_pauses WHERE service = $1) AS pause_reason"
         ))

@@ -453,9 +453,9 @@ pub struct History {
     pub deployments: Vec<Deployment>,
     /// The live deployment already had a rollback run.
     pub live_rolled_back: bool,
-    /// Last automatic rollback decision of this service, Unix ms.
+    /// When the last automatic rollback of this service was verified, Unix ms.
     pub last_rollback_at_ms: Option<i64>,
-    /// Automatic rollback decisions in the last 24 hours.
+    /// Verified automatic rollbacks in the last 24 hours.
     pub rollbacks_last_day: u32,
     /// Why a person paused the service, if they did.
     pub paused: Option<String>,

@@ -355,6 +355,83 @@ impl Store {
         }
     }
 
+    /// Replaces the run's decision with one made again after a resync, in
+    /// one transaction, if the claim still holds: the run's outcome and
+    /// facts, the alerted live deployment, the `resync` step (and its
+    /// attempt) finished with `output`, and the new decision's steps added
+    /// after the existing ones (a step the run already has is kept).
+    pub async fn save_redecision(
+        &self,
+        claim: &Claim,
+        d: &DecisionRecord,
+        output: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "UPDATE runs SET outcome = $1, reason = $2, decision = $3, rollback_from = $4, rollback_to = $5
+             WHERE id = $6 AND fence = $7 AND status = $8",
+        )
+        .bind(d.outcome.as_str())
+        .bind(&d.reason)
+        .bind(d.detail.to_string())
+        .bind(&d.rollback_from)
+        .bind(&d.rollback_to)
+        .bind(&claim.run.0)
+        .bind(claim.fence)
+        .bind(RunStatus::Running.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() != 1 {
+            return Err(StoreError::LostClaim(claim.run.clone()));
+        }
+        if let Some(live) = &d.alerted_live {
+            sqlx::query("UPDATE deployments SET alerted_at = COALESCE(alerted_at, $1), updated_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(live)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let resync = StepName::Resync.as_str();
+        sqlx::query("UPDATE steps SET status = $1, output = $2, finished_at = $3 WHERE run_id = $4 AND name = $5")
+            .bind(StepStatus::Succeeded.as_str())
+            .bind(output.to_string())
+            .bind(now)
+            .bind(&claim.run.0)
+            .bind(resync)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(n) = d.attempt {
+            sqlx::query("UPDATE attempts SET finished_at = $1, outcome = $2 WHERE run_id = $3 AND step = $4 AND attempt = $5")
+                .bind(now)
+                .bind(AttemptOutcome::Ok.as_str())
+                .bind(&claim.run.0)
+                .bind(resync)
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let last: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM steps WHERE run_id = $1")
+                .bind(&claim.run.0)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !d.steps.is_empty() {
+            let mut sql = Sql::new("INSERT INTO steps (run_id, name, seq, status) VALUES ");
+            sql.push_values(d.steps.iter().enumerate(), |row, (i, step)| {
+                row.bind(claim.run.0.clone())
+                    .bind(step.as_str().to_string())
+                    .bind(last + 1 + i as i64)
+                    .bind(StepStatus::Pending.as_str().to_string());
+            });
+            sql.push(" ON CONFLICT (run_id, name) DO NOTHING");
+            let (text, args) = sql.build()?;
+            sqlx::query_with(&text, args).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Finishes a run and drops its claim, if the claim still holds.
     pub async fn finish_run(&self, claim: &Claim, status: RunStatus) -> Result<(), StoreError> {
         let done = sqlx::query("UPDATE runs SET status = $1, finished_at = $2, lease_until = NULL WHERE id = $3 AND fence = $4 AND status = $5")

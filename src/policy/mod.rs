@@ -124,10 +124,13 @@ impl Decision {
         self.checks.iter().any(|c| c.rule == rule && c.passed)
     }
 
-    /// True when the alert was fresh for the live deployment (not stale), so
-    /// the live deployment can no longer bake to `good`.
+    /// True when the alert was fresh for the deployment that was live and
+    /// serving production (not stale, and Vercel served it), so it can no
+    /// longer bake to `good`. When production had changed under the ledger
+    /// (rule 7), the ledger's "live" deployment was not what crashed: the
+    /// resync learns what was, and the decision made again marks that one.
     pub fn alert_hit_live(&self) -> bool {
-        self.live.is_some() && self.passed(Rule::Fresh)
+        self.live.is_some() && self.passed(Rule::ProductionUnchanged)
     }
 }
 

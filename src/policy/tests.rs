@@ -262,8 +262,8 @@ fn rule_7_needs_production_state_then_skips_when_it_moved() {
         d.reason
     );
     assert!(
-        d.alert_hit_live(),
-        "the crashed deployment is marked, though a person moved production"
+        !d.alert_hit_live(),
+        "the ledger's live deployment was not serving: it did not crash"
     );
     prod[1].deployment_id = None;
     let d = run(&alert(), &service(), &history(), Some(&prod)).unwrap();

@@ -15,5 +15,6 @@ mod ledger;
 mod notify;
 mod pipeline;
 mod process;
+mod right_call;
 mod sim;
 mod vercel_client;

@@ -373,12 +373,14 @@ async fn failed_rollback_pages_critical_with_vercels_error() {
     let posts = posts(&app).await;
     assert!(posts[0]["blocks"]
         .to_string()
-        .contains("The deployment is not ready")); // The live deployment was never rolled back from: the next alert is not
-                                                   // "already handled" but escalates (cooldown), and pages again.
+        .contains("The deployment is not ready"));
+    // Nothing moved: the next alert is neither "already handled" nor held
+    // back by a cooldown. It tries again, fails again, and pages again.
     fire(&app, &crash_alert("407", now_ms() - MIN)).await;
     let run = &app.store.list_runs(1).await.unwrap()[0];
-    assert_eq!(run.outcome, Some(Outcome::Escalate), "{:?}", run.reason);
-    assert!(run.reason.as_deref().unwrap().starts_with("cooldown"));
+    assert_eq!(run.outcome, Some(Outcome::Rollback), "{:?}", run.reason);
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(pages(&app).await.len(), 2);
 }
 
 #[tokio::test]

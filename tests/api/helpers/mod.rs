@@ -9,12 +9,14 @@ mod db;
 mod fakes;
 mod proxy;
 mod sim;
+mod vercel_fake;
 
 pub use app::*;
 pub use db::*;
 pub use fakes::*;
 pub use proxy::*;
 pub use sim::*;
+pub use vercel_fake::*;
 
 pub use backstop::ledger::{AttemptOutcome, Outcome, RunStatus, StepName, StepStatus};
 use backstop::sim::config::Creds;

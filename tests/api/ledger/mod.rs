@@ -144,13 +144,3 @@ pub async fn decided_run(store: &Store, key: &str, d: &DecisionRecord) -> Claim 
     store.save_decision(&claim, d).await.expect("save decision");
     claim
 }
-
-pub async fn decided_at(store: &Store, run: &RunId) -> i64 {
-    store
-        .run_detail(run)
-        .await
-        .expect("run detail")
-        .run
-        .decided_at_ms
-        .expect("decided")
-}

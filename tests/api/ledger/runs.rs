@@ -122,16 +122,33 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
         (0, None, false)
     );
 
-    let earlier = decided_run(
-        &store,
-        "alert-1",
-        &decision(Outcome::Rollback, Some("dpl_b"), Some("dpl_a"), &[]),
-    )
-    .await;
+    let rollback = |from, to| {
+        decision(
+            Outcome::Rollback,
+            Some(from),
+            Some(to),
+            &[StepName::Rollback],
+        )
+    };
+    let earlier = decided_run(&store, "alert-1", &rollback("dpl_b", "dpl_a")).await;
+    let earlier_at = verified(&store, &earlier).await;
     decided_run(&store, "alert-2", &decision(Outcome::Skip, None, None, &[])).await;
-    let mut elsewhere = decision(Outcome::Rollback, Some("dpl_x"), Some("dpl_y"), &[]);
+    let mut elsewhere = rollback("dpl_x", "dpl_y");
     elsewhere.service = Some("billing".into());
-    decided_run(&store, "alert-3", &elsewhere).await;
+    verified(&store, &decided_run(&store, "alert-3", &elsewhere).await).await;
+    // A rollback that failed moved nothing: it counts for neither.
+    let failed = decided_run(&store, "alert-5", &rollback("dpl_b", "dpl_a")).await;
+    let e = StepError::fatal("vercel_unavailable", "Vercel is down");
+    store
+        .finish_step(
+            &failed,
+            StepName::Rollback,
+            StepStatus::Failed,
+            None,
+            Some(&e),
+        )
+        .await
+        .unwrap();
 
     let h = store
         .history(SERVICE, &RunId::generate(), now_ms())
@@ -139,11 +156,12 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
         .unwrap();
     assert_eq!(
         h.rollbacks_last_day, 1,
-        "skips and other services do not count"
+        "skips, failed rollbacks and other services do not count"
     );
     assert_eq!(
         h.last_rollback_at_ms,
-        Some(decided_at(&store, &earlier.run).await)
+        Some(earlier_at),
+        "when it was verified"
     );
     assert!(
         !h.live_rolled_back,
@@ -152,33 +170,28 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
     let ids: Vec<_> = h.deployments.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, vec!["dpl_c", "dpl_b", "dpl_a"]);
 
-    let latest = decided_run(
-        &store,
-        "alert-4",
-        &decision(Outcome::Rollback, Some("dpl_c"), Some("dpl_a"), &[]),
-    )
-    .await;
+    let latest = decided_run(&store, "alert-4", &rollback("dpl_c", "dpl_a")).await;
+    let h = store
+        .history(SERVICE, &RunId::generate(), now_ms())
+        .await
+        .unwrap();
+    assert!(
+        h.live_rolled_back,
+        "the live dpl_c already has a rollback run, even before it is verified"
+    );
+    assert_eq!(h.rollbacks_last_day, 1, "not verified yet");
+    let latest_at = verified(&store, &latest).await;
     let h = store
         .history(SERVICE, &RunId::generate(), now_ms())
         .await
         .unwrap();
     assert_eq!(h.rollbacks_last_day, 2);
-    assert_eq!(
-        h.last_rollback_at_ms,
-        Some(decided_at(&store, &latest.run).await)
-    );
-    assert!(
-        h.live_rolled_back,
-        "the live dpl_c already has a rollback run"
-    );
+    assert_eq!(h.last_rollback_at_ms, Some(latest_at));
 
     // The run being decided does not count against itself.
     let own = store.history(SERVICE, &latest.run, now_ms()).await.unwrap();
     assert_eq!(own.rollbacks_last_day, 1);
-    assert_eq!(
-        own.last_rollback_at_ms,
-        Some(decided_at(&store, &earlier.run).await)
-    );
+    assert_eq!(own.last_rollback_at_ms, Some(earlier_at));
     assert!(!own.live_rolled_back);
 
     // A day later the rollbacks no longer count towards the daily limit.
@@ -187,10 +200,24 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
         .await
         .unwrap();
     assert_eq!(tomorrow.rollbacks_last_day, 0);
-    assert_eq!(
-        tomorrow.last_rollback_at_ms,
-        Some(decided_at(&store, &latest.run).await)
-    );
+    assert_eq!(tomorrow.last_rollback_at_ms, Some(latest_at));
+}
+
+/// Finishes the claim's rollback step as succeeded; returns when.
+async fn verified(store: &Store, claim: &Claim) -> i64 {
+    store
+        .finish_step(
+            claim,
+            StepName::Rollback,
+            StepStatus::Succeeded,
+            Some(&json!({})),
+            None,
+        )
+        .await
+        .unwrap();
+    let steps = store.steps(&claim.run).await.unwrap();
+    let step = steps.iter().find(|s| s.name == StepName::Rollback).unwrap();
+    step.finished_at_ms.unwrap()
 }
 
 async fn pausing_and_resuming_a_service_shows_in_history(db: Db) {
