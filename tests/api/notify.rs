@@ -361,10 +361,10 @@ async fn failed_rollback_pages_critical_with_vercels_error() {
         .mount(&app.vercel)
         .await;
     fire(&app, &crash_alert("401", now_ms() - MIN)).await;
-    let pages = pages(&app).await;
-    assert_eq!(pages.len(), 1);
-    assert_eq!(pages[0]["payload"]["severity"], "critical");
-    let summary = pages[0]["payload"]["summary"].as_str().unwrap();
+    let sent = pages(&app).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["payload"]["severity"], "critical");
+    let summary = sent[0]["payload"]["summary"].as_str().unwrap();
     assert!(
         summary.contains("rollback failed — manual action needed")
             && summary.contains("The deployment is not ready"),
@@ -380,7 +380,7 @@ async fn failed_rollback_pages_critical_with_vercels_error() {
     let run = &app.store.list_runs(1).await.unwrap()[0];
     assert_eq!(run.outcome, Some(Outcome::Rollback), "{:?}", run.reason);
     assert_eq!(run.status, RunStatus::Failed);
-    assert_eq!(pages(&app).await.len(), 2);
+    assert_eq!(pages(&app).await.len(), 2, "paged again");
 }
 
 #[tokio::test]

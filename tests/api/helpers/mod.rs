@@ -16,7 +16,6 @@ pub use db::*;
 pub use fakes::*;
 pub use proxy::*;
 pub use sim::*;
-pub use vercel_fake::*;
 
 pub use backstop::ledger::{AttemptOutcome, Outcome, RunStatus, StepName, StepStatus};
 use backstop::sim::config::Creds;
