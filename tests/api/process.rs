@@ -418,8 +418,9 @@ async fn three_serve_processes_on_one_postgres_act_once_even_when_one_dies() {
     };
     let w = world_on(Some(db.url.clone()), "").await;
     // The first instance dies right after Vercel accepted the alias writes.
+    // (The others join once it holds the run: started earlier, one of them
+    // could claim the run first and the failpoint would never be reached.)
     let doomed = Proc::spawn(&w.config, Some("rollback-accepted"));
-    let others = [Proc::spawn(&w.config, None), Proc::spawn(&w.config, None)];
     let http = reqwest::Client::new();
     let alert = CrashAlert::critical("storefront-web", "4545", now_ms() - 30_000).body();
     let (status, _) = sender::deliver(&http, &doomed.url(), SENTRY, "metric_alert", &alert)
@@ -436,6 +437,7 @@ async fn three_serve_processes_on_one_postgres_act_once_even_when_one_dies() {
         "{}",
         doomed.output()
     );
+    let others = [Proc::spawn(&w.config, None), Proc::spawn(&w.config, None)];
     drop(doomed); // SIGKILL, holding the run's lease
                   // Sentry re-sends, spread over the surviving instances.
     for i in 0..20 {
