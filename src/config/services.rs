@@ -51,6 +51,13 @@ pub struct ServiceSettings {
     /// Act on alert rules that are not crash-free rates (error counts, issue alerts).
     #[serde(default)]
     pub accept_other_rules: bool,
+    /// When the live deployment had served less than this when the alert
+    /// was detected, escalate instead of rolling back: the alert's window
+    /// (an hour for a typical crash-free rule) is then mostly the previous
+    /// release. 0 (the default) acts on any alert detected after the
+    /// promotion.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub min_live_before_alert: Duration,
     /// Deployment `meta` key holding the Sentry release.
     #[serde(default = "default_release_key")]
     pub release_meta_key: String,
@@ -97,6 +104,31 @@ fn default_release_key() -> String {
 }
 
 impl ServiceSettings {
+    /// Stands in for the service of an alert no service could be found
+    /// for, so a person can be paged and told with the global settings.
+    pub fn unmapped() -> Self {
+        Self {
+            name: "(unmapped)".into(),
+            sentry_projects: Vec::new(),
+            environment: default_environment(),
+            vercel_project: String::new(),
+            domains: Vec::new(),
+            strategy: default_strategy(),
+            mode: default_mode(),
+            bake_time: default_bake(),
+            cooldown: default_cooldown(),
+            max_rollbacks_per_day: default_budget(),
+            accept_other_rules: false,
+            min_live_before_alert: Duration::ZERO,
+            release_meta_key: default_release_key(),
+            slack_channel: None,
+            resolve_on_recovery: false,
+            page_on_dry_run: false,
+            announce_skips: true,
+            templates: BTreeMap::new(),
+        }
+    }
+
     /// What the decision needs to know about this service.
     pub fn policy(&self) -> ServicePolicy<'_> {
         ServicePolicy {
@@ -108,6 +140,7 @@ impl ServiceSettings {
             cooldown: self.cooldown,
             max_rollbacks_per_day: self.max_rollbacks_per_day,
             accept_other_rules: self.accept_other_rules,
+            min_live_before_alert: self.min_live_before_alert,
         }
     }
 

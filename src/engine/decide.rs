@@ -228,10 +228,15 @@ impl Engine {
     /// The steps a decision calls for, given what is configured.
     pub(crate) fn plan(&self, d: &Decision) -> Vec<StepName> {
         let settings = self.settings();
-        let Some(svc) = d.service.as_deref().and_then(|s| settings.service(s)) else {
-            return vec![];
+        let (paging, announcing) = (settings.pagerduty.enabled(), settings.slack.enabled());
+        let ctx = match d.service.as_deref().and_then(|s| settings.service(s)) {
+            Some(svc) => svc.plan_context(paging, announcing),
+            None => policy::PlanContext {
+                paging,
+                announcing,
+                ..Default::default()
+            },
         };
-        let ctx = svc.plan_context(settings.pagerduty.enabled(), settings.slack.enabled());
         policy::plan(d, &ctx)
     }
 

@@ -28,12 +28,12 @@ impl Engine {
     pub(super) async fn facts(&self, ctx: &RunCtx) -> Result<Facts, EngineError> {
         let claimed = &ctx.claimed;
         let detail = self.store().run_detail(&claimed.run.id).await?;
-        let service = detail
-            .run
-            .service
-            .clone()
-            .ok_or_else(|| corrupt(format!("run {} has no service", claimed.run.id)))?;
-        let svc = self.service(&service)?.clone();
+        // An alert no service could be found for is told with the global
+        // settings (it escalates so a person maps it).
+        let svc = match &detail.run.service {
+            Some(service) => self.service(service)?.clone(),
+            None => ServiceSettings::unmapped(),
+        };
         let resource = Resource::from_header(&claimed.resource).unwrap_or(Resource::MetricAlert);
         let alert =
             sentry::parse(resource, claimed.body.as_bytes()).map_err(|e| corrupt(e.to_string()))?;
@@ -64,8 +64,12 @@ impl Engine {
                 .and_then(|o| o["alert_to_verified_ms"].as_i64());
             notice.error = rb.error.as_ref().map(|e| e.message.clone());
         }
+        let incident_key = match &detail.run.service {
+            Some(_) => super::incident_key(&svc.name, &decision),
+            None => format!("backstop/unmapped/{}", alert.rule_id),
+        };
         Ok(Facts {
-            incident_key: super::incident_key(&svc.name, &decision),
+            incident_key,
             svc,
             notice,
             origin,

@@ -69,16 +69,29 @@ pub struct Alert {
     pub identifier: String,
     /// Sentry project slugs.
     pub projects: Vec<String>,
-    /// Environment the rule or event is scoped to.
+    /// Environment the rule or event is scoped to (`None`: `null`, or absent).
     pub environment: Option<String>,
+    /// The rule carried no `environment` key at all (Sentry's 2025
+    /// serializer), as opposed to `environment: null` (a rule not scoped to
+    /// one environment).
+    pub environment_absent: bool,
     /// The rule's aggregate, e.g. `percentage(sessions_crashed, sessions) AS ...`.
     pub aggregate: Option<String>,
     /// The critical trigger's threshold (percent crash-free).
     pub threshold: Option<f64>,
     /// The measured value from `description_text` (percent).
     pub measured: Option<f64>,
-    /// When the incident started, Unix ms; `None` if absent or malformed.
-    pub started_at_ms: Option<i64>,
+    /// When Sentry detected the incident, Unix ms: `date_detected`, else
+    /// `date_created`, else `date_started`; `None` if absent or malformed.
+    /// (On Sentry's classic path `date_started` is the detection time minus
+    /// the rule's time window, so it is not when the alert fired.)
+    pub detected_at_ms: Option<i64>,
+    /// The rule's time window (`alert_rule.time_window`, minutes), in ms.
+    pub window_ms: Option<i64>,
+    /// Sentry sent the webhook with `"metric_alert": null` (serialising the
+    /// alert timed out): only the action, the rule id and the incident
+    /// from `web_url` are known.
+    pub details_missing: bool,
     /// Link to the alert in Sentry.
     pub web_url: Option<String>,
     /// Human title (`description_title`, incident title or event title).
@@ -132,16 +145,19 @@ pub fn parse(resource: Resource, body: &[u8]) -> Result<Alert, IngestError> {
         return Err(missing("installation"));
     }
     match resource {
-        Resource::MetricAlert => parse_metric(&v, action),
+        Resource::MetricAlert => parse_metric(&v, action, body),
         Resource::EventAlert => parse_event(&v, action),
     }
 }
 
-fn parse_metric(v: &Value, action: String) -> Result<Alert, IngestError> {
+fn parse_metric(v: &Value, action: String, body: &[u8]) -> Result<Alert, IngestError> {
     let data = v.get("data").ok_or_else(|| missing("data"))?;
     let incident = data
         .get("metric_alert")
         .ok_or_else(|| missing("data.metric_alert"))?;
+    if incident.is_null() {
+        return Ok(without_details(data, action, body));
+    }
     let rule = incident.get("alert_rule").unwrap_or(&Value::Null);
     let identifier =
         str_at(incident, &["identifier"]).ok_or_else(|| missing("data.metric_alert.identifier"))?;
@@ -151,9 +167,14 @@ fn parse_metric(v: &Value, action: String) -> Result<Alert, IngestError> {
     if projects.is_empty() {
         projects = strings(rule.get("projects"));
     }
-    let started = ["date_started", "date_detected", "date_created"]
+    let detected = ["date_detected", "date_created", "date_started"]
         .iter()
         .find_map(|k| str_at(incident, &[k]).and_then(|s| parse_time(&s)));
+    let window_ms = rule
+        .get("time_window")
+        .and_then(number)
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .map(|m| (m * 60_000.0) as i64);
     Ok(Alert {
         resource: Resource::MetricAlert,
         action,
@@ -162,10 +183,13 @@ fn parse_metric(v: &Value, action: String) -> Result<Alert, IngestError> {
         identifier,
         projects,
         environment: str_at(rule, &["environment"]),
+        environment_absent: rule.is_object() && rule.get("environment").is_none(),
         aggregate: str_at(rule, &["aggregate"]),
         threshold: critical_threshold(rule),
         measured: str_at(data, &["description_text"]).and_then(|t| leading_percent(&t)),
-        started_at_ms: started,
+        detected_at_ms: detected,
+        window_ms,
+        details_missing: false,
         web_url: str_at(data, &["web_url"]),
         title: str_at(data, &["description_title"]).or_else(|| str_at(incident, &["title"])),
         release: None,
@@ -190,14 +214,60 @@ fn parse_event(v: &Value, action: String) -> Result<Alert, IngestError> {
         identifier,
         projects: project.into_iter().collect(),
         environment,
+        environment_absent: false,
         aggregate: None,
         threshold: None,
         measured: None,
-        started_at_ms: str_at(event, &["datetime"]).and_then(|s| parse_time(&s)),
+        detected_at_ms: str_at(event, &["datetime"]).and_then(|s| parse_time(&s)),
+        window_ms: None,
+        details_missing: false,
         web_url: str_at(event, &["web_url"]),
         title: str_at(event, &["title"]),
         release: str_at(event, &["release"]).or_else(|| tag(event, "release")),
     })
+}
+
+/// A metric alert whose details Sentry could not serialise: the rule id and
+/// the incident come from `web_url` (`…/alerts/rules/details/<rule>/?alert=<incident>`);
+/// without them, the body's hash keeps Sentry's re-sends one alert.
+fn without_details(data: &Value, action: String, body: &[u8]) -> Alert {
+    let web_url = str_at(data, &["web_url"]);
+    let url = web_url.as_deref().unwrap_or_default();
+    let rule_id = url
+        .split("/details/")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .filter(|id| !id.is_empty())
+        .unwrap_or("unknown")
+        .to_string();
+    let identifier = url
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("alert="))
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            use sha2::Digest;
+            format!("body-{}", &hex::encode(sha2::Sha256::digest(body))[..16])
+        });
+    Alert {
+        resource: Resource::MetricAlert,
+        action,
+        rule_name: None,
+        rule_id,
+        identifier,
+        projects: Vec::new(),
+        environment: None,
+        environment_absent: false,
+        aggregate: None,
+        threshold: None,
+        measured: str_at(data, &["description_text"]).and_then(|t| leading_percent(&t)),
+        detected_at_ms: None,
+        window_ms: None,
+        details_missing: true,
+        web_url,
+        title: str_at(data, &["description_title"]),
+        release: None,
+    }
 }
 
 fn missing(field: &str) -> IngestError {
@@ -277,7 +347,7 @@ mod tests {
         assert_eq!(a.projects, vec!["bar"]);
         assert_eq!(a.environment, None);
         assert!(!a.is_crash_free_rate());
-        assert_eq!(a.started_at_ms, Some(1_600_000_000_000));
+        assert_eq!(a.detected_at_ms, Some(1_600_000_000_000));
         assert_eq!(a.dedup_key(), "metric_alert:7:1:resolved");
     }
 
@@ -337,7 +407,7 @@ mod tests {
             "9999999999999999-01-01T00:00:00Z",
         ] {
             let a = parse(Resource::MetricAlert, crash_alert(bad).as_bytes()).unwrap();
-            assert_eq!(a.started_at_ms, None, "{bad}");
+            assert_eq!(a.detected_at_ms, None, "{bad}");
         }
     }
 
@@ -354,5 +424,70 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("action"), "{err}");
+    }
+
+    const WORKFLOW_ENGINE: &str =
+        include_str!("../../tests/fixtures/sentry/metric_alert_workflow_engine_critical.json");
+
+    #[test]
+    fn the_workflow_engine_shape_is_read_by_its_detection_time_and_window() {
+        let a = parse(Resource::MetricAlert, WORKFLOW_ENGINE.as_bytes()).unwrap();
+        assert!(a.is_critical() && a.is_crash_free_rate());
+        assert_eq!(
+            (a.rule_id.as_str(), a.identifier.as_str()),
+            ("1000913584", "1004821937")
+        );
+        assert_eq!(a.detected_at_ms, parse_time("2026-11-26T12:00:03.412775Z"));
+        assert_eq!(a.window_ms, Some(60 * 60_000));
+        assert_eq!(a.environment.as_deref(), Some("production"));
+        assert!(!a.environment_absent && !a.details_missing);
+    }
+
+    #[test]
+    fn the_classic_start_is_the_window_start_so_detection_time_wins() {
+        let mut v: Value = serde_json::from_str(WORKFLOW_ENGINE).unwrap();
+        let incident = &mut v["data"]["metric_alert"];
+        incident["date_started"] = "2026-11-26T11:00:03Z".into();
+        incident["date_detected"] = "2026-11-26T12:00:03Z".into();
+        let a = parse(Resource::MetricAlert, v.to_string().as_bytes()).unwrap();
+        assert_eq!(a.detected_at_ms, parse_time("2026-11-26T12:00:03Z"));
+    }
+
+    #[test]
+    fn a_missing_environment_key_is_not_a_null_one() {
+        let mut v: Value = serde_json::from_str(WORKFLOW_ENGINE).unwrap();
+        let rule = v["data"]["metric_alert"]["alert_rule"]
+            .as_object_mut()
+            .unwrap();
+        rule.remove("environment");
+        let a = parse(Resource::MetricAlert, v.to_string().as_bytes()).unwrap();
+        assert!(a.environment_absent && a.environment.is_none());
+        v["data"]["metric_alert"]["alert_rule"]["environment"] = Value::Null;
+        let a = parse(Resource::MetricAlert, v.to_string().as_bytes()).unwrap();
+        assert!(!a.environment_absent && a.environment.is_none());
+    }
+
+    #[test]
+    fn a_null_metric_alert_keeps_the_rule_and_incident_from_web_url() {
+        let mut v: Value = serde_json::from_str(WORKFLOW_ENGINE).unwrap();
+        v["data"]["metric_alert"] = Value::Null;
+        let a = parse(Resource::MetricAlert, v.to_string().as_bytes()).unwrap();
+        assert!(a.details_missing && a.is_critical());
+        assert_eq!(
+            (a.rule_id.as_str(), a.identifier.as_str()),
+            ("1000913584", "1004821937")
+        );
+        assert_eq!(a.dedup_key(), "metric_alert:1000913584:1004821937:critical");
+        assert!(a.projects.is_empty());
+        // Without a web_url, the body itself keeps re-sends one alert.
+        v["data"]["web_url"] = Value::Null;
+        let body = v.to_string();
+        let a = parse(Resource::MetricAlert, body.as_bytes()).unwrap();
+        let b = parse(Resource::MetricAlert, body.as_bytes()).unwrap();
+        assert!(a.identifier.starts_with("body-"));
+        assert_eq!(a.dedup_key(), b.dedup_key());
+        // A body without the key at all is still malformed.
+        v["data"].as_object_mut().unwrap().remove("metric_alert");
+        assert!(parse(Resource::MetricAlert, v.to_string().as_bytes()).is_err());
     }
 }

@@ -49,6 +49,9 @@ pub struct ServicePolicy<'a> {
     pub max_rollbacks_per_day: u32,
     /// Act on rules that are not crash-free rates.
     pub accept_other_rules: bool,
+    /// Below this much time live before the alert was detected, a fresh
+    /// alert escalates instead of acting (0: no minimum).
+    pub min_live_before_alert: Duration,
 }
 
 /// One rule as evaluated.
@@ -112,7 +115,7 @@ pub struct Decision {
     pub live: Option<DeploymentRef>,
     /// The known-good target.
     pub target: Option<DeploymentRef>,
-    /// When the alert started (after sanity clamping), Unix ms.
+    /// When Sentry detected the alert (after sanity clamping), Unix ms.
     pub alert_started_at_ms: Option<i64>,
     /// Every rule evaluated, in order.
     pub checks: Vec<Check>,
@@ -141,18 +144,71 @@ pub enum Missing {
     ProductionState,
 }
 
-/// The service an alert belongs to: one of its projects and its environment.
+/// How an alert maps to a configured service.
+#[derive(Debug, Clone)]
+pub enum Mapping<'a, 'b> {
+    /// This service, with a note when the mapping was inferred.
+    Service(&'b ServicePolicy<'a>, Option<String>),
+    /// No service claims it.
+    Unmapped,
+    /// It concerns configured services but cannot be told which (or its
+    /// details are missing): a person must look. Says why.
+    Unknown(String),
+}
+
+/// The service an alert belongs to: one of its projects and its
+/// environment. An alert whose rule carries no `environment` key at all
+/// (Sentry's 2025 serializer) maps to the only service claiming one of its
+/// projects; with several, it is `Unknown`. So is an alert whose details
+/// Sentry could not send.
+pub fn map_alert<'a, 'b>(alert: &Alert, services: &'b [ServicePolicy<'a>]) -> Mapping<'a, 'b> {
+    if alert.details_missing {
+        let url = alert.web_url.as_deref().unwrap_or("(no link)");
+        return Mapping::Unknown(format!(
+            "Sentry sent a critical alert without its details: rule {}, see {url}",
+            alert.rule_id
+        ));
+    }
+    let claims = |s: &&ServicePolicy<'_>| alert.projects.iter().any(|p| s.projects.contains(p));
+    if alert.environment_absent {
+        let claiming: Vec<&ServicePolicy<'a>> = services.iter().filter(claims).collect();
+        return match claiming.as_slice() {
+            [] => Mapping::Unmapped,
+            [only] => Mapping::Service(
+                only,
+                Some(format!(
+                    "service {} (the alert carries no environment; it is the only service for {})",
+                    only.name,
+                    alert.projects.join(", ")
+                )),
+            ),
+            several => Mapping::Unknown(format!(
+                "could not be mapped: the alert carries no environment, and services {} all claim {}",
+                several.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+                alert.projects.join(", ")
+            )),
+        };
+    }
+    let env = alert.environment.as_deref();
+    match services
+        .iter()
+        .filter(claims)
+        .find(|s| env == Some(s.environment))
+    {
+        Some(s) => Mapping::Service(s, None),
+        None => Mapping::Unmapped,
+    }
+}
+
+/// The service an alert belongs to, when it can be told.
 pub fn map_service<'a, 'b>(
     alert: &Alert,
     services: &'b [ServicePolicy<'a>],
 ) -> Option<&'b ServicePolicy<'a>> {
-    services.iter().find(|s| {
-        alert.projects.iter().any(|p| s.projects.contains(p))
-            && alert
-                .environment
-                .as_deref()
-                .is_some_and(|e| e == s.environment)
-    })
+    match map_alert(alert, services) {
+        Mapping::Service(s, _) => Some(s),
+        Mapping::Unmapped | Mapping::Unknown(_) => None,
+    }
 }
 
 /// Domains not serving `deployment`, as `"<domain> serves <other>"`.
@@ -315,16 +371,29 @@ pub fn decide(i: Inputs<'_>) -> Result<Decision, Missing> {
         return Ok(t.stop(Rule::Critical, Outcome::Skip, reason));
     }
     t.pass(Rule::Critical, "action is critical");
-    let Some(svc) = map_service(a, i.services) else {
+    let unmapped = || {
         let env = a.environment.as_deref().unwrap_or("(none)");
-        let reason = format!(
+        format!(
             "unmapped: no service for projects {:?} in environment {env}",
             a.projects
-        );
-        return Ok(t.stop(Rule::Mapped, Outcome::Skip, reason));
+        )
+    };
+    let svc = match map_alert(a, i.services) {
+        Mapping::Service(svc, note) => {
+            t.pass(
+                Rule::Mapped,
+                note.unwrap_or_else(|| format!("service {}", svc.name)),
+            );
+            svc
+        }
+        Mapping::Unmapped => return Ok(t.stop(Rule::Mapped, Outcome::Skip, unmapped())),
+        // Never silence on a critical crash alert that concerns us.
+        Mapping::Unknown(why) if a.details_missing || a.is_crash_free_rate() => {
+            return Ok(t.stop(Rule::Mapped, Outcome::Escalate, why));
+        }
+        Mapping::Unknown(_) => return Ok(t.stop(Rule::Mapped, Outcome::Skip, unmapped())),
     };
     t.service = Some(svc.name.to_string());
-    t.pass(Rule::Mapped, format!("service {}", svc.name));
     if !a.is_crash_free_rate() && !svc.accept_other_rules {
         let what = match a.resource {
             Resource::EventAlert => "an issue alert".to_string(),
@@ -351,10 +420,7 @@ pub fn decide(i: Inputs<'_>) -> Result<Decision, Missing> {
     if let Some(reason) = staleness(a, live, i.received_at_ms, &mut t.started) {
         return Ok(t.stop(Rule::Fresh, Outcome::Skip, format!("stale: {reason}")));
     }
-    t.pass(
-        Rule::Fresh,
-        "alert started after the live deployment was promoted",
-    );
+    t.pass(Rule::Fresh, freshness(a, live, t.started));
     let production = i.production.ok_or(Missing::ProductionState)?;
     let moved = serving_other(production, &live.id);
     if !moved.is_empty() || production.is_empty() {
@@ -400,6 +466,32 @@ fn rest_of_rules(
         return t.stop(Rule::NotPaused, Outcome::Escalate, reason);
     }
     t.pass(Rule::NotPaused, "not paused");
+    let min = svc.min_live_before_alert;
+    let live_for = match (t.started, live.promoted_at_ms) {
+        (Some(detected), Some(promoted)) => Some((detected - promoted).max(0)),
+        _ => None,
+    };
+    match live_for {
+        Some(ms) if !min.is_zero() && ms < min.as_millis() as i64 => {
+            let reason = format!(
+                "live only {} before the alert was detected (min_live_before_alert {}): its window is mostly the previous release",
+                crate::clock::human_ms(ms),
+                humantime::format_duration(min)
+            );
+            return t.stop(Rule::LiveLongEnough, Outcome::Escalate, reason);
+        }
+        _ if min.is_zero() => t.pass(
+            Rule::LiveLongEnough,
+            "no minimum (min_live_before_alert = 0)",
+        ),
+        _ => t.pass(
+            Rule::LiveLongEnough,
+            format!(
+                "at least {} live before the alert",
+                humantime::format_duration(min)
+            ),
+        ),
+    }
     let cooldown = svc.cooldown.as_millis() as i64;
     if let Some(last) = h.last_rollback_at_ms.filter(|l| i.now_ms - l < cooldown) {
         let ago = humantime::format_duration(Duration::from_secs(
@@ -441,6 +533,29 @@ fn rest_of_rules(
     t.finish(Rule::Act, Outcome::Rollback, reason, target_ref)
 }
 
+/// How fresh the alert is for the live deployment: when it was detected,
+/// and how much of the rule's window the live deployment covered.
+fn freshness(a: &Alert, live: &Deployment, detected: Option<i64>) -> String {
+    let (Some(detected), Some(promoted)) = (detected, live.promoted_at_ms) else {
+        return "alert detected after the live deployment was promoted".into();
+    };
+    let live_for = (detected - promoted).max(0);
+    let mut text = format!(
+        "alert detected {} after {} went live",
+        crate::clock::human_ms(live_for),
+        live.id
+    );
+    if let Some(window) = a.window_ms {
+        let covered = live_for.min(window);
+        text.push_str(&format!(
+            "; live for {} of the {} min in the window",
+            crate::clock::human_ms(covered),
+            window / 60_000
+        ));
+    }
+    text
+}
+
 /// Why the alert is about an earlier release, or `None` if it is fresh.
 fn staleness(
     a: &Alert,
@@ -455,16 +570,16 @@ fn staleness(
             ));
         }
     }
-    // A start in the future cannot be true; an unknown start is at the latest
-    // when the alert reached us.
-    let start = a
-        .started_at_ms
+    // A detection in the future cannot be true; an unknown one is at the
+    // latest when the alert reached us.
+    let detected = a
+        .detected_at_ms
         .map_or(received_at_ms, |s| s.min(received_at_ms));
-    *started = Some(start);
+    *started = Some(detected);
     match live.promoted_at_ms {
-        Some(promoted) if start < promoted => Some(format!(
-            "the alert started {} s before {} went live",
-            (promoted - start) / 1000,
+        Some(promoted) if detected < promoted => Some(format!(
+            "the alert was detected {} s before {} went live",
+            (promoted - detected) / 1000,
             live.id
         )),
         _ => None,

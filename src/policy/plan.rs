@@ -19,9 +19,10 @@ pub struct PlanContext {
     pub announce_skips: bool,
 }
 
-/// The steps after `decide`, in order. Nothing for an unmapped alert.
+/// The steps after `decide`, in order. An alert no service can be found
+/// for is only told when it escalates (a person must map it).
 pub fn plan(d: &Decision, ctx: &PlanContext) -> Vec<StepName> {
-    if d.service.is_none() {
+    if d.service.is_none() && d.outcome != Outcome::Escalate {
         return vec![];
     }
     let (page, announce) = match d.outcome {
@@ -131,9 +132,16 @@ mod tests {
     }
 
     #[test]
-    fn an_unmapped_alert_has_no_steps() {
+    fn an_unmapped_alert_has_no_steps_unless_a_person_must_map_it() {
+        use StepName::*;
         let mut d = decision(Outcome::Resolution, Rule::NotResolved);
         d.service = None;
         assert!(plan(&d, &ALL_ON).is_empty());
+        let mut d = decision(Outcome::Skip, Rule::Mapped);
+        d.service = None;
+        assert!(plan(&d, &ALL_ON).is_empty());
+        let mut d = decision(Outcome::Escalate, Rule::Mapped);
+        d.service = None;
+        assert_eq!(plan(&d, &ALL_ON), vec![Page, Announce, Followup]);
     }
 }

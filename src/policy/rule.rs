@@ -29,21 +29,24 @@ pub enum Rule {
     Enabled,
     /// 10: no person paused the service.
     NotPaused,
-    /// 11: no automatic rollback of the service within the cooldown.
+    /// 11: the live deployment served at least `min_live_before_alert`
+    /// before the alert was detected.
+    LiveLongEnough,
+    /// 12: no automatic rollback of the service within the cooldown.
     OutsideCooldown,
-    /// 12: the daily budget of rollbacks is not spent.
+    /// 13: the daily budget of rollbacks is not spent.
     BudgetLeft,
-    /// 13: a known-good deployment older than the live one exists.
+    /// 14: a known-good deployment older than the live one exists.
     Target,
-    /// 14: dry run: announce what would have happened.
+    /// 15: dry run: announce what would have happened.
     DryRun,
-    /// 15: roll back.
+    /// 16: roll back.
     Act,
 }
 
 impl Rule {
     /// Every rule, in the order they are applied.
-    pub const ALL: [Rule; 15] = [
+    pub const ALL: [Rule; 16] = [
         Rule::NotResolved,
         Rule::Critical,
         Rule::Mapped,
@@ -54,6 +57,7 @@ impl Rule {
         Rule::NotHandled,
         Rule::Enabled,
         Rule::NotPaused,
+        Rule::LiveLongEnough,
         Rule::OutsideCooldown,
         Rule::BudgetLeft,
         Rule::Target,
@@ -79,6 +83,7 @@ impl Rule {
             Rule::NotHandled => "not handled",
             Rule::Enabled => "enabled",
             Rule::NotPaused => "not paused",
+            Rule::LiveLongEnough => "live long enough",
             Rule::OutsideCooldown => "outside cooldown",
             Rule::BudgetLeft => "budget left",
             Rule::Target => "target",
@@ -115,8 +120,28 @@ impl std::fmt::Display for Rule {
     }
 }
 
+/// The first table's rules, by their number then: decisions stored before
+/// rules had names carry those numbers.
+const FIRST_TABLE: [Rule; 15] = [
+    Rule::NotResolved,
+    Rule::Critical,
+    Rule::Mapped,
+    Rule::CrashRate,
+    Rule::LiveKnown,
+    Rule::Fresh,
+    Rule::ProductionUnchanged,
+    Rule::NotHandled,
+    Rule::Enabled,
+    Rule::NotPaused,
+    Rule::OutsideCooldown,
+    Rule::BudgetLeft,
+    Rule::Target,
+    Rule::DryRun,
+    Rule::Act,
+];
+
 /// Stored decisions name rules by their kebab-case name; decisions stored
-/// before rules had names carry their number in the original table.
+/// before rules had names carry their number in the first table.
 impl<'de> Deserialize<'de> for Rule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -134,7 +159,7 @@ impl<'de> Deserialize<'de> for Rule {
             })
         };
         match Stored::deserialize(d)? {
-            Stored::Number(n) => Rule::ALL.get(usize::from(n).wrapping_sub(1)).copied(),
+            Stored::Number(n) => FIRST_TABLE.get(usize::from(n).wrapping_sub(1)).copied(),
             Stored::Name(name) => by_name(&name),
         }
         .ok_or_else(|| serde::de::Error::custom("unknown rule"))
@@ -149,12 +174,18 @@ mod tests {
     fn rules_are_numbered_in_table_order_and_round_trip() {
         assert_eq!(Rule::NotResolved.number(), 1);
         assert_eq!(Rule::ProductionUnchanged.number(), 7);
-        assert_eq!(Rule::Act.number(), 15);
+        assert_eq!(Rule::Act.number(), 16);
         for r in Rule::ALL {
             let v = serde_json::to_value(r).unwrap();
             assert_eq!(serde_json::from_value::<Rule>(v).unwrap(), r);
-            let n = serde_json::json!(r.number());
-            assert_eq!(serde_json::from_value::<Rule>(n).unwrap(), r);
+        }
+        for (i, r) in FIRST_TABLE.into_iter().enumerate() {
+            let n = serde_json::json!(i + 1);
+            assert_eq!(
+                serde_json::from_value::<Rule>(n).unwrap(),
+                r,
+                "stored as {i}+1"
+            );
         }
         assert!(serde_json::from_value::<Rule>(serde_json::json!(99)).is_err());
     }

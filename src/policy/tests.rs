@@ -11,6 +11,7 @@ struct Svc {
     projects: Vec<String>,
     mode: Mode,
     accept_other_rules: bool,
+    min_live: Duration,
 }
 
 impl Svc {
@@ -24,6 +25,7 @@ impl Svc {
             cooldown: Duration::from_secs(3600),
             max_rollbacks_per_day: 3,
             accept_other_rules: self.accept_other_rules,
+            min_live_before_alert: self.min_live,
         }
     }
 }
@@ -33,6 +35,7 @@ fn service() -> Svc {
         projects: vec!["web".into()],
         mode: Mode::Auto,
         accept_other_rules: false,
+        min_live: Duration::ZERO,
     }
 }
 
@@ -45,12 +48,15 @@ fn alert() -> Alert {
         identifier: "42".into(),
         projects: vec!["web".into()],
         environment: Some("production".into()),
+        environment_absent: false,
         aggregate: Some(
             "percentage(sessions_crashed, sessions) AS _crash_rate_alert_aggregate".into(),
         ),
         threshold: Some(99.5),
         measured: Some(92.0),
-        started_at_ms: Some(NOW - 5 * MIN),
+        detected_at_ms: Some(NOW - 5 * MIN),
+        window_ms: Some(60 * MIN),
+        details_missing: false,
         web_url: None,
         title: None,
         release: None,
@@ -126,13 +132,13 @@ fn full(alert: &Alert, svc: &Svc, h: &History) -> Decision {
 }
 
 #[test]
-fn rule_15_rolls_back_a_fresh_crash_alert_to_the_newest_known_good() {
+fn rule_16_rolls_back_a_fresh_crash_alert_to_the_newest_known_good() {
     let d = full(&alert(), &service(), &history());
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Rollback, 15));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Rollback, 16));
     assert_eq!(d.live.as_ref().unwrap().id, "dpl_live");
     assert_eq!(d.target.as_ref().unwrap().id, "dpl_baked");
     assert_eq!(d.service.as_deref(), Some("storefront"));
-    assert_eq!(d.checks.len(), 13, "rules 1-13 passed: {:?}", d.checks);
+    assert_eq!(d.checks.len(), 14, "rules 1-14 passed: {:?}", d.checks);
     assert!(d.checks.iter().all(|c| c.passed));
     assert!(d.alert_hit_live());
 }
@@ -205,7 +211,7 @@ fn rule_5_unknown_live_release_escalates() {
 #[test]
 fn rule_6_alert_started_before_the_promotion_is_stale() {
     let mut a = alert();
-    a.started_at_ms = Some(NOW - 11 * MIN);
+    a.detected_at_ms = Some(NOW - 11 * MIN);
     let d = full(&a, &service(), &history());
     assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 6));
     assert!(d.reason.starts_with("stale"));
@@ -215,9 +221,9 @@ fn rule_6_alert_started_before_the_promotion_is_stale() {
 #[test]
 fn rule_6_unknown_or_future_start_counts_as_received_time() {
     let mut a = alert();
-    a.started_at_ms = None;
+    a.detected_at_ms = None;
     assert_eq!(full(&a, &service(), &history()).outcome, Outcome::Rollback);
-    a.started_at_ms = Some(NOW + 1000 * MIN);
+    a.detected_at_ms = Some(NOW + 1000 * MIN);
     let d = full(&a, &service(), &history());
     assert_eq!(d.alert_started_at_ms, Some(NOW));
     // Received before the live promotion, with a start claimed after it: stale.
@@ -304,36 +310,36 @@ fn rule_10_paused_service_escalates() {
 }
 
 #[test]
-fn rule_11_cooldown_escalates_and_expires() {
+fn rule_12_cooldown_escalates_and_expires() {
     let mut h = history();
     h.last_rollback_at_ms = Some(NOW - 30 * MIN);
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 11));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 12));
     h.last_rollback_at_ms = Some(NOW - 61 * MIN);
     assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
 }
 
 #[test]
-fn rule_12_daily_budget_escalates() {
+fn rule_13_daily_budget_escalates() {
     let mut h = history();
     h.rollbacks_last_day = 3;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 12));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 13));
     h.rollbacks_last_day = 2;
     assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
 }
 
 #[test]
-fn rule_13_no_known_good_target_escalates() {
+fn rule_14_no_known_good_target_escalates() {
     let mut h = history();
     h.deployments[1].verdict = Verdict::Bad;
     h.deployments[2].verdict = Verdict::Bad;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 13));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 14));
 }
 
 #[test]
-fn rule_13_unbaked_or_alerted_deployments_are_not_targets() {
+fn rule_14_unbaked_or_alerted_deployments_are_not_targets() {
     let mut h = history();
     // dpl_baked served only 20 minutes: falls through to the marked-good one.
     h.deployments[1].promoted_at_ms = Some(NOW - 30 * MIN);
@@ -345,20 +351,20 @@ fn rule_13_unbaked_or_alerted_deployments_are_not_targets() {
     let mut h = history();
     h.deployments[1].verdict = Verdict::Bad;
     h.deployments[2].promoted_at_ms = Some(NOW - MIN);
-    assert_eq!(full(&alert(), &service(), &h).rule.number(), 13);
+    assert_eq!(full(&alert(), &service(), &h).rule.number(), 14);
 }
 
 #[test]
-fn rule_14_dry_run_names_the_target_and_changes_nothing() {
+fn rule_15_dry_run_names_the_target_and_changes_nothing() {
     let mut svc = service();
     svc.mode = Mode::DryRun;
     let d = full(&alert(), &svc, &history());
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::DryRun, 14));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::DryRun, 15));
     assert_eq!(d.target.unwrap().id, "dpl_baked");
     // Escalation rules still come first in dry-run.
     let mut h = history();
     h.rollbacks_last_day = 3;
-    assert_eq!(full(&alert(), &svc, &h).rule.number(), 12);
+    assert_eq!(full(&alert(), &svc, &h).rule.number(), 13);
 }
 
 #[test]
@@ -381,4 +387,89 @@ fn known_good_needs_a_full_bake_without_alerts() {
     let mut alerted = dep("a", 0, Some(10 * bake), Verdict::Unproven);
     alerted.alerted_at_ms = Some(1);
     assert!(!is_known_good(&alerted, bake));
+}
+
+#[test]
+fn rule_6_freshness_is_the_detection_time_and_says_how_much_of_the_window_was_live() {
+    let d = full(&alert(), &service(), &history());
+    let fresh = d.checks.iter().find(|c| c.rule == Rule::Fresh).unwrap();
+    assert_eq!(
+        fresh.detail,
+        "alert detected 5 min after dpl_live went live; live for 5 min of the 60 min in the window"
+    );
+}
+
+#[test]
+fn rule_3_an_alert_without_an_environment_maps_to_the_only_service_for_its_project() {
+    let mut a = alert();
+    a.environment = None;
+    a.environment_absent = true;
+    let d = full(&a, &service(), &history());
+    assert_eq!(d.outcome, Outcome::Rollback);
+    let mapped = d.checks.iter().find(|c| c.rule == Rule::Mapped).unwrap();
+    assert!(
+        mapped.detail.contains("carries no environment"),
+        "{}",
+        mapped.detail
+    );
+    // Two services claim the project (one per environment): a person must map it.
+    let (prod, staging) = (service(), service());
+    let services = [
+        prod.view(),
+        ServicePolicy {
+            name: "storefront-staging",
+            environment: "staging",
+            ..staging.view()
+        },
+    ];
+    let d = decide(Inputs {
+        alert: &a,
+        services: &services,
+        history: &history(),
+        production: Some(&serving("dpl_live")),
+        received_at_ms: NOW,
+        now_ms: NOW,
+    })
+    .unwrap();
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, Rule::Mapped));
+    assert_eq!(d.service, None);
+    assert!(d.reason.starts_with("could not be mapped"), "{}", d.reason);
+}
+
+#[test]
+fn rule_3_an_alert_without_details_pages_a_person_and_never_acts() {
+    let mut a = alert();
+    a.details_missing = true;
+    a.projects.clear();
+    a.environment = None;
+    a.aggregate = None;
+    a.web_url = Some("https://acme.sentry.io/alerts/rules/details/9/?alert=42".into());
+    let d = full(&a, &service(), &history());
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, Rule::Mapped));
+    assert_eq!(
+        d.reason,
+        "Sentry sent a critical alert without its details: rule 9, see https://acme.sentry.io/alerts/rules/details/9/?alert=42"
+    );
+    assert!(d.target.is_none() && d.live.is_none());
+}
+
+#[test]
+fn rule_11_an_alert_detected_too_soon_after_the_promotion_escalates_when_asked() {
+    let mut a = alert();
+    a.detected_at_ms = Some(NOW - 10 * MIN + 40_000); // 40 s after dpl_live went live
+    assert_eq!(
+        full(&a, &service(), &history()).outcome,
+        Outcome::Rollback,
+        "no minimum by default"
+    );
+    let mut svc = service();
+    svc.min_live = Duration::from_secs(300);
+    let d = full(&a, &svc, &history());
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::Escalate, Rule::LiveLongEnough)
+    );
+    assert!(d.reason.contains("live only 40.0s"), "{}", d.reason);
+    a.detected_at_ms = Some(NOW - 4 * MIN);
+    assert_eq!(full(&a, &svc, &history()).outcome, Outcome::Rollback);
 }

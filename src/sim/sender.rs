@@ -9,21 +9,28 @@ use crate::clock::format_time;
 use crate::clock::now_ms;
 use crate::ingest::signature::{sign, Digest};
 
-/// A crash-free-session metric alert.
+/// A crash-free-session metric alert, shaped as Sentry's workflow engine
+/// (Monitors + Alerts) sends it since 2025–2026; see
+/// `tests/fixtures/sentry/metric_alert_workflow_engine_critical.json`.
 #[derive(Debug, Clone)]
 pub struct CrashAlert {
     /// `critical`, `warning` or `resolved`.
     pub action: String,
-    /// Incident identifier.
+    /// Incident identifier (the open period; `id` is the same).
     pub identifier: String,
     /// Alert rule id.
     pub rule_id: String,
     /// Sentry project slug.
     pub project: String,
-    /// Environment the rule is scoped to.
-    pub environment: String,
-    /// When the incident started, Unix ms.
-    pub started_at_ms: i64,
+    /// Environment the rule is scoped to (`None`: no `environment` key, as
+    /// Sentry's 2025 serializer sent it).
+    pub environment: Option<String>,
+    /// When Sentry detected the incident, Unix ms.
+    pub detected_at_ms: i64,
+    /// The rule's time window, minutes.
+    pub window_minutes: i64,
+    /// The classic path's `date_started`: detection minus the window.
+    pub classic: bool,
     /// Measured crash-free rate, percent.
     pub rate: f64,
     /// Critical threshold, percent.
@@ -31,15 +38,17 @@ pub struct CrashAlert {
 }
 
 impl CrashAlert {
-    /// A critical alert on `project` that started `started_at_ms`.
-    pub fn critical(project: &str, identifier: &str, started_at_ms: i64) -> Self {
+    /// A critical alert on `project` detected at `detected_at_ms`.
+    pub fn critical(project: &str, identifier: &str, detected_at_ms: i64) -> Self {
         Self {
             action: "critical".into(),
             identifier: identifier.into(),
             rule_id: "177111".into(),
             project: project.into(),
-            environment: "production".into(),
-            started_at_ms,
+            environment: Some("production".into()),
+            detected_at_ms,
+            window_minutes: 60,
+            classic: false,
             rate: 92.1,
             threshold: 99.5,
         }
@@ -47,32 +56,49 @@ impl CrashAlert {
 
     /// The webhook body, in the shape Sentry's integration platform sends.
     pub fn body(&self) -> Value {
-        let t = format_time(self.started_at_ms);
+        let detected = format_time(self.detected_at_ms);
+        let started = match self.classic {
+            true => format_time(self.detected_at_ms - self.window_minutes * 60_000),
+            false => detected.clone(),
+        };
         let title = format!("Crash-free sessions below {}%", self.threshold);
         let status = match self.action.as_str() {
             "resolved" => 2,
             "warning" => 10,
             _ => 20,
         };
+        let mut rule = json!({
+            "id": self.rule_id, "name": title, "organization_id": "5", "status": 0,
+            "query_type": 2, "dataset": "metrics", "query": "",
+            "aggregate": "percentage(sessions_crashed, sessions) AS _crash_rate_alert_aggregate",
+            "threshold_type": 1, "resolve_threshold": self.threshold, "time_window": self.window_minutes as f64,
+            "environment": self.environment, "resolution": 1.0, "threshold_period": 1,
+            "triggers": [{"id": "294003", "alert_rule_id": self.rule_id, "label": "critical", "threshold_type": 1,
+                          "alert_threshold": self.threshold, "resolve_threshold": self.threshold, "actions": []}],
+            "projects": [self.project], "owner": null, "original_alert_rule_id": null, "comparison_delta": null,
+            "description": "", "detection_type": "static", "event_types": [], "snooze": false
+        });
+        if self.environment.is_none() {
+            if let Some(r) = rule.as_object_mut() {
+                r.remove("environment");
+            }
+        }
         json!({
             "action": self.action,
             "installation": {"uuid": "7a485448-a9e2-4c85-8a3c-4f44175783c9"},
             "data": {
                 "metric_alert": {
                     "id": self.identifier, "identifier": self.identifier, "organization_id": "5",
-                    "projects": [self.project], "status": status, "title": title,
-                    "date_started": t, "date_detected": t, "date_created": t, "date_closed": null,
-                    "alert_rule": {
-                        "id": self.rule_id, "name": title, "organization_id": "5", "status": 0,
-                        "dataset": "metrics", "query": "", "environment": self.environment, "time_window": 60,
-                        "aggregate": "percentage(sessions_crashed, sessions) AS _crash_rate_alert_aggregate",
-                        "threshold_type": 1, "resolve_threshold": null, "projects": [self.project],
-                        "triggers": [{"id": "294003", "label": "critical", "threshold_type": 1, "alert_threshold": self.threshold}]
-                    }
+                    "projects": [self.project], "alert_rule": rule, "activities": null,
+                    "status": status, "status_method": 3, "type": 2, "title": title,
+                    "date_started": started, "date_detected": detected, "date_created": detected, "date_closed": null
                 },
-                "description_text": format!("{}% sessions crash free rate in the last hour", self.rate),
+                "description_text": format!("{}% sessions crash free rate in the last hour\nThreshold: Static", self.rate),
                 "description_title": format!("{}: {title}", capitalise(&self.action)),
-                "web_url": format!("https://sentry.io/organizations/acme/alerts/rules/details/{}/", self.rule_id)
+                "web_url": format!(
+                    "https://sentry.io/organizations/acme/alerts/rules/details/{}/?alert={}&referrer=metric_alert_sentry_app&detection_type=static",
+                    self.rule_id, self.identifier
+                )
             },
             "actor": {"id": "sentry", "name": "Sentry", "type": "application"}
         })

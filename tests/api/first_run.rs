@@ -98,7 +98,7 @@ async fn test_alert_dry_run_shows_the_decision_and_changes_nothing() {
         .await
         .unwrap();
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("outcome: rollback (rule 15)"), "{text}");
+    assert!(text.contains("outcome: rollback (rule 16)"), "{text}");
     assert!(
         text.contains("/v2/deployments/dpl_9be1c07good/aliases {\"alias\":\"shop.example.com\"}"),
         "{text}"

@@ -114,6 +114,13 @@ fn refused_cases() -> Vec<Case> {
             without(alert.clone(), "/data/metric_alert", "identifier"),
             400,
         ),
+        // A `null` metric_alert is what Sentry sends when serialising
+        // times out: accepted (sentry_shapes). A missing key is malformed.
+        case(
+            "missing metric_alert",
+            without(alert.clone(), "/data", "metric_alert"),
+            400,
+        ),
         case(
             "missing rule id",
             without(alert.clone(), "/data/metric_alert/alert_rule", "id"),

@@ -16,5 +16,6 @@ mod notify;
 mod pipeline;
 mod process;
 mod right_call;
+mod sentry_shapes;
 mod sim;
 mod vercel_client;
