@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::config::PagerDutyMode;
@@ -92,6 +93,14 @@ impl Application {
     /// Validates, connects, migrates and binds `server.listen` (port 0 picks one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate_for_serve()?;
+        // The webhook listener's connections, the database pool, and a
+        // margin for provider calls and files.
+        let pool = match settings.database.url.expose_secret().starts_with("sqlite:") {
+            true => 1,
+            false => settings.database.max_connections,
+        };
+        let need = settings.server.max_connections + pool + 64;
+        crate::http::serve::ensure_open_files(need).map_err(|e| anyhow::anyhow!(e))?;
         let store = open_store(&settings).await?;
         let listener = TcpListener::bind(settings.server.listen)
             .await
@@ -108,7 +117,11 @@ impl Application {
         Ok(Self {
             listener,
             port,
-            state: AppState { settings, engine },
+            state: AppState {
+                settings,
+                engine,
+                refusals: Default::default(),
+            },
         })
     }
 
@@ -138,8 +151,12 @@ impl Application {
             "backstop serving"
         );
         let app = http::router(self.state.clone());
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+        let server = &self.state.settings.server;
+        let limits = http::serve::Limits {
+            header_timeout: server.header_timeout,
+            max_connections: usize::try_from(server.max_connections).unwrap_or(usize::MAX),
+        };
+        http::serve::serve(self.listener, app, limits, shutdown)
             .await
             .context("server failed")?;
         tracing::info!("shutting down: finishing runs in hand");

@@ -21,6 +21,24 @@ pub struct ServerSettings {
     /// (Sentry waits 1 s).
     #[serde(deserialize_with = "de_duration")]
     pub ingest_deadline: Duration,
+    /// A connection that has not sent a complete request head this long
+    /// after it opened, or after its last response (keep-alive idle), is
+    /// closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// Longest a request body may take to arrive.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_timeout: Duration,
+    /// Slowest a declared body may arrive, bytes per second: a body of
+    /// `Content-Length` n must arrive within 2 s + n / rate (and within
+    /// `body_timeout`).
+    #[serde(deserialize_with = "de_u64")]
+    pub min_body_rate: u64,
+    /// Most connections open at once. Beyond it the oldest connection that
+    /// has not sent a complete request is shed to make room, so a real
+    /// webhook always gets in. Must fit the open-files limit.
+    #[serde(deserialize_with = "de_u64")]
+    pub max_connections: u64,
 }
 
 impl Default for ServerSettings {
@@ -29,6 +47,10 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             ingest_deadline: Duration::from_millis(900),
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            min_body_rate: 64 * 1024,
+            max_connections: 512,
         }
     }
 }

@@ -1,23 +1,28 @@
 //! The HTTP adapter: webhook routes, health and readiness. Handlers verify,
-//! parse and hand over to the ledger; no SQL and no decisions here.
+//! parse and hand over to the ledger; no SQL and no decisions here. What
+//! can be refused cheaply is refused before the body is read: an unknown
+//! path or method, a missing signature header, a declared body over the
+//! limit. The body itself must arrive in time (`serve` holds the other
+//! timeouts and the connection budget).
 
 mod error;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-pub use error::ApiError;
+pub use error::{ApiError, Refusals};
 
 use crate::clock::now_ms;
-use crate::config::Settings;
+use crate::config::{ServerSettings, Settings};
 use crate::engine::Engine;
 use crate::feed;
 use crate::ingest::{self, sentry, vercel, IngestError};
@@ -30,47 +35,75 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The engine (and through it the store).
     pub engine: Engine,
+    /// Refused requests, logged without flooding the log.
+    pub refusals: Arc<Refusals>,
 }
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
-    let limit = usize::try_from(state.settings.server.max_body_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/webhooks/sentry", post(sentry_webhook))
         .route("/webhooks/vercel", post(vercel_webhook))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
+/// The headers and body of a webhook, refused before the body is read when
+/// the signature header `signed_by` is missing or the declared length is
+/// over the limit, and refused when the body does not arrive in time.
+async fn read_body(
+    req: Request,
+    signed_by: &str,
+    server: &ServerSettings,
+) -> Result<(HeaderMap, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let limit = usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX);
+    let declared =
+        ingest::header(&parts.headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > server.max_body_bytes) {
+        return Err(ApiError::TooLarge);
+    }
+    if ingest::header(&parts.headers, signed_by).is_none() {
+        return Err(IngestError::MissingSignature.into());
+    }
+    // A declared body must keep up a minimum rate; any body, the timeout.
+    let by_rate = declared.map(|n| Duration::from_secs(2 + n / server.min_body_rate.max(1)));
+    let deadline = by_rate.map_or(server.body_timeout, |d| d.min(server.body_timeout));
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Err(_)) => Err(ApiError::TooLarge),
+        Ok(Ok(bytes)) => Ok((parts.headers, bytes)),
+    }
+}
+
+async fn sentry_webhook(State(state): State<AppState>, req: Request) -> Response {
+    let result = sentry_delivery(&state, req).await;
+    state.refusals.answer("sentry", result)
+}
+
 #[tracing::instrument(skip_all, fields(resource, request_id))]
-async fn sentry_webhook(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
-    let span = tracing::Span::current();
-    span.record(
-        "request_id",
-        ingest::header(&headers, "request-id").unwrap_or("-"),
-    );
+async fn sentry_delivery(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let settings = &state.settings;
     let secret = settings
         .sentry
         .client_secret
         .as_ref()
         .ok_or(ApiError::NotConfigured("sentry.client_secret"))?;
+    let (headers, body) = read_body(req, "sentry-hook-signature", &settings.server).await?;
+    let span = tracing::Span::current();
+    span.record(
+        "request_id",
+        ingest::header(&headers, "request-id").unwrap_or("-"),
+    );
     let now = now_ms();
     let tolerance = settings.sentry.timestamp_tolerance;
     let resource_name = sentry::verify(&headers, &body, secret, tolerance, now)?;
     span.record("resource", resource_name);
     let Some(resource) = sentry::Resource::from_header(resource_name) else {
         let reason = format!("resource `{resource_name}` is not an alert");
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"status": "ignored", "reason": reason})),
-        ));
+        let body = Json(json!({"status": "ignored", "reason": reason}));
+        return Ok((StatusCode::OK, body).into_response());
     };
     let alert = sentry::parse(resource, &body)?;
     let text = std::str::from_utf8(&body)
@@ -90,34 +123,32 @@ async fn sentry_webhook(
         Ingested::Duplicate(run) => (StatusCode::OK, "duplicate", run),
     };
     tracing::info!(run.id = %run, key = %key, "alert {word}");
-    Ok((status, Json(json!({"status": word, "run": run}))))
+    Ok((status, Json(json!({"status": word, "run": run}))).into_response())
+}
+
+async fn vercel_webhook(State(state): State<AppState>, req: Request) -> Response {
+    let result = vercel_delivery(&state, req).await;
+    state.refusals.answer("vercel", result)
 }
 
 #[tracing::instrument(skip_all)]
-async fn vercel_webhook(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+async fn vercel_delivery(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let settings = &state.settings;
     let secret = settings
         .vercel
         .webhook_secret
         .as_ref()
         .ok_or(ApiError::NotConfigured("vercel.webhook_secret"))?;
+    let (headers, body) = read_body(req, "x-vercel-signature", &settings.server).await?;
     vercel::verify(&headers, &body, secret)?;
     let Some(event) = vercel::parse(&body)? else {
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"result": "ignored", "why": "not a deployment event"})),
-        ));
+        let body = Json(json!({"result": "ignored", "why": "not a deployment event"}));
+        return Ok((StatusCode::OK, body).into_response());
     };
     let applied = feed::apply_vercel_event(state.engine.store(), settings, &event).await?;
     tracing::info!(kind = %event.kind, deployment = %event.deployment_id, ?applied, "vercel event");
-    Ok((
-        StatusCode::OK,
-        Json(serde_json::to_value(&applied).unwrap_or_default()),
-    ))
+    let body = Json(serde_json::to_value(&applied).unwrap_or_default());
+    Ok((StatusCode::OK, body).into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

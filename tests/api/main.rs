@@ -10,6 +10,7 @@ mod fuzz;
 mod guarantees;
 mod helpers;
 mod hostile;
+mod hostile_clients;
 mod ingest;
 mod ledger;
 mod notify;

@@ -7,6 +7,7 @@
 mod app;
 mod db;
 mod fakes;
+pub mod procs;
 mod proxy;
 mod sim;
 mod vercel_fake;

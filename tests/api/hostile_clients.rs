@@ -1,0 +1,116 @@
+//! The public webhook port under hostile clients: more slow connections
+//! than the connection budget, against a `backstop serve` whose open-files
+//! limit is low (`prlimit`), must neither lock a real alert out nor stay
+//! open past the header timeout.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use backstop::clock::now_ms;
+use backstop::sim::sender::{self, CrashAlert};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::procs::*;
+
+/// `backstop serve` with at most `nofile` open files.
+fn spawn_limited(w: &World, nofile: u32) -> Proc {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(env!("CARGO_BIN_EXE_backstop"));
+    Proc::start(cmd, &w.config, None)
+}
+
+async fn limited_world() -> World {
+    world_with(None, |c| {
+        c.sections.push((
+            "server",
+            "max_connections = 100\nheader_timeout = \"2s\"".into(),
+        ))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_beyond_the_connection_budget_do_not_lock_out_a_real_alert() {
+    let w = limited_world().await;
+    let p = spawn_limited(&w, 256);
+    let addr = format!("127.0.0.1:{}", p.port);
+    // More clients than the server has file descriptors, sending their
+    // headers a byte at a time.
+    let opened = Instant::now();
+    let mut readers = Vec::new();
+    for _ in 0..300 {
+        let stream = TcpStream::connect(&addr).await.expect("connect");
+        let (read, mut write) = stream.into_split();
+        readers.push(read);
+        tokio::spawn(async move {
+            let head = b"POST /webhooks/sentry HTTP/1.1\r\nHost: backstop\r\nX-Slow: ";
+            // Forever: the header never ends, the client never gives up.
+            for b in head.iter().chain(std::iter::repeat(&b'a')) {
+                if write.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+    }
+    // A real, signed alert beside them gets in and is stored.
+    let alert = CrashAlert::critical("storefront-web", "5151", now_ms() - 30_000).body();
+    // Sentry gives up after a few seconds; so does this client.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (status, _) = sender::deliver(&client, &p.url(), SENTRY, "metric_alert", &alert)
+        .await
+        .expect("the real alert gets a connection and an answer");
+    assert_eq!(status, 202, "{}", p.output());
+    // By the header timeout and a margin, the server closed every slow one.
+    let margin = Duration::from_secs(2);
+    let by = opened + Duration::from_secs(2) + margin;
+    tokio::time::sleep_until(by.into()).await;
+    for (i, mut read) in readers.into_iter().enumerate() {
+        let mut buf = [0u8; 512];
+        let closed =
+            match tokio::time::timeout(Duration::from_millis(200), read.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => true,
+                // A 408 or 400 from hyper, then EOF.
+                Ok(Ok(_)) => matches!(
+                    tokio::time::timeout(Duration::from_millis(200), read.read(&mut buf)).await,
+                    Ok(Ok(0)) | Ok(Err(_))
+                ),
+                Err(_) => false,
+            };
+        assert!(
+            closed,
+            "slow connection {i} still open after the header timeout"
+        );
+    }
+    let out = p.output();
+    assert!(
+        out.contains("open-files limit"),
+        "the limits are logged: {out}"
+    );
+}
+
+#[test]
+fn a_connection_budget_that_does_not_fit_the_open_files_limit_fails_at_start() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let w = rt.block_on(world_with(None, |c| {
+        c.sections.push(("server", "max_connections = 5000".into()))
+    }));
+    let out = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg(env!("CARGO_BIN_EXE_backstop"))
+        .args(["serve", "--config"])
+        .arg(&w.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.max_connections") && err.contains("256"),
+        "{err}"
+    );
+}
