@@ -1,4 +1,4 @@
-//! Wiring: settings → store (migrated) → engine → HTTP server and workers.
+//! Wiring: settings → store (migrated) → engine → HTTP server and the run dispatcher.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,7 +47,10 @@ pub fn vercel_client(settings: &Settings) -> anyhow::Result<Option<VercelClient>
     let v = &settings.vercel;
     v.token
         .clone()
-        .map(|token| VercelClient::new(&v.api_base, token, v.team_id.clone(), v.timeout))
+        .map(|token| {
+            VercelClient::new(&v.api_base, token, v.team_id.clone(), v.timeout)
+                .map(|c| c.with_max_in_flight(v.max_in_flight as usize))
+        })
         .transpose()
         .context("cannot build the Vercel client")
 }
@@ -79,11 +82,17 @@ pub fn providers(settings: &Settings) -> anyhow::Result<Providers> {
     Ok(Providers {
         vercel: vercel_client(settings)?,
         pagerduty: pd_target
-            .map(|t| PagerDutyClient::new(pd.base(), t, pd.timeout))
+            .map(|t| {
+                PagerDutyClient::new(pd.base(), t, pd.timeout)
+                    .map(|c| c.with_max_in_flight(pd.max_in_flight as usize))
+            })
             .transpose()
             .context("cannot build the PagerDuty client")?,
         slack: slack_target
-            .map(|t| SlackClient::new(&sl.api_base, t, sl.timeout))
+            .map(|t| {
+                SlackClient::new(&sl.api_base, t, sl.timeout)
+                    .map(|c| c.with_max_in_flight(sl.max_in_flight as usize))
+            })
             .transpose()
             .context("cannot build the Slack client")?,
     })
@@ -142,12 +151,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let workers: Vec<_> = (0..self.state.settings.engine.workers)
-            .map(|n| tokio::spawn(self.state.engine.for_worker(n).work(stop_rx.clone())))
-            .collect();
+        let dispatcher = tokio::spawn(self.state.engine.clone().dispatch(stop_rx));
         tracing::info!(
             port = self.port,
-            workers = workers.len(),
+            max_concurrent_runs = self.state.settings.engine.max_concurrent_runs,
             "backstop serving"
         );
         let app = http::router(self.state.clone());
@@ -161,9 +168,7 @@ impl Application {
             .context("server failed")?;
         tracing::info!("shutting down: finishing runs in hand");
         let _ = stop_tx.send(true);
-        for w in workers {
-            let _ = w.await;
-        }
+        let _ = dispatcher.await;
         self.state.engine.store().close().await;
         Ok(())
     }

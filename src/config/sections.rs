@@ -130,6 +130,9 @@ pub struct VercelSettings {
     /// Timeout of one API call.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// Most Vercel API calls in flight at once from this process.
+    #[serde(deserialize_with = "de_u64")]
+    pub max_in_flight: u64,
 }
 
 impl Default for VercelSettings {
@@ -140,6 +143,7 @@ impl Default for VercelSettings {
             webhook_secret: None,
             api_base: "https://api.vercel.com".into(),
             timeout: Duration::from_secs(10),
+            max_in_flight: 256,
         }
     }
 }
@@ -173,6 +177,9 @@ pub struct PagerDutySettings {
     /// Timeout of one API call.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// Most PagerDuty API calls in flight at once from this process.
+    #[serde(deserialize_with = "de_u64")]
+    pub max_in_flight: u64,
 }
 
 impl Default for PagerDutySettings {
@@ -190,6 +197,7 @@ impl Default for PagerDutySettings {
             severity_escalation: Severity::Critical,
             severity_dry_run: Severity::Info,
             timeout: Duration::from_secs(10),
+            max_in_flight: 32,
         }
     }
 }
@@ -264,6 +272,9 @@ pub struct SlackSettings {
     /// Timeout of one API call.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// Most Slack API calls in flight at once from this process.
+    #[serde(deserialize_with = "de_u64")]
+    pub max_in_flight: u64,
 }
 
 impl Default for SlackSettings {
@@ -274,6 +285,7 @@ impl Default for SlackSettings {
             webhook_url: None,
             api_base: "https://slack.com/api".into(),
             timeout: Duration::from_secs(10),
+            max_in_flight: 16,
         }
     }
 }
@@ -289,15 +301,17 @@ impl SlackSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
-    /// Background workers in this process (0: only `run_until_idle` callers
-    /// and other instances execute runs).
+    /// Runs this process works on at once, for different services (one run
+    /// per service at a time, always). Sized for a fleet incident; 0: no
+    /// background work (only `run_until_idle` callers and other instances).
     #[serde(deserialize_with = "de_u64")]
-    pub workers: u64,
+    pub max_concurrent_runs: u64,
     /// How long a claim on a run or service lasts without renewal; another
     /// instance takes the run over after it lapses.
     #[serde(deserialize_with = "de_duration")]
     pub lease: Duration,
-    /// How often an idle worker looks for work from other instances.
+    /// How often an idle process looks for work other instances stored
+    /// (its own webhooks wake it at once).
     #[serde(deserialize_with = "de_duration")]
     pub poll_interval: Duration,
     /// How long `decide` and `rollback` may take, every attempt and retry
@@ -313,7 +327,7 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
-            workers: 1,
+            max_concurrent_runs: 128,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             rollback_deadline: Duration::from_secs(120),

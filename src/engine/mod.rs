@@ -14,6 +14,7 @@
 
 mod announce;
 mod decide;
+mod dispatch;
 mod facts;
 mod page;
 mod resync;
@@ -260,44 +261,13 @@ impl Engine {
         }
     }
 
-    /// The background worker: runs until `shutdown` resolves, finishing the
-    /// run in hand first.
-    pub async fn work(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let poll = self.settings().engine.poll_interval;
-        loop {
-            // One run at a time, so a shutdown waits for at most the run in hand.
-            while !*shutdown.borrow() {
-                match self.store().claim_run(self.worker_id(), self.lease()).await {
-                    Ok(Some(claimed)) => {
-                        if let Err(e) = self.process(claimed).await {
-                            tracing::warn!(error = %e, "run interrupted; it resumes when its lease lapses");
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot claim runs; will retry");
-                        break;
-                    }
-                }
-            }
-            if *shutdown.borrow() {
-                return;
-            }
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
-    }
-
-    fn lease(&self) -> Duration {
+    pub(crate) fn lease(&self) -> Duration {
         self.settings().engine.lease
     }
 
     /// Works one claimed run as far as it can go.
     #[tracing::instrument(skip_all, fields(run.id = %claimed.run.id, service = claimed.run.service.as_deref().unwrap_or("-")))]
-    async fn process(&self, claimed: ClaimedRun) -> Result<(), EngineError> {
+    pub(crate) async fn process(&self, claimed: ClaimedRun) -> Result<(), EngineError> {
         let claim = claimed.claim.clone();
         let service = claimed.run.service.clone();
         if let Some(service) = &service {

@@ -1,9 +1,13 @@
 //! The `rollback` step: move every production domain to the target (by
-//! re-aliasing, or Vercel's Instant Rollback), read every alias back, and only
+//! re-aliasing every domain side by side, or Vercel's Instant Rollback; a
+//! retry re-aliases only the domains not moved yet), read every alias back
+//! side by side, and only
 //! then record the target live and the old deployment bad. Re-running the
 //! step after a crash is safe: re-aliasing is idempotent, and an Instant
 //! Rollback already under way is followed rather than requested again.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -40,7 +44,9 @@ impl Engine {
         let svc = self.service(&service)?.clone();
         let deadline = self.settings().engine.rollback_deadline;
         let received = ctx.claimed.received_at_ms;
-        let (svc, from, to) = (&svc, &from, &to);
+        // Which attempt moved each domain, across attempts.
+        let moved: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
+        let (svc, from, to, moved) = (&svc, &from, &to, &moved);
         let finished = self
             .attempt_loop(
                 ctx,
@@ -48,18 +54,24 @@ impl Engine {
                 deadline,
                 false,
                 move |attempt| async move {
-                    if attempt > 1 {
-                        self.still_ours(svc, from, to).await?;
-                    }
+                    // A retry moves only the domains not on the target yet,
+                    // and stops if a person moved production meanwhile.
+                    let pending = match attempt {
+                        1 => svc.domains.clone(),
+                        _ => self.still_ours(svc, from, to).await?,
+                    };
                     let started = Instant::now();
-                    self.move_production(svc, to, run.to_string()).await?;
+                    self.move_production(svc, to, &pending, attempt, moved, run.to_string())
+                        .await?;
                     self.failpoint("rollback-accepted").await;
                     let verified = self.verify(svc, to).await?;
+                    let moved = moved.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     Ok(json!({
                         "strategy": format!("{:?}", svc.strategy).to_lowercase(),
                         "from": from,
                         "to": to,
                         "domains": verified,
+                        "moved_in_attempt": moved,
                         "call_ms": started.elapsed().as_millis() as u64,
                         "alert_to_verified_ms": now_ms() - received,
                     }))
@@ -101,19 +113,47 @@ impl Engine {
         }
     }
 
+    /// Moves `domains` to `to`: every alias written at once (side by side),
+    /// recording which attempt moved each; a domain whose write failed is
+    /// retried alone by the next attempt. Or Vercel's Instant Rollback.
     async fn move_production(
         &self,
         svc: &ServiceSettings,
         to: &str,
+        domains: &[String],
+        attempt: i64,
+        moved: &Mutex<BTreeMap<String, i64>>,
         run: String,
     ) -> Result<(), StepError> {
         let vercel = self.vercel()?;
         match svc.strategy {
             Strategy::Alias => {
-                for domain in &svc.domains {
-                    vercel.assign_alias(to, domain).await?;
+                let writes = domains.iter().map(|domain| async move {
+                    let result = vercel.assign_alias(to, domain).await;
+                    (domain, result)
+                });
+                let mut failed = Vec::new();
+                for (domain, result) in futures_util::future::join_all(writes).await {
+                    match result {
+                        Ok(()) => {
+                            let mut moved = moved.lock().unwrap_or_else(|e| e.into_inner());
+                            moved.entry(domain.clone()).or_insert(attempt);
+                        }
+                        Err(e) => failed.push((domain.as_str(), StepError::from(e))),
+                    }
                 }
-                Ok(())
+                match failed.first() {
+                    None => Ok(()),
+                    Some((_, first)) => {
+                        let which: Vec<String> =
+                            failed.iter().map(|(d, e)| format!("{d}: {e}")).collect();
+                        Err(StepError {
+                            message: format!("alias write failed for {}", which.join("; ")),
+                            retryable: failed.iter().all(|(_, e)| e.retryable),
+                            ..first.clone()
+                        })
+                    }
+                }
             }
             Strategy::VercelRollback => {
                 let job = vercel.last_alias_request(&svc.vercel_project).await?;
@@ -175,12 +215,13 @@ impl Engine {
 
     /// Before retrying: production must still be on `from` or `to`. If a
     /// person moved it meanwhile, stop, and let the failure page a human.
+    /// Returns the domains still to move.
     async fn still_ours(
         &self,
         svc: &ServiceSettings,
         from: &str,
         to: &str,
-    ) -> Result<(), StepError> {
+    ) -> Result<Vec<String>, StepError> {
         let production = self.production_state(svc).await?;
         let elsewhere: Vec<String> = production
             .iter()
@@ -196,7 +237,11 @@ impl Engine {
             })
             .collect();
         if elsewhere.is_empty() {
-            return Ok(());
+            return Ok(production
+                .into_iter()
+                .filter(|p| p.deployment_id.as_deref() != Some(to))
+                .map(|p| p.domain)
+                .collect());
         }
         Err(StepError::fatal(
             "production_changed",

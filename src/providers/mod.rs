@@ -143,13 +143,15 @@ pub(crate) async fn send(
 }
 
 /// What every provider client shares: an HTTP client with a timeout, the
-/// API's base URL, and the per-request retry schedule.
+/// API's base URL, the per-request retry schedule, and a cap on requests in
+/// flight (shared by every clone: one per provider per process).
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     pub http: reqwest::Client,
     pub base: String,
     pub tries: u32,
     pub backoff: Backoff,
+    gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Endpoint {
@@ -167,7 +169,15 @@ impl Endpoint {
             base: base.trim_end_matches('/').to_string(),
             tries,
             backoff,
+            gate: None,
         })
+    }
+
+    /// Caps the requests in flight at once (0: no cap). A request waits
+    /// for a place before it is sent; waiting counts against nothing but
+    /// the step's deadline.
+    pub fn set_max_in_flight(&mut self, max: usize) {
+        self.gate = (max > 0).then(|| std::sync::Arc::new(tokio::sync::Semaphore::new(max)));
     }
 
     /// `base` + `path`.
@@ -181,13 +191,24 @@ impl Endpoint {
         self.backoff = backoff;
     }
 
-    /// Runs `call` with this endpoint's retries.
-    pub async fn retry<T, F, Fut>(&self, call: F) -> Result<T, ProviderError>
+    /// Runs `call` with this endpoint's retries, each try holding a place
+    /// under the in-flight cap.
+    pub async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        with_retries(self.tries, self.backoff, call).await
+        with_retries(self.tries, self.backoff, || {
+            let attempt = call();
+            async move {
+                let _place = match &self.gate {
+                    Some(gate) => gate.acquire().await.ok(),
+                    None => None,
+                };
+                attempt.await
+            }
+        })
+        .await
     }
 }
 

@@ -68,6 +68,12 @@ impl VercelClient {
         })
     }
 
+    /// Caps the requests in flight at once from this client and its clones.
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.api.set_max_in_flight(max);
+        self
+    }
+
     /// Overrides the per-request retry schedule (tests use a tiny one).
     pub fn with_retries(mut self, tries: u32, backoff: Backoff) -> Self {
         self.api.set_retries(tries, backoff);

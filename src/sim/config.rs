@@ -112,6 +112,115 @@ pub async fn seed_ledger(store: &Store, bake: Duration) -> Result<(), StoreError
     Ok(())
 }
 
+/// A fleet of `services` services with `domains` production domains each,
+/// every one with a known-good deployment and a live one, promoted two
+/// minutes ago, that crashes: what a shared dependency breaking looks like.
+#[derive(Debug, Clone, Copy)]
+pub struct Fleet {
+    /// How many services.
+    pub services: usize,
+    /// Production domains per service.
+    pub domains: usize,
+}
+
+impl Fleet {
+    /// Service `i`'s name, which is also its Sentry project's prefix.
+    pub fn name(i: usize) -> String {
+        format!("svc-{i:03}")
+    }
+
+    /// Service `i`'s Sentry project.
+    pub fn sentry_project(i: usize) -> String {
+        format!("{}-web", Self::name(i))
+    }
+
+    /// Service `i`'s Vercel project.
+    pub fn project(i: usize) -> String {
+        format!("prj_svc{i:03}")
+    }
+
+    /// Service `i`'s production domains.
+    pub fn domains_of(&self, i: usize) -> Vec<String> {
+        (0..self.domains)
+            .map(|d| format!("d{d}.{}.example.com", Self::name(i)))
+            .collect()
+    }
+
+    /// Service `i`'s deployments: `(id, release, went live)`, oldest first.
+    pub fn history(i: usize, now: i64) -> [(String, String, i64); 2] {
+        [
+            (
+                format!("dpl_svc{i:03}good"),
+                format!("g{i:06}"),
+                now - 180 * MIN,
+            ),
+            (
+                format!("dpl_svc{i:03}live"),
+                format!("l{i:06}"),
+                now - 2 * MIN,
+            ),
+        ]
+    }
+
+    /// The simulator with every service's project, domains and history.
+    pub fn world(&self, creds: &Creds) -> Sim {
+        let sim = Sim::new(creds.for_sim());
+        let now = now_ms();
+        {
+            let mut w = sim.world();
+            w.add_channel("#deploys");
+            for i in 0..self.services {
+                let project = Self::project(i);
+                let domains = self.domains_of(i);
+                let refs: Vec<&str> = domains.iter().map(String::as_str).collect();
+                w.add_project(&project, &refs);
+                let [good, live] = Self::history(i, now);
+                for (id, sha, at) in [&good, &live] {
+                    w.add_deployment(&project, id, sha, *at);
+                }
+                w.serve(&project, &live.0);
+            }
+        }
+        sim
+    }
+
+    /// The `[[services]]` tables of the fleet.
+    pub fn services_toml(&self) -> String {
+        (0..self.services)
+            .map(|i| {
+                let domains: Vec<String> =
+                    self.domains_of(i).iter().map(|d| format!("\"{d}\"")).collect();
+                format!(
+                    "[[services]]\nname = \"{}\"\nsentry_projects = [\"{}\"]\nvercel_project = \"{}\"\ndomains = [{}]\n",
+                    Self::name(i),
+                    Self::sentry_project(i),
+                    Self::project(i),
+                    domains.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Records every service's history in a ledger directly.
+    pub async fn seed(&self, store: &Store, bake: Duration) -> Result<(), StoreError> {
+        let now = now_ms();
+        for i in 0..self.services {
+            for (id, sha, at) in Self::history(i, now) {
+                let d = NewDeployment {
+                    id: id.clone(),
+                    service: Self::name(i),
+                    release: Some(sha),
+                    ..Default::default()
+                };
+                store.record_deployment(&d).await?;
+                store.promote(&Self::name(i), &id, at, bake).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where each provider's API is.
 #[derive(Debug, Clone)]
 pub struct Bases {
@@ -167,6 +276,8 @@ pub struct Config {
     pub sections: Vec<(&'static str, String)>,
     /// Extra lines in the `[[services]]` table.
     pub service: String,
+    /// More TOML after the storefront service (e.g. a fleet's services).
+    pub more: String,
 }
 
 impl Config {
@@ -181,6 +292,7 @@ impl Config {
             engine: "poll_interval = \"200ms\"".into(),
             sections: Vec::new(),
             service: "mode = \"auto\"".into(),
+            more: String::new(),
         }
     }
 
@@ -237,6 +349,7 @@ sentry_projects = ["{project}"]
 vercel_project = "{vercel_project}"
 domains = ["{d0}", "{d1}"]
 {service}
+{more}
 "##,
             listen = self.listen,
             server = self.extra("server"),
@@ -262,6 +375,7 @@ domains = ["{d0}", "{d1}"]
             d0 = DOMAINS[0],
             d1 = DOMAINS[1],
             service = self.service,
+            more = self.more,
         )
     }
 

@@ -77,6 +77,19 @@ async fn inject(
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let response = respond(provider, &faults, req, next).await;
+    sim.world().served.push(super::Served {
+        provider,
+        method,
+        path,
+        status: response.status().as_u16(),
+        at_us: super::now_us(),
+    });
+    response
+}
+
+async fn respond(provider: Provider, faults: &Faults, req: Request, next: Next) -> Response {
     match faults.roll() {
         None => next.run(req).await,
         Some(Fault::Error) => server_error(provider),

@@ -109,6 +109,7 @@ async fn enqueue(State(sim): State<Sim>, body: Option<Json<Value>>) -> Response 
                 severity: v["payload"]["severity"].as_str().unwrap_or_default().into(),
                 events: 1,
                 first_event: v.clone(),
+                first_event_at_us: super::now_us(),
             };
             w.incidents.insert(key.clone(), incident);
         }
@@ -210,6 +211,7 @@ async fn create_incident(
             severity: urgency.clone(),
             events: 1,
             first_event: inc.clone(),
+            first_event_at_us: super::now_us(),
         },
     );
     let body = json!({"incident": {

@@ -67,6 +67,21 @@ pub fn now_us() -> i64 {
     i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// One request a simulated provider answered, in the order answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct Served {
+    /// Which provider.
+    pub provider: super::Provider,
+    /// HTTP method.
+    pub method: String,
+    /// Path (after the provider's prefix).
+    pub path: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// When it was answered, Unix microseconds.
+    pub at_us: i64,
+}
+
 /// A PagerDuty incident (one per dedup key).
 #[derive(Debug, Clone, Serialize)]
 pub struct Incident {
@@ -84,6 +99,8 @@ pub struct Incident {
     pub events: u32,
     /// The first trigger's body.
     pub first_event: Value,
+    /// When the first trigger arrived, Unix microseconds.
+    pub first_event_at_us: i64,
 }
 
 /// A Slack message.
@@ -130,6 +147,8 @@ pub struct World {
     pub crash_free: BTreeMap<String, f64>,
     /// Sentry projects: slug → numeric id.
     pub sentry_projects: BTreeMap<String, u64>,
+    /// Every request answered, by every provider, in order.
+    pub served: Vec<Served>,
     /// Counter for ids and timestamps.
     pub seq: u64,
 }

@@ -108,7 +108,7 @@ async fn unfinished_runs_are_resumed_when_the_process_starts() {
     };
     app.seed_history().await;
     app.vercel_rollback_works("dpl_new", "dpl_old").await;
-    // Stored by an instance that stops before working on it (workers = 0).
+    // Stored by an instance that stops before working on it (max_concurrent_runs = 0).
     let resp = app
         .post_sentry(
             "metric_alert",
@@ -118,7 +118,9 @@ async fn unfinished_runs_are_resumed_when_the_process_starts() {
     assert_eq!(resp.status(), 202);
     assert_eq!(app.store.count_unfinished_runs().await.unwrap(), 1);
     // A fresh process with a background worker picks it up by itself.
-    let _restarted = app.another_instance(|s| s.engine.workers = 1).await;
+    let _restarted = app
+        .another_instance(|s| s.engine.max_concurrent_runs = 64)
+        .await;
     app.until_runs_finish().await;
     assert_eq!(app.alias_writes().await.len(), 2);
     assert!(app.store.deployment("dpl_old").await.unwrap().unwrap().live);

@@ -216,7 +216,7 @@ async fn test_alert_works_only_its_own_run() {
         &app.pagerduty.uri(),
         &app.slack.uri(),
     );
-    settings.engine.workers = 0;
+    settings.engine.max_concurrent_runs = 0;
     let mut out = Vec::new();
     backstop::cli::test_alert::run(
         settings,

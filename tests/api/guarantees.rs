@@ -38,7 +38,7 @@ async fn deliver(http: &reqwest::Client, address: &str, body: &Value) -> u16 {
 }
 
 async fn two_hundred_concurrent_deliveries_and_resends_act_exactly_once(db: Db) {
-    let Some(app) = spawn_app_with(db, |s| s.engine.workers = 1).await else {
+    let Some(app) = spawn_app_with(db, |s| s.engine.max_concurrent_runs = 64).await else {
         return;
     };
     app.seed_history().await;
@@ -85,10 +85,12 @@ async fn two_hundred_concurrent_deliveries_and_resends_act_exactly_once(db: Db) 
 }
 
 async fn two_different_alerts_for_one_service_roll_back_once(db: Db) {
-    let Some(app) = spawn_app_with(db, |s| s.engine.workers = 1).await else {
+    let Some(app) = spawn_app_with(db, |s| s.engine.max_concurrent_runs = 64).await else {
         return;
     };
-    let _second = app.another_instance(|s| s.engine.workers = 1).await;
+    let _second = app
+        .another_instance(|s| s.engine.max_concurrent_runs = 64)
+        .await;
     app.seed_history().await;
     app.vercel_rollback_works("dpl_new", "dpl_old").await;
     let (a, b) = (
@@ -127,11 +129,16 @@ async fn two_different_alerts_for_one_service_roll_back_once(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_postgres_act_once_per_incident() {
-    let Some(app) = spawn_app_with(Db::Postgres, |s| s.engine.workers = 1).await else {
+    let Some(app) = spawn_app_with(Db::Postgres, |s| s.engine.max_concurrent_runs = 64).await
+    else {
         return;
     };
-    let (b, _) = app.another_instance(|s| s.engine.workers = 1).await;
-    let (c, _) = app.another_instance(|s| s.engine.workers = 1).await;
+    let (b, _) = app
+        .another_instance(|s| s.engine.max_concurrent_runs = 64)
+        .await;
+    let (c, _) = app
+        .another_instance(|s| s.engine.max_concurrent_runs = 64)
+        .await;
     app.seed_history().await;
     app.vercel_rollback_works("dpl_new", "dpl_old").await;
     let alert = crash_alert("704", now_ms() - MIN);
@@ -161,7 +168,7 @@ async fn database_outage_answers_503_and_work_resumes_without_restart() {
     let proxy = Proxy::start(host_port(&base)).await;
     let proxy_addr = proxy.addr.to_string();
     let Some(app) = spawn_app_with(Db::Postgres, |s| {
-        s.engine.workers = 1;
+        s.engine.max_concurrent_runs = 64;
         s.engine.poll_interval = Duration::from_millis(100);
         let url = s
             .database

@@ -6,6 +6,7 @@ mod clients;
 mod engine;
 mod faults;
 mod first_run;
+mod fleet;
 mod fuzz;
 mod guarantees;
 mod helpers;

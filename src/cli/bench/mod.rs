@@ -7,8 +7,14 @@
 //! - `storm`: one alert delivered 10,000 times; counts rollbacks (must be 1);
 //! - `rollback`: a full alert against the simulator: send → first alias
 //!   write at the simulated Vercel, and → the rollback's read-back;
-//! - `cold-start`: process start → `/readyz` answering.
+//! - `cold-start`: process start → `/readyz` answering;
+//! - `hostile`: valid alerts at a fixed rate while slow clients hold
+//!   connections and a flood of bad signatures hits the port;
+//! - `fleet`: many services' alerts at once against a slow simulator: time
+//!   to the last verified rollback, page and post, against the floor of
+//!   three provider round trips.
 
+mod fleet;
 mod hostile;
 mod load;
 mod rollback;
@@ -45,6 +51,9 @@ pub enum Scenario {
     /// Valid alerts at `--rate` while slow clients hold connections and
     /// bad signatures flood the port.
     Hostile,
+    /// `--services` services' alerts at once, every provider answering in
+    /// `--latency-ms`: time to the last verified rollback, page and post.
+    Fleet,
 }
 
 /// Options of `backstop bench`.
@@ -75,6 +84,15 @@ pub struct BenchOpts {
     /// Requests per second with a bad signature (hostile).
     #[arg(long, default_value_t = 500)]
     pub flood_rate: u32,
+    /// Services alerting at once (fleet).
+    #[arg(long, default_value_t = 20)]
+    pub services: usize,
+    /// Production domains per service (fleet).
+    #[arg(long, default_value_t = 3)]
+    pub domains: usize,
+    /// Latency of every simulated provider call, ms (fleet).
+    #[arg(long, default_value_t = 100)]
+    pub latency_ms: u64,
 }
 
 /// One line of results.
@@ -154,6 +172,7 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Report> {
     let result = match opts.scenario {
         Scenario::Ingest | Scenario::Storm => load::load(&opts, &exe, &dir, &db).await,
         Scenario::Hostile => hostile::hostile(&opts, &exe, &dir, &db).await,
+        Scenario::Fleet => fleet::fleet(&opts, &exe, &dir, &db).await,
         Scenario::Rollback => rollback::rollback(&opts, &exe, &dir, &db).await,
         Scenario::ColdStart => rollback::cold_start(&opts, &exe, &dir, &db).await,
     };

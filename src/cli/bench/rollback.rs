@@ -79,10 +79,22 @@ pub(super) async fn promote(
     sha: &str,
     at: i64,
 ) -> anyhow::Result<()> {
+    promote_in(http, url, "prj_storefront", id, sha, at).await
+}
+
+/// Sends a signed `deployment.promoted` webhook for `project`.
+pub(super) async fn promote_in(
+    http: &reqwest::Client,
+    url: &str,
+    project: &str,
+    id: &str,
+    sha: &str,
+    at: i64,
+) -> anyhow::Result<()> {
     let event = json!({
         "id": format!("evt_{id}"), "type": "deployment.promoted", "createdAt": at,
         "payload": {"deployment": {"id": id, "url": format!("{id}.vercel.app"), "meta": {"githubCommitSha": sha}},
-                    "project": {"id": "prj_storefront"}, "target": "production"}
+                    "project": {"id": project}, "target": "production"}
     });
     let body = serde_json::to_vec(&event)?;
     let resp = http

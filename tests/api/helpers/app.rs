@@ -29,7 +29,7 @@ pub fn test_config(db_url: &str, vercel: &str, pagerduty: &str, slack: &str) -> 
         .with("vercel", "team_id = \"team_test\"\ntimeout = \"2s\"")
         .with("pagerduty", "timeout = \"2s\"")
         .with("slack", "timeout = \"2s\"");
-    config.engine = "workers = 0\nrollback_deadline = \"3s\"".into();
+    config.engine = "max_concurrent_runs = 0\nrollback_deadline = \"3s\"".into();
     config.service = "bake_time = \"30m\"\ncooldown = \"1h\"".into();
     config
 }

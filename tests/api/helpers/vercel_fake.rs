@@ -21,6 +21,8 @@ pub struct VercelState {
     pub deployments: Mutex<Vec<(String, String, i64)>>,
     /// While true, alias writes answer 500 (Vercel down).
     pub writes_fail: AtomicBool,
+    /// Domain → how many more writes to it answer 500.
+    pub failing: Mutex<BTreeMap<String, u32>>,
 }
 
 impl VercelState {
@@ -30,6 +32,11 @@ impl VercelState {
         for d in DOMAINS {
             a.insert(d.to_string(), id.to_string());
         }
+    }
+
+    /// Makes the next `n` writes to `domain` answer 500.
+    pub fn fail_writes_for(&self, domain: &str, n: u32) {
+        self.failing.lock().unwrap().insert(domain.to_string(), n);
     }
 
     /// Which deployment each production domain serves.
@@ -72,6 +79,17 @@ impl Respond for WriteAlias {
             .to_string();
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let alias = body["alias"].as_str().unwrap_or_default().to_string();
+        if let Some(left) = self
+            .0
+            .failing
+            .lock()
+            .unwrap()
+            .get_mut(&alias)
+            .filter(|n| **n > 0)
+        {
+            *left -= 1;
+            return ResponseTemplate::new(500).set_body_json(json!({"error": {"code": "internal_server_error", "message": "An unexpected internal error occurred"}}));
+        }
         let old = self.0.aliases.lock().unwrap().insert(alias.clone(), id);
         ResponseTemplate::new(200).set_body_json(json!({
             "uid": "2WjyKQmM8ZnGcJsPWMrHRHrE", "alias": alias, "created": "2017-04-26T23:00:34.232Z", "oldDeploymentId": old

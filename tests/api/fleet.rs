@@ -1,0 +1,184 @@
+//! When everything breaks at once: many services' alerts together are
+//! worked side by side (one run per service), each service's domains are
+//! re-aliased side by side, and a domain whose write failed is retried
+//! alone.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use backstop::app::Application;
+use backstop::clock::now_ms;
+use backstop::sim::config::{Bases, Config, Fleet, DEMO};
+use backstop::sim::sender::{self, CrashAlert};
+use backstop::sim::{Faults, Provider, Served};
+
+use crate::helpers::*;
+
+/// Ten services on the simulator, every provider answering in 50 ms: the
+/// runs overlap, so some service's alias write reaches Vercel before a
+/// service that started rolling back earlier has even paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_alerts_is_rolled_back_side_by_side() {
+    let Some(db) = TestDatabase::new(Db::Sqlite).await else {
+        return;
+    };
+    let fleet = Fleet {
+        services: 10,
+        domains: 3,
+    };
+    let sim = fleet
+        .world(&DEMO)
+        .start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    for p in [Provider::Vercel, Provider::Pagerduty, Provider::Slack] {
+        let slow = Faults {
+            latency_ms: 50,
+            ..Faults::default()
+        };
+        sim.sim.set_faults(p, slow);
+    }
+    let mut config = Config::new(
+        DEMO,
+        Bases::of(&sim),
+        &db.url,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
+    config.more = fleet.services_toml();
+    config.engine = "poll_interval = \"200ms\"".into();
+    let settings = config.settings().unwrap();
+    let app = Application::build(settings).await.unwrap();
+    let url = format!("http://127.0.0.1:{}/webhooks/sentry", app.port());
+    let store = app.engine().store().clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    fleet.seed(&store, Duration::from_secs(1800)).await.unwrap();
+
+    let http = reqwest::Client::new();
+    let sends = (0..fleet.services).map(|i| {
+        let body = CrashAlert::critical(
+            &Fleet::sentry_project(i),
+            &format!("f{i}"),
+            now_ms() - 30_000,
+        )
+        .body();
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            sender::deliver(&http, &url, DEMO.sentry_secret, "metric_alert", &body)
+                .await
+                .unwrap()
+                .0
+        }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.count_unfinished_runs().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fleet's runs did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let w = sim.sim.world();
+    assert_eq!(
+        w.alias_writes.len(),
+        fleet.services * fleet.domains,
+        "one write per domain, no service twice"
+    );
+    assert_eq!(w.incidents.len(), fleet.services, "one page per service");
+    for i in 0..fleet.services {
+        for d in fleet.domains_of(i) {
+            assert_eq!(
+                w.aliases[&d],
+                Fleet::history(i, 0)[0].0,
+                "{d} is back on the known-good deployment"
+            );
+        }
+    }
+    // Per service: its first alias write, and its page.
+    let first_write = |svc: &str| {
+        w.alias_writes
+            .iter()
+            .filter(|a| a.domain.contains(svc))
+            .map(|a| a.at_us)
+            .min()
+            .unwrap()
+    };
+    let pages: Vec<&Served> = w
+        .served
+        .iter()
+        .filter(|s| s.provider == Provider::Pagerduty && s.path.ends_with("/enqueue"))
+        .collect();
+    assert_eq!(pages.len(), fleet.services);
+    let overlap = (0..fleet.services).any(|a| {
+        let a_name = Fleet::name(a);
+        let a_page = page_time(&w, &a_name);
+        (0..fleet.services).any(|b| {
+            let b_name = Fleet::name(b);
+            a != b && first_write(&a_name) < first_write(&b_name) && first_write(&b_name) < a_page
+        })
+    });
+    assert!(
+        overlap,
+        "the runs never overlapped: every page came before the next service's writes"
+    );
+}
+
+/// When service `name`'s page reached PagerDuty (its incident's first event).
+fn page_time(w: &backstop::sim::World, name: &str) -> i64 {
+    let incident = w
+        .incidents
+        .values()
+        .find(|i| i.key.contains(name))
+        .expect("paged");
+    incident.first_event_at_us
+}
+
+/// A domain whose alias write fails (past the client's own retries) is
+/// retried alone by the next attempt; the other domain is written once.
+#[tokio::test]
+async fn a_failed_domain_is_retried_alone() {
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
+    app.seed_history().await;
+    let now = now_ms();
+    let vercel = app
+        .stateful_vercel(
+            "dpl_new",
+            &[
+                ("dpl_old", "9be1c07", now - 180 * MIN),
+                ("dpl_new", "3f2c1a9", now - 10 * MIN),
+            ],
+        )
+        .await;
+    // The second domain's writes fail five times: the client's four tries,
+    // then once more, so the step's first attempt fails for it alone.
+    vercel.fail_writes_for(DOMAINS[1], 5);
+    let resp = app
+        .post_sentry("metric_alert", &compact(&crash_alert("fl-1", now - MIN)))
+        .await;
+    assert_eq!(resp.status(), 202);
+    app.engine.run_until_idle().await.unwrap();
+    assert_eq!(vercel.serving(), ["dpl_old", "dpl_old"]);
+    let writes = app.alias_writes().await;
+    let to = |d: &str| writes.iter().filter(|(_, b)| b["alias"] == d).count();
+    assert_eq!(
+        to(DOMAINS[0]),
+        1,
+        "the domain that moved is not written again"
+    );
+    assert_eq!(
+        to(DOMAINS[1]),
+        6,
+        "four client tries, then the step's retry (one fail, one success)"
+    );
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    let d = app.store.run_detail(&run.id).await.unwrap();
+    let output = d.output_of(StepName::Rollback).unwrap();
+    assert_eq!(output["moved_in_attempt"][DOMAINS[0]], 1);
+    assert_eq!(output["moved_in_attempt"][DOMAINS[1]], 2);
+    assert!(!vercel.writes_fail.load(Ordering::SeqCst));
+}
