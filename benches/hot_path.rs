@@ -92,13 +92,14 @@ fn decision(c: &mut Criterion) {
     let policies = s.policies();
     for n in [10, 500] {
         let h = history(n);
-        c.bench_function(&format!("decide (rule 15, {n} deployments)"), |b| {
+        c.bench_function(&format!("decide (rule 21, {n} deployments)"), |b| {
             b.iter(|| {
                 decide(Inputs {
                     alert: black_box(&alert),
                     services: &policies,
                     history: black_box(&h),
                     production: Some(&production),
+                    readings: None,
                     received_at_ms: NOW,
                     now_ms: NOW,
                 })

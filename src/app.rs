@@ -14,6 +14,7 @@ use crate::engine::Providers;
 use crate::http::{self, AppState};
 use crate::ledger::Store;
 use crate::providers::pagerduty::{self, PagerDutyClient};
+use crate::providers::sentry::SentryClient;
 use crate::providers::slack::{self, SlackClient};
 use crate::providers::vercel::VercelClient;
 
@@ -53,6 +54,19 @@ pub fn vercel_client(settings: &Settings) -> anyhow::Result<Option<VercelClient>
         })
         .transpose()
         .context("cannot build the Vercel client")
+}
+
+/// The Sentry API client, when a token and an organization are set.
+pub fn sentry_client(settings: &Settings) -> anyhow::Result<Option<SentryClient>> {
+    let s = &settings.sentry;
+    let (Some(token), Some(org)) = (&s.token, &s.org) else {
+        return Ok(None);
+    };
+    // Reads before acting are bounded by `confirm_timeout` on top of this.
+    let timeout = std::time::Duration::from_secs(10);
+    SentryClient::new(&s.api_base, token.clone(), org, timeout)
+        .map(Some)
+        .context("cannot build the Sentry client")
 }
 
 /// Every configured provider client. Fails (so Backstop does not start)
@@ -95,6 +109,7 @@ pub fn providers(settings: &Settings) -> anyhow::Result<Providers> {
             })
             .transpose()
             .context("cannot build the Slack client")?,
+        sentry: sentry_client(settings)?,
     })
 }
 

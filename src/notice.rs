@@ -155,6 +155,11 @@ pub struct Notice {
     /// Production moved to `to` and was verified (for a resolution: the
     /// incident's rollback did). Only then do messages say "restored".
     pub moved: bool,
+    /// What Sentry's release health said before acting, for people:
+    /// `release abc: 92.1% over 2,140 sessions; known-good def: 99.8% over
+    /// 50,000 sessions`, or why it could not be read. `None` when it was
+    /// not read (confirmation off, or decided before it mattered).
+    pub health: Option<String>,
     /// Run id.
     pub run_id: String,
 }
@@ -196,6 +201,7 @@ impl Notice {
             error: None,
             pagerduty_url: None,
             moved: kind == Kind::RolledBack,
+            health: d.readings.as_ref().map(health_text),
             run_id: run_id.into(),
         }
     }
@@ -314,6 +320,9 @@ impl Notice {
         if let Some(t) = ctx["time_to_rollback"].as_str() {
             fields.push(field("Time to rollback", t));
         }
+        if let Some(h) = &self.health {
+            fields.push(field("Release health (Sentry)", h));
+        }
         let mut blocks = vec![
             json!({"type": "section", "text": {"type": "mrkdwn", "text": clip(headline, 3000)}}),
             json!({"type": "section", "fields": fields}),
@@ -373,6 +382,28 @@ impl Notice {
         }
         out.join("\n")
     }
+}
+
+/// Release health as one line for people.
+pub fn health_text(r: &crate::policy::Readings) -> String {
+    if let Some(why) = &r.unavailable {
+        return format!("unavailable ({why})");
+    }
+    let mut parts = vec![match &r.live {
+        Some(live) => format!("release {}: {}", live.release, live.describe()),
+        None => "the live release: no sessions".to_string(),
+    }];
+    if let Some(good) = &r.target {
+        parts.push(format!("known-good {}: {}", good.release, good.describe()));
+    }
+    if !r.others.is_empty() {
+        let n = r.others.len();
+        parts.push(format!(
+            "{n} other release{}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    parts.join("; ")
 }
 
 fn field(title: &str, value: &str) -> Value {

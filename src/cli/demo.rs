@@ -41,11 +41,29 @@ pub struct DemoReport {
     pub incidents: usize,
     /// Slack messages posted.
     pub slack_messages: usize,
+    /// The decision read Sentry's release health first.
+    pub health_read: bool,
+    /// The watch saw production recover and said so in the card's thread.
+    pub recovered: bool,
 }
 
-/// Settings pointing every provider at the simulator.
+/// Settings pointing every provider at the simulator, Sentry's API
+/// included (release health before acting), with time compressed: a 2 s
+/// watch looking every 500 ms, a 3 s cooldown.
 pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow::Result<Settings> {
-    Ok(Config::new(DEMO, Bases::of(sim), db_url, listen).settings()?)
+    let mut config = Config::new(DEMO, Bases::of(sim), db_url, listen).with(
+        "sentry",
+        &format!("token = \"{}\"\norg = \"acme\"", DEMO.sentry_token),
+    );
+    config.service = [
+        "mode = \"auto\"",
+        "watch_window = \"2s\"",
+        "watch_interval = \"500ms\"",
+        "resolve_on_recovery = true",
+        "cooldown = \"3s\"",
+    ]
+    .join("\n");
+    Ok(config.settings()?)
 }
 
 /// Runs the demo, printing the timeline to `out`. With `keep`, leaves
@@ -76,9 +94,29 @@ pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<Dem
             sim.base, sim.base
         )?;
         writeln!(out, "Fire another alert:")?;
-        writeln!(out, "  backstop sim send-alert --url {base}/webhooks/sentry --secret {SENTRY_SECRET} --identifier 1003")?;
+        writeln!(out, "  backstop sim send-alert --url {base}/webhooks/sentry --secret {SENTRY_SECRET} --identifier 1003 --started-ago 0s")?;
+        writeln!(
+            out,
+            "Make the next rollback not help first, and watch Backstop page again and freeze storefront:"
+        )?;
+        writeln!(
+            out,
+            "  curl -s -X POST {}/_sim/recovery -H 'content-type: application/json' -d '{{\"recovers\": false}}'",
+            sim.base
+        )?;
+        writeln!(out, "New runs are shown here as they finish.")?;
         out.flush()?;
-        crate::app::shutdown_signal().await;
+        let seen: std::collections::BTreeSet<String> = engine
+            .store()
+            .list_runs(1000)
+            .await?
+            .into_iter()
+            .map(|r| r.id.0)
+            .collect();
+        tokio::select! {
+            _ = crate::app::shutdown_signal() => {}
+            r = follow(out, &engine, sim.sim.clone(), seen) => r?,
+        }
     }
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -248,6 +286,121 @@ async fn wait_for(engine: &Engine, run: &RunId) -> anyhow::Result<RunDetail> {
     }
 }
 
+/// Prints every run that finishes from now on (the `--keep` mode).
+async fn follow(
+    out: &mut (dyn Write + Send),
+    engine: &Engine,
+    sim: crate::sim::Sim,
+    mut seen: std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let mut shown_messages = sim.world().messages.len();
+    let mut shown_incidents: std::collections::BTreeSet<String> =
+        sim.world().incidents.keys().cloned().collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for r in engine.store().list_runs(50).await?.into_iter().rev() {
+            if seen.contains(&r.id.0) || !matches!(r.status, RunStatus::Done | RunStatus::Failed) {
+                continue;
+            }
+            seen.insert(r.id.0.clone());
+            let d = engine.store().run_detail(&r.id).await?;
+            writeln!(out, "\nrun {} finished ({})", r.id, r.status)?;
+            decision_lines(out, &d)?;
+            watch_line(out, &d)?;
+        }
+        {
+            let w = sim.world();
+            for m in &w.messages[shown_messages..] {
+                message_lines(out, m)?;
+            }
+            shown_messages = w.messages.len();
+            for (key, i) in &w.incidents {
+                if shown_incidents.insert(key.clone()) {
+                    writeln!(
+                        out,
+                        "  PagerDuty incident {} ({}): {}",
+                        i.id, i.severity, i.summary
+                    )?;
+                }
+            }
+        }
+        for p in engine.store().pauses().await? {
+            if seen.insert(format!("pause/{}/{}", p.service, p.at_ms)) {
+                writeln!(out, "  {}", super::show::pause_line(&p))?;
+            }
+        }
+        out.flush()?;
+    }
+}
+
+fn decision_lines(out: &mut (dyn Write + Send), d: &RunDetail) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "decision: {} — {}",
+        d.run.outcome.map_or("?", |o| o.as_str()),
+        d.run.reason.as_deref().unwrap_or("?")
+    )?;
+    let decision = d
+        .run
+        .decision
+        .clone()
+        .and_then(|v| serde_json::from_value::<crate::policy::Decision>(v).ok());
+    if let Some(readings) = decision.as_ref().and_then(|d| d.readings.as_ref()) {
+        writeln!(
+            out,
+            "  release health (Sentry): {}",
+            crate::notice::health_text(readings)
+        )?;
+    }
+    for c in decision.iter().flat_map(|d| &d.checks) {
+        let mark = if c.passed { "✓" } else { "✗" };
+        let n = c.rule.number();
+        writeln!(out, "    {mark} {n:>2} {:<22} {}", c.name, c.detail)?;
+    }
+    Ok(())
+}
+
+/// What the watch concluded, if the run watched. True when it recovered.
+fn watch_line(out: &mut (dyn Write + Send), d: &RunDetail) -> anyhow::Result<bool> {
+    let Some(w) = d.output_of(StepName::Watch) else {
+        return Ok(false);
+    };
+    let after = w["after_ms"]
+        .as_i64()
+        .map(crate::clock::human_ms)
+        .unwrap_or_default();
+    let verdict = match w["recovered"].as_bool() {
+        Some(true) => "recovered",
+        Some(false) => "did NOT recover: paged again, service frozen",
+        None => "could not tell",
+    };
+    writeln!(
+        out,
+        "  watch: {verdict} {after} after the rollback ({})",
+        w["look"].as_str().unwrap_or("?")
+    )?;
+    Ok(w["recovered"].as_bool() == Some(true))
+}
+
+fn message_lines(out: &mut (dyn Write + Send), m: &crate::sim::Message) -> anyhow::Result<()> {
+    match &m.thread_ts {
+        Some(parent) => {
+            writeln!(out, "  Slack {} reply in thread {parent}:", m.channel)?;
+            writeln!(out, "    | {}", m.text)?;
+        }
+        None => {
+            writeln!(out, "  Slack {} ts {}:", m.channel, m.ts)?;
+            for l in
+                Notice::card_as_text(m.blocks.as_array().map(Vec::as_slice).unwrap_or_default())
+                    .lines()
+            {
+                writeln!(out, "    | {l}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn line(out: &mut (dyn Write + Send), t0: Instant, text: &str) -> std::io::Result<()> {
     writeln!(
         out,
@@ -263,22 +416,12 @@ fn timeline(
     sim: &Running,
     report: &mut DemoReport,
 ) -> anyhow::Result<()> {
-    writeln!(
-        out,
-        "decision: {} — {}",
-        d.run.outcome.map_or("?", |o| o.as_str()),
-        d.run.reason.as_deref().unwrap_or("?")
-    )?;
-    let decision = d
+    decision_lines(out, d)?;
+    report.health_read = d
         .run
         .decision
-        .clone()
-        .and_then(|v| serde_json::from_value::<crate::policy::Decision>(v).ok());
-    for c in decision.iter().flat_map(|d| &d.checks) {
-        let mark = if c.passed { "✓" } else { "✗" };
-        let n = c.rule.number();
-        writeln!(out, "    {mark} {n:>2} {:<22} {}", c.name, c.detail)?;
-    }
+        .as_ref()
+        .is_some_and(|v| v["readings"]["live"].is_object());
     let w = sim.sim.world();
     for write in &w.alias_writes {
         writeln!(out, "  {} re-aliased to {}", write.domain, write.deployment)?;
@@ -307,13 +450,9 @@ fn timeline(
         )?;
     }
     for m in &w.messages {
-        writeln!(out, "  Slack {} ts {}:", m.channel, m.ts)?;
-        for l in
-            Notice::card_as_text(m.blocks.as_array().map(Vec::as_slice).unwrap_or_default()).lines()
-        {
-            writeln!(out, "    | {l}")?;
-        }
+        message_lines(out, m)?;
     }
+    report.recovered = watch_line(out, d)?;
     let took = report
         .alert_to_verified_ms
         .map(|ms| format!("{ms} ms"))

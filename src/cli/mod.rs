@@ -4,7 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod demo;
-mod show;
+pub mod show;
 pub mod test_alert;
 pub use show::explain;
 
@@ -382,7 +382,9 @@ async fn deployments(settings: &Settings, cmd: DeploymentsCommand) -> anyhow::Re
     let store = app::open_store(settings).await?;
     match cmd {
         DeploymentsCommand::List { service, json } => {
-            show::deployments(&store.deployments(service.as_deref()).await?, json)
+            let mut pauses = store.pauses().await?;
+            pauses.retain(|p| service.as_ref().is_none_or(|s| *s == p.service));
+            show::deployments(&store.deployments(service.as_deref()).await?, &pauses, json)
         }
         DeploymentsCommand::Record {
             service,

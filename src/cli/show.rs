@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ledger::{Deployment, Run, RunDetail};
+use crate::ledger::{Deployment, Pause, Run, RunDetail};
 use crate::policy::Decision;
 
 fn time(ms: Option<i64>) -> String {
@@ -22,13 +22,40 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `backstop deployments list`
-pub fn deployments(list: &[Deployment], json: bool) -> anyhow::Result<()> {
+/// Why a service is held back, for people.
+pub fn pause_line(p: &Pause) -> String {
+    match (&p.frozen_by_run, &p.by) {
+        (Some(run), _) => format!(
+            "{}: FROZEN since {} by run {run}: {} (`backstop resume {}` lifts it)",
+            p.service,
+            time(Some(p.at_ms)),
+            p.reason,
+            p.service
+        ),
+        (None, by) => format!(
+            "{}: paused since {} by {}: {}",
+            p.service,
+            time(Some(p.at_ms)),
+            by.as_deref().unwrap_or("a person"),
+            p.reason
+        ),
+    }
+}
+
+/// `backstop deployments list`: the ledger, then the services held back
+/// from automatic rollbacks.
+pub fn deployments(list: &[Deployment], pauses: &[Pause], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&list);
     }
+    let held = || {
+        for p in pauses {
+            println!("{}", pause_line(p));
+        }
+    };
     if list.is_empty() {
         println!("no deployments recorded; run `backstop sync` or point a Vercel webhook at /webhooks/vercel");
+        held();
         return Ok(());
     }
     println!(
@@ -53,6 +80,10 @@ pub fn deployments(list: &[Deployment], json: bool) -> anyhow::Result<()> {
             time(d.superseded_at_ms),
             if d.live { "yes" } else { "" }
         );
+    }
+    if !pauses.is_empty() {
+        println!();
+        held();
     }
     Ok(())
 }
@@ -137,6 +168,9 @@ pub fn explain(d: &RunDetail) -> String {
                 target.release.as_deref().unwrap_or("?")
             );
         }
+        if let Some(readings) = &decision.readings {
+            let _ = writeln!(out, "health     {}", crate::notice::health_text(readings));
+        }
         let _ = writeln!(out, "checks");
         for c in &decision.checks {
             let mark = if c.passed { "pass" } else { "STOP" };
@@ -172,6 +206,15 @@ pub fn explain(d: &RunDetail) -> String {
                 err
             );
         }
+    }
+    if !d.notes.is_empty() {
+        let _ = writeln!(out, "notes");
+        for n in &d.notes {
+            let _ = writeln!(out, "  {} {:<7} {}", time(Some(n.at_ms)), n.kind, n.text);
+        }
+    }
+    if let Some(p) = &d.pause {
+        let _ = writeln!(out, "service    {}", pause_line(p));
     }
     out
 }

@@ -130,7 +130,8 @@ impl Settings {
 
     /// Every service's policy, for the decision.
     pub fn policies(&self) -> Vec<crate::policy::ServicePolicy<'_>> {
-        self.services.iter().map(ServiceSettings::policy).collect()
+        let sentry = self.sentry.api_configured();
+        self.services.iter().map(|s| s.policy(sentry)).collect()
     }
 
     /// The service with this name.

@@ -95,12 +95,28 @@ pub struct SentrySettings {
     /// How far `Sentry-Hook-Timestamp` may be from now.
     #[serde(deserialize_with = "de_duration")]
     pub timestamp_tolerance: Duration,
-    /// Optional API token (`project:read`), used by `backstop check`.
+    /// API token: release health before acting (`org:read`,
+    /// `project:read`), deploys of restored releases (`project:releases`),
+    /// and `backstop check`.
     pub token: Option<SecretString>,
     /// Organization slug, with `token`.
     pub org: Option<String>,
     /// API base URL.
     pub api_base: String,
+    /// Longest the release-health reads before acting may take (counted
+    /// inside `engine.rollback_deadline`); slower counts as unreachable.
+    #[serde(deserialize_with = "de_duration")]
+    pub confirm_timeout: Duration,
+    /// Create a Sentry deploy of the restored release after a rollback.
+    #[serde(deserialize_with = "de_bool")]
+    pub record_deploys: bool,
+}
+
+impl SentrySettings {
+    /// True when the API can be called (a token and an organization).
+    pub fn api_configured(&self) -> bool {
+        self.token.is_some() && self.org.is_some()
+    }
 }
 
 impl Default for SentrySettings {
@@ -111,6 +127,8 @@ impl Default for SentrySettings {
             token: None,
             org: None,
             api_base: "https://sentry.io".into(),
+            confirm_timeout: Duration::from_secs(3),
+            record_deploys: true,
         }
     }
 }
@@ -180,6 +198,10 @@ pub struct PagerDutySettings {
     /// Most PagerDuty API calls in flight at once from this process.
     #[serde(deserialize_with = "de_u64")]
     pub max_in_flight: u64,
+    /// Send a change event (`/v2/change/enqueue`) for every rollback, so
+    /// the service's change timeline shows it (Events API mode).
+    #[serde(deserialize_with = "de_bool")]
+    pub change_events: bool,
 }
 
 impl Default for PagerDutySettings {
@@ -198,6 +220,7 @@ impl Default for PagerDutySettings {
             severity_dry_run: Severity::Info,
             timeout: Duration::from_secs(10),
             max_in_flight: 32,
+            change_events: true,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::env::de_duration;
-use crate::policy::{Mode, PlanContext, ServicePolicy};
+use crate::policy::{ConfirmPolicy, Fallback, Mode, PlanContext, ServicePolicy};
 
 /// How a rollback moves production.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -58,6 +58,28 @@ pub struct ServiceSettings {
     /// promotion.
     #[serde(default, deserialize_with = "de_duration")]
     pub min_live_before_alert: Duration,
+    /// Confirm with Sentry's release health before acting (when
+    /// `sentry.token` and `sentry.org` are set).
+    #[serde(default = "default_true")]
+    pub confirm: bool,
+    /// Fewer sessions of the live release than this in the alert's window
+    /// is too little data to believe.
+    #[serde(default = "default_min_sessions")]
+    pub min_sessions: u64,
+    /// Too little data: `escalate` (page a person, default) or `rollback`.
+    #[serde(default = "default_escalate")]
+    pub on_inconclusive: Fallback,
+    /// Sentry unreachable or slower than `sentry.confirm_timeout`:
+    /// `rollback` on the alert alone (default) or `escalate`.
+    #[serde(default = "default_rollback")]
+    pub on_confirm_unavailable: Fallback,
+    /// After a verified rollback, watch this long for recovery; not
+    /// recovered by then, page again and freeze the service. 0: no watch.
+    #[serde(default = "default_watch_window", deserialize_with = "de_duration")]
+    pub watch_window: Duration,
+    /// How often the watch looks.
+    #[serde(default = "default_watch_interval", deserialize_with = "de_duration")]
+    pub watch_interval: Duration,
     /// Deployment `meta` key holding the Sentry release.
     #[serde(default = "default_release_key")]
     pub release_meta_key: String,
@@ -99,6 +121,21 @@ fn default_budget() -> u32 {
 fn default_true() -> bool {
     true
 }
+fn default_min_sessions() -> u64 {
+    100
+}
+fn default_escalate() -> Fallback {
+    Fallback::Escalate
+}
+fn default_rollback() -> Fallback {
+    Fallback::Rollback
+}
+fn default_watch_window() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_release_key() -> String {
     "githubCommitSha".into()
 }
@@ -120,6 +157,12 @@ impl ServiceSettings {
             max_rollbacks_per_day: default_budget(),
             accept_other_rules: false,
             min_live_before_alert: Duration::ZERO,
+            confirm: true,
+            min_sessions: default_min_sessions(),
+            on_inconclusive: default_escalate(),
+            on_confirm_unavailable: default_rollback(),
+            watch_window: Duration::ZERO,
+            watch_interval: default_watch_interval(),
             release_meta_key: default_release_key(),
             slack_channel: None,
             resolve_on_recovery: false,
@@ -129,8 +172,9 @@ impl ServiceSettings {
         }
     }
 
-    /// What the decision needs to know about this service.
-    pub fn policy(&self) -> ServicePolicy<'_> {
+    /// What the decision needs to know about this service; `sentry` says
+    /// whether Sentry's API is configured (token and org).
+    pub fn policy(&self, sentry: bool) -> ServicePolicy<'_> {
         ServicePolicy {
             name: &self.name,
             projects: &self.sentry_projects,
@@ -141,15 +185,33 @@ impl ServiceSettings {
             max_rollbacks_per_day: self.max_rollbacks_per_day,
             accept_other_rules: self.accept_other_rules,
             min_live_before_alert: self.min_live_before_alert,
+            confirm: ConfirmPolicy {
+                enabled: sentry && self.confirm,
+                min_sessions: self.min_sessions,
+                on_inconclusive: self.on_inconclusive,
+                on_unavailable: self.on_confirm_unavailable,
+            },
         }
     }
 
     /// What the plan needs to know about this service, given whether
     /// paging and announcing are configured.
-    pub fn plan_context(&self, paging: bool, announcing: bool) -> PlanContext {
+    /// What the plan needs to know about this service; `record` says a
+    /// rollback can be recorded somewhere (Sentry deploys or PagerDuty
+    /// change events), `sentry` that release health can be read (the
+    /// watch needs it).
+    pub fn plan_context(
+        &self,
+        paging: bool,
+        announcing: bool,
+        record: bool,
+        sentry: bool,
+    ) -> PlanContext {
         PlanContext {
             paging,
             announcing,
+            record,
+            watch: sentry && !self.watch_window.is_zero(),
             page_on_dry_run: self.page_on_dry_run,
             resolve_on_recovery: self.resolve_on_recovery,
             announce_skips: self.announce_skips,

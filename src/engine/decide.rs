@@ -11,7 +11,10 @@ use crate::clock::now_ms;
 use crate::config::{PagerDutyMode, ServiceSettings, Strategy};
 use crate::ingest::sentry::{self, Resource};
 use crate::ledger::{DecisionRecord, History, Outcome, RunId, StepName};
-use crate::policy::{self, Decision, DomainTarget, Inputs, Missing};
+use crate::policy::{
+    self, Decision, DomainTarget, HealthQuery, Inputs, Missing, Reading, Readings,
+};
+use crate::providers::sentry::SessionsQuery;
 
 impl Engine {
     /// The `decide` step. The record it stores is kept on the run context,
@@ -62,6 +65,19 @@ impl Engine {
                     None,
                     Some(e),
                 )
+                .await?;
+        }
+        if let Some(watching) = &decision.joins {
+            // Recorded on the run whose watch it joins: a second alert about
+            // the restored deployment is news for that incident.
+            let text = format!(
+                "a new critical alert about {} (run {}) joined the watch",
+                decision.live.as_ref().map(|l| l.id.as_str()).unwrap_or("?"),
+                ctx.claimed.run.id
+            );
+            let data = serde_json::json!({"run": ctx.claimed.run.id, "reason": decision.reason});
+            self.store()
+                .add_note(&RunId(watching.clone()), "joined", &text, Some(&data))
                 .await?;
         }
         ctx.set_decided(record, false);
@@ -123,26 +139,108 @@ impl Engine {
             None => (Ok(History::default()), None),
         };
         let history = history.map_err(|e| StepError::retryable("store", e.to_string()))?;
-        let mut inputs = Inputs {
-            alert: &alert,
-            services: &policies,
-            history: &history,
-            production: None,
-            received_at_ms,
-            now_ms: now,
-        };
-        match policy::decide(inputs) {
-            Ok(decision) => return Ok(decision),
-            Err(Missing::ProductionState) => {}
+        let mut production = production;
+        let mut readings: Option<Readings> = None;
+        // Decide; when the policy names a missing input, gather it and decide
+        // again. Each input is gathered at most once.
+        loop {
+            let fetched = match &production {
+                Some(Ok(p)) => Some(p.as_slice()),
+                _ => None,
+            };
+            let inputs = Inputs {
+                alert: &alert,
+                services: &policies,
+                history: &history,
+                production: fetched,
+                readings: readings.as_ref(),
+                received_at_ms,
+                now_ms: now,
+            };
+            let missing = match policy::decide(inputs) {
+                Ok(decision) => return Ok(decision),
+                Err(missing) => missing,
+            };
+            let svc = svc.ok_or_else(|| StepError::fatal("internal", "unmapped after mapping"))?;
+            match missing {
+                Missing::ProductionState if fetched.is_none() => {
+                    production = Some(match production.take() {
+                        Some(Err(e)) => return Err(e),
+                        _ => self.production_state(svc).await,
+                    });
+                    if let Some(Err(e)) = production {
+                        return Err(e);
+                    }
+                }
+                Missing::ReleaseHealth(q) if readings.is_none() => {
+                    readings = Some(self.read_health(svc, &q).await);
+                }
+                still => {
+                    return Err(StepError::fatal(
+                        "internal",
+                        format!("still missing {still:?}"),
+                    ))
+                }
+            }
         }
-        let production = match (production, svc) {
-            (Some(read), _) => read?,
-            (None, Some(svc)) => self.production_state(svc).await?,
-            (None, None) => return Err(StepError::fatal("internal", "unmapped after mapping")),
+    }
+
+    /// Release health for the decision, within `sentry.confirm_timeout`:
+    /// the live release (and every other release, to tell a release's crash
+    /// from everything crashing) over the alert's window, and the
+    /// known-good release over its own time live. A failure or a slow
+    /// answer is a reading too: `unavailable`, with why.
+    pub(crate) async fn read_health(&self, svc: &ServiceSettings, q: &HealthQuery) -> Readings {
+        let unavailable = |why: String| Readings {
+            unavailable: Some(why),
+            ..Default::default()
         };
-        inputs.production = Some(&production);
-        policy::decide(inputs)
-            .map_err(|m| StepError::fatal("internal", format!("still missing {m:?}")))
+        let Some(sentry) = self.inner.providers.sentry.as_ref() else {
+            return unavailable("sentry.token or sentry.org is not configured".into());
+        };
+        let timeout = self.settings().sentry.confirm_timeout;
+        let all = SessionsQuery {
+            projects: &svc.sentry_projects,
+            environment: &svc.environment,
+            start_ms: q.start_ms,
+            end_ms: q.end_ms,
+            unit: &q.unit,
+            release: None,
+        };
+        let target = async {
+            let Some((release, from, to)) = &q.target else {
+                return Ok(None);
+            };
+            let query = SessionsQuery {
+                start_ms: *from,
+                end_ms: *to,
+                release: Some(release),
+                ..all.clone()
+            };
+            let found = sentry.health(&query).await?;
+            Ok(found.into_iter().find(|r| r.release == *release))
+        };
+        let read = async { tokio::try_join!(sentry.health(&all), target) };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok((all, target))) => {
+                let (live, others): (Vec<Reading>, Vec<Reading>) =
+                    all.into_iter().partition(|r| r.release == q.live_release);
+                Readings {
+                    live: live.into_iter().next(),
+                    others,
+                    target,
+                    unavailable: None,
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "release health unreadable");
+                unavailable(e.to_string())
+            }
+            Err(_) => unavailable(format!(
+                "no answer within {} (sentry.confirm_timeout)",
+                humantime::format_duration(timeout)
+            )),
+        }
     }
 
     /// The provider calls a decision leads to, for people to read.
@@ -202,6 +300,29 @@ impl Engine {
                         settings.slack.api_base
                     ));
                 }
+                StepName::Record => {
+                    if let (Some(release), true) = (
+                        d.target.as_ref().and_then(|t| t.release.as_deref()),
+                        settings.sentry.record_deploys && settings.sentry.api_configured(),
+                    ) {
+                        calls.push(format!(
+                            "POST {}/api/0/organizations/{}/releases/{release}/deploys/ {{\"environment\":\"{}\",\"name\":\"backstop rollback\"}}",
+                            settings.sentry.api_base,
+                            settings.sentry.org.as_deref().unwrap_or("?"),
+                            svc.environment
+                        ));
+                    }
+                    if settings.pagerduty.change_events && settings.pagerduty.mode == PagerDutyMode::Events {
+                        calls.push(format!("POST {}/v2/change/enqueue", settings.pagerduty.base()));
+                    }
+                }
+                StepName::Watch => calls.push(format!(
+                    "GET {}/api/0/organizations/{}/sessions/ every {} for {} (watch the restored release recover)",
+                    settings.sentry.api_base,
+                    settings.sentry.org.as_deref().unwrap_or("?"),
+                    humantime::format_duration(svc.watch_interval),
+                    humantime::format_duration(svc.watch_window)
+                )),
                 StepName::Decide | StepName::Resync | StepName::Followup => {}
             }
         }
@@ -229,8 +350,13 @@ impl Engine {
     pub(crate) fn plan(&self, d: &Decision) -> Vec<StepName> {
         let settings = self.settings();
         let (paging, announcing) = (settings.pagerduty.enabled(), settings.slack.enabled());
+        let sentry = settings.sentry.api_configured();
+        let record = (sentry && settings.sentry.record_deploys)
+            || (settings.pagerduty.change_events
+                && settings.pagerduty.mode == PagerDutyMode::Events
+                && paging);
         let ctx = match d.service.as_deref().and_then(|s| settings.service(s)) {
-            Some(svc) => svc.plan_context(paging, announcing),
+            Some(svc) => svc.plan_context(paging, announcing, record, sentry),
             None => policy::PlanContext {
                 paging,
                 announcing,

@@ -38,12 +38,21 @@ impl Engine {
         let alert =
             sentry::parse(resource, claimed.body.as_bytes()).map_err(|e| corrupt(e.to_string()))?;
         let is_resolution = detail.run.outcome == Some(Outcome::Resolution);
-        let origin = match is_resolution {
-            true => self
+        // An alert that joined a watch is told in that incident's thread.
+        let joined = detail
+            .run
+            .decision
+            .as_ref()
+            .and_then(|d| d["joins"].as_str())
+            .map(|r| crate::ledger::RunId(r.to_string()));
+        let joins_watch = joined.is_some();
+        let origin = match (is_resolution, joined) {
+            (true, _) => self
                 .critical_run_of(&alert)
                 .await?
                 .unwrap_or_else(|| detail.clone()),
-            false => detail.clone(),
+            (false, Some(watching)) => self.store().run_detail(&watching).await?,
+            (false, None) => detail.clone(),
         };
         let decision: Decision = origin
             .run
@@ -54,6 +63,9 @@ impl Engine {
         let mut notice = Notice::new(kind_of(&detail), &svc, &decision, &alert, &claimed.run.id.0);
         if is_resolution {
             notice.reason = "the alert resolved".into();
+        }
+        if joins_watch {
+            notice.reason = detail.run.reason.clone().unwrap_or_default();
         }
         // Only a verified rollback (this run's, or the incident's) is a move.
         notice.moved = origin.output_of(StepName::Rollback).is_some();

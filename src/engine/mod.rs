@@ -17,9 +17,11 @@ mod decide;
 mod dispatch;
 mod facts;
 mod page;
+mod record;
 mod resync;
 mod rollback;
 mod step;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +36,7 @@ use crate::ledger::{
 };
 use crate::notice::Templates;
 use crate::providers::pagerduty::PagerDutyClient;
+use crate::providers::sentry::SentryClient;
 use crate::providers::slack::SlackClient;
 use crate::providers::vercel::VercelClient;
 
@@ -49,6 +52,9 @@ pub struct Providers {
     pub pagerduty: Option<PagerDutyClient>,
     /// Slack (announce).
     pub slack: Option<SlackClient>,
+    /// Sentry's API (release health, deploys), when a token and an
+    /// organization are configured.
+    pub sentry: Option<SentryClient>,
 }
 
 /// Why a run could not be worked on now.
@@ -104,6 +110,9 @@ pub(crate) struct RunCtx {
     /// A step changed the run's plan (a decision made again): the pending
     /// steps must be read again.
     replanned: AtomicBool,
+    /// The watch handed the run back until its next look: stop here,
+    /// without finishing it.
+    later: AtomicBool,
 }
 
 impl RunCtx {
@@ -177,14 +186,6 @@ impl Engine {
         &self.worker
     }
 
-    /// The same engine under another worker id (one per background worker).
-    pub fn for_worker(&self, n: u64) -> Engine {
-        Engine {
-            inner: self.inner.clone(),
-            worker: format!("{}-w{n}", self.worker).into(),
-        }
-    }
-
     /// Tells an idle worker there is new work.
     pub fn wake(&self) {
         self.inner.wake.notify_one();
@@ -234,13 +235,18 @@ impl Engine {
         Ok(worked)
     }
 
-    /// Works one run (and no other) until it is finished; `backstop
-    /// test-alert` uses this, so a rehearsal never executes other alerts.
+    /// Works one run (and no other) until it is finished or watching its
+    /// rollback recover (the dispatcher takes the looks from there);
+    /// `backstop test-alert` uses this, so a rehearsal never executes other
+    /// alerts.
     pub async fn run_one(&self, run: &RunId) -> Result<(), EngineError> {
         let deadline = std::time::Instant::now() + 4 * self.lease();
         loop {
             let status = self.store().run(run).await?.status;
-            if matches!(status, RunStatus::Done | RunStatus::Failed) {
+            if matches!(
+                status,
+                RunStatus::Done | RunStatus::Failed | RunStatus::Watching
+            ) {
                 return Ok(());
             }
             let claimed = self
@@ -269,7 +275,26 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(run.id = %claimed.run.id, service = claimed.run.service.as_deref().unwrap_or("-")))]
     pub(crate) async fn process(&self, claimed: ClaimedRun) -> Result<(), EngineError> {
         let claim = claimed.claim.clone();
-        let service = claimed.run.service.clone();
+        let ctx = RunCtx {
+            claimed,
+            lost: Arc::new(AtomicBool::new(false)),
+            decided: Mutex::new(None),
+            replanned: AtomicBool::new(false),
+            later: AtomicBool::new(false),
+        };
+        // Not decided yet: only `decide` exists, no need to read the steps.
+        let pending: BTreeSet<StepName> = match ctx.claimed.run.decided_at_ms {
+            None => [StepName::Decide].into(),
+            Some(_) => self.pending(&ctx).await?,
+        };
+        // The service is claimed only to decide and act (so a run past that,
+        // such as one watching its rollback recover, never waits for it).
+        let service = ctx
+            .claimed
+            .run
+            .service
+            .clone()
+            .filter(|_| pending.iter().any(|s| s.phase().holds_service()));
         if let Some(service) = &service {
             if !self
                 .store()
@@ -283,14 +308,8 @@ impl Engine {
                 return Ok(());
             }
         }
-        let ctx = RunCtx {
-            claimed,
-            lost: Arc::new(AtomicBool::new(false)),
-            decided: Mutex::new(None),
-            replanned: AtomicBool::new(false),
-        };
         let heartbeat = self.heartbeat(&ctx);
-        let result = self.process_held(&ctx, service.as_deref()).await;
+        let result = self.process_held(&ctx, pending, service.as_deref()).await;
         heartbeat.abort();
         result
     }
@@ -298,14 +317,15 @@ impl Engine {
     /// Runs the unfinished steps phase by phase, earliest phase first; the
     /// service is held while deciding and acting, and released before
     /// telling. A step that makes the decision again (after a resync) adds
-    /// steps, which are read back and run in their phase.
-    async fn process_held(&self, ctx: &RunCtx, service: Option<&str>) -> Result<(), EngineError> {
+    /// steps, which are read back and run in their phase. A watch that
+    /// looks again later leaves the run unfinished.
+    async fn process_held(
+        &self,
+        ctx: &RunCtx,
+        mut pending: BTreeSet<StepName>,
+        service: Option<&str>,
+    ) -> Result<(), EngineError> {
         let claim = &ctx.claimed.claim;
-        // Not decided yet: only `decide` exists, no need to read the steps.
-        let mut pending: BTreeSet<StepName> = match ctx.claimed.run.decided_at_ms {
-            None => [StepName::Decide].into(),
-            Some(_) => self.pending(ctx).await?,
-        };
         let mut ok = true;
         let mut holding = service;
         while let Some(phase) = pending.iter().map(|s| s.phase()).min() {
@@ -322,6 +342,12 @@ impl Engine {
                 futures_util::future::join_all(steps.iter().map(|s| self.run_step(ctx, *s))).await;
             for r in results {
                 ok &= r?;
+            }
+            if ctx.later.load(Ordering::SeqCst) {
+                if let Some(s) = holding {
+                    self.store().release_service(s, claim).await?;
+                }
+                return Ok(());
             }
             pending.retain(|s| !steps.contains(s));
             if phase == Phase::Decide {
@@ -365,6 +391,8 @@ impl Engine {
             StepName::Page => self.page(ctx).await,
             StepName::Announce => self.announce(ctx).await,
             StepName::Followup => self.followup(ctx).await,
+            StepName::Record => self.record_change(ctx).await,
+            StepName::Watch => self.watch(ctx).await,
         }
     }
 

@@ -7,12 +7,10 @@
 use serde_json::json;
 
 use super::{Engine, EngineError, RunCtx};
-use crate::clock::{format_time, now_ms};
 use crate::config::{PagerDutySettings, Severity};
 use crate::ledger::StepName;
 use crate::notice::Kind;
 use crate::policy::Decision;
-use crate::providers::pagerduty::Page;
 
 /// PagerDuty's grouping key for an incident:
 /// `backstop/<service>/<deployment rolled back from>`.
@@ -36,20 +34,7 @@ impl Engine {
         let settings = self.settings();
         let (summary, warning) = facts.notice.render("pagerduty_summary", self.templates());
         let severity = severity_of(&facts.notice.outcome, &settings.pagerduty);
-        let page = Page {
-            incident_key: facts.incident_key.clone(),
-            summary,
-            severity: severity.as_str().into(),
-            component: facts.svc.name.clone(),
-            group: facts.svc.vercel_project.clone(),
-            class: serde_json::to_value(facts.notice.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            timestamp: format_time(now_ms()),
-            custom_details: json!({ "notice": facts.notice, "decision": facts.origin.run.decision }),
-            links: facts.notice.links(),
-        };
+        let page = self.page_of(&facts, summary, severity.as_str());
         let resolve = facts.notice.outcome == Kind::Resolved;
         // The incident the critical run opened, when PagerDuty told us its id.
         let opened_id = facts

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fences",
         include_str!("../../migrations/0002_fences.sql"),
     ),
+    (3, "watch", include_str!("../../migrations/0003_watch.sql")),
 ];
 
 impl Store {

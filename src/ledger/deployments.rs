@@ -301,12 +301,21 @@ impl Store {
                 .flatten()
                 .unwrap_or_else(|| "paused".into())
         });
+        let frozen = stats.try_get::<Option<String>, _>("frozen_by")?.is_some();
+        let watching = match stats.try_get::<Option<String>, _>("watching_run")? {
+            Some(run) => stats
+                .try_get::<Option<String>, _>("watching_restored")?
+                .map(|to| (RunId(run), to)),
+            None => None,
+        };
         Ok(History {
             deployments,
             live_rolled_back,
             last_rollback_at_ms: last,
             rollbacks_last_day: u32::try_from(day).unwrap_or(u32::MAX),
             paused,
+            frozen,
+            watching,
         })
     }
 
@@ -318,6 +327,7 @@ impl Store {
         let rollback = Outcome::Rollback.as_str();
         let (step, failed) = (StepName::Rollback.as_str(), StepStatus::Failed.as_str());
         let succeeded = StepStatus::Succeeded.as_str();
+        let (watch, pending) = (StepName::Watch.as_str(), StepStatus::Pending.as_str());
         Ok(sqlx::query(&format!(
             "SELECT
                (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = '{rollback}' AND id <> $2
@@ -328,30 +338,18 @@ impl Store {
                (SELECT COUNT(*) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{step}' AND s.status = '{succeeded}'
                   WHERE r.service = $1 AND r.outcome = '{rollback}' AND r.id <> $2 AND s.finished_at >= $3) AS last_day,
                (SELECT COUNT(*) FROM service_pauses WHERE service = $1) AS paused,
-               (SELECT MAX(reason) FROM service_pauses WHERE service = $1) AS pause_reason"
+               (SELECT MAX(reason) FROM service_pauses WHERE service = $1) AS pause_reason,
+               (SELECT MAX(frozen_by_run) FROM service_pauses WHERE service = $1) AS frozen_by,
+               (SELECT MAX(r.id) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{watch}' AND s.status = '{pending}'
+                  WHERE r.service = $1 AND r.id <> $2) AS watching_run,
+               (SELECT MAX(r.rollback_to) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{watch}' AND s.status = '{pending}'
+                  WHERE r.service = $1 AND r.id <> $2) AS watching_restored"
         ))
         .bind(service)
         .bind(&run.0)
         .bind(now_ms - 86_400_000)
         .fetch_one(&self.pool)
         .await?)
-    }
-
-    /// Pauses automatic rollbacks of a service (`None` resumes).
-    pub async fn set_paused(&self, service: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        match reason {
-            Some(reason) => sqlx::query(
-                "INSERT INTO service_pauses (service, reason, paused_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (service) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at",
-            )
-            .bind(service)
-            .bind(reason)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?,
-            None => sqlx::query("DELETE FROM service_pauses WHERE service = $1").bind(service).execute(&self.pool).await?,
-        };
-        Ok(())
     }
 
     /// True when a Vercel webhook delivery id was applied before.

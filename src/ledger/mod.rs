@@ -20,6 +20,7 @@ pub mod dialect;
 mod records;
 mod rows;
 mod runs;
+mod services;
 mod steps;
 
 pub use dialect::Backend;

@@ -58,6 +58,9 @@ stored_enum!(
         Pending = "pending",
         /// Claimed by a worker.
         Running = "running",
+        /// Watching production recover after its rollback: it looks again
+        /// at its next `not_before`, holding no worker in between.
+        Watching = "watching",
         /// Every step finished (or none was needed).
         Done = "done",
         /// A step failed for good.
@@ -106,6 +109,12 @@ stored_enum!(
         Announce = "announce",
         /// Say in the card's thread that paging failed.
         Followup = "followup",
+        /// Record the rollback where people look: a Sentry deploy of the
+        /// restored release, a PagerDuty change event.
+        Record = "record",
+        /// Watch production recover after a rollback; page again and
+        /// freeze the service when it does not.
+        Watch = "watch",
     }
 );
 
@@ -118,7 +127,8 @@ impl StepName {
             StepName::Decide => Phase::Decide,
             StepName::Rollback | StepName::Resync => Phase::Act,
             StepName::Page | StepName::Announce => Phase::Tell,
-            StepName::Followup => Phase::FollowUp,
+            StepName::Followup | StepName::Record => Phase::FollowUp,
+            StepName::Watch => Phase::Watch,
         }
     }
 }
@@ -132,8 +142,10 @@ pub enum Phase {
     Act,
     /// Paging and announcing, side by side.
     Tell,
-    /// What the telling left to say.
+    /// What the telling left to say, and recording the change.
     FollowUp,
+    /// Watching the rollback recover (it may take many looks).
+    Watch,
 }
 
 impl Phase {
@@ -407,6 +419,10 @@ pub struct RunDetail {
     pub steps: Vec<Step>,
     /// Every attempt, in order.
     pub attempts: Vec<Attempt>,
+    /// What else happened to the run, in order.
+    pub notes: Vec<RunNote>,
+    /// The run's service is paused or frozen now: by whom and why.
+    pub pause: Option<Pause>,
 }
 
 impl RunDetail {
@@ -457,8 +473,42 @@ pub struct History {
     pub last_rollback_at_ms: Option<i64>,
     /// Verified automatic rollbacks in the last 24 hours.
     pub rollbacks_last_day: u32,
-    /// Why a person paused the service, if they did.
+    /// Why the service is paused (by a person) or frozen (by Backstop
+    /// after a rollback that did not help), if it is.
     pub paused: Option<String>,
+    /// The pause is Backstop's freeze.
+    pub frozen: bool,
+    /// A run of this service is watching its rollback recover: `(run, the
+    /// deployment it restored)`.
+    pub watching: Option<(RunId, String)>,
+}
+
+/// A service held back from automatic rollbacks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pause {
+    /// Service.
+    pub service: String,
+    /// Why.
+    pub reason: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+    /// The person (or `cli`) who paused it.
+    pub by: Option<String>,
+    /// Set when Backstop froze it: the run whose rollback did not help.
+    pub frozen_by_run: Option<RunId>,
+}
+
+/// Something that happened to a run besides its steps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunNote {
+    /// When, Unix ms.
+    pub at_ms: i64,
+    /// `joined`, `ack`, ...
+    pub kind: String,
+    /// For people.
+    pub text: String,
+    /// Details.
+    pub data: Option<serde_json::Value>,
 }
 
 /// A verified rollback, as the `rollback` step hands it to the ledger.

@@ -59,9 +59,10 @@ impl Store {
         let b = self.backend;
         let now = b.now();
         let claimable = format!(
-            "status IN ('{}', '{}') AND not_before <= {now} AND (lease_until IS NULL OR lease_until < {now})",
+            "status IN ('{}', '{}', '{}') AND not_before <= {now} AND (lease_until IS NULL OR lease_until < {now})",
             RunStatus::Pending.as_str(),
-            RunStatus::Running.as_str()
+            RunStatus::Running.as_str(),
+            RunStatus::Watching.as_str()
         );
         let mut sql = Sql::new("UPDATE runs SET status = ");
         sql.bind(RunStatus::Running.as_str().to_string())
@@ -157,13 +158,29 @@ impl Store {
 
     /// Hands a claimed run back, to be retried no earlier than `delay` from now.
     pub async fn defer_run(&self, claim: &Claim, delay: Duration) -> Result<(), StoreError> {
+        self.release_run(claim, delay, RunStatus::Running).await
+    }
+
+    /// Hands a watching run back until its next look, `delay` from now,
+    /// holding no worker meanwhile.
+    pub async fn watch_later(&self, claim: &Claim, delay: Duration) -> Result<(), StoreError> {
+        self.release_run(claim, delay, RunStatus::Watching).await
+    }
+
+    async fn release_run(
+        &self,
+        claim: &Claim,
+        delay: Duration,
+        status: RunStatus,
+    ) -> Result<(), StoreError> {
         let now = self.backend.now();
         let done = sqlx::query(&format!(
-            "UPDATE runs SET lease_until = NULL, claimed_by = NULL, not_before = {now} + $1 WHERE id = $2 AND fence = $3"
+            "UPDATE runs SET lease_until = NULL, claimed_by = NULL, not_before = {now} + $1, status = $4 WHERE id = $2 AND fence = $3"
         ))
         .bind(ms(delay))
         .bind(&claim.run.0)
         .bind(claim.fence)
+        .bind(status.as_str())
         .execute(&self.pool)
         .await?;
         match done.rows_affected() {
@@ -494,6 +511,11 @@ impl Store {
             alert: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
             steps: self.steps(run).await?,
             attempts,
+            notes: self.notes(run).await?,
+            pause: match &run_rec.service {
+                Some(service) => self.pause_of(service).await?,
+                None => None,
+            },
             run: run_rec,
         })
     }

@@ -4,6 +4,7 @@
 //! Every rule evaluated is kept as a [`Check`] so a stored decision explains
 //! itself. Which steps follow a decision is [`plan`].
 
+mod health;
 mod plan;
 mod rule;
 
@@ -15,6 +16,7 @@ use crate::ingest::sentry::{Alert, Resource};
 use crate::ledger::{Deployment, History, StepError, Verdict};
 
 pub use crate::ledger::Outcome;
+pub use health::{thousands, ConfirmPolicy, Fallback, HealthQuery, Reading, Readings};
 pub use plan::{plan, PlanContext};
 pub use rule::Rule;
 
@@ -52,6 +54,8 @@ pub struct ServicePolicy<'a> {
     /// Below this much time live before the alert was detected, a fresh
     /// alert escalates instead of acting (0: no minimum).
     pub min_live_before_alert: Duration,
+    /// Confirming with Sentry's release health before acting.
+    pub confirm: ConfirmPolicy,
 }
 
 /// One rule as evaluated.
@@ -119,6 +123,12 @@ pub struct Decision {
     pub alert_started_at_ms: Option<i64>,
     /// Every rule evaluated, in order.
     pub checks: Vec<Check>,
+    /// Release health read from Sentry for this decision, if it was.
+    #[serde(default)]
+    pub readings: Option<Readings>,
+    /// The run whose watch this alert joined (rule 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joins: Option<String>,
 }
 
 impl Decision {
@@ -138,10 +148,12 @@ impl Decision {
 }
 
 /// An input the decision needs and was not given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Missing {
     /// Rule 7 needs the domains' current targets: fetch them, decide again.
     ProductionState,
+    /// Rules 12–15 need release health from Sentry: read this, decide again.
+    ReleaseHealth(HealthQuery),
 }
 
 /// How an alert maps to a configured service.
@@ -250,6 +262,8 @@ pub struct Inputs<'a> {
     pub history: &'a History,
     /// Current targets of the production domains, once fetched.
     pub production: Option<&'a [DomainTarget]>,
+    /// Release health, once read (when the service confirms).
+    pub readings: Option<&'a Readings>,
     /// When the alert was received, Unix ms.
     pub received_at_ms: i64,
     /// Now, Unix ms.
@@ -261,6 +275,7 @@ struct Trail {
     service: Option<String>,
     live: Option<DeploymentRef>,
     started: Option<i64>,
+    readings: Option<Readings>,
 }
 
 impl Trail {
@@ -270,6 +285,7 @@ impl Trail {
             service: None,
             live: None,
             started: None,
+            readings: None,
         }
     }
 
@@ -309,6 +325,8 @@ impl Trail {
             target,
             alert_started_at_ms: self.started,
             checks: self.checks,
+            readings: self.readings,
+            joins: None,
         }
     }
 }
@@ -326,6 +344,7 @@ pub fn decide_from_alert(
         services,
         history: &nothing,
         production: None,
+        readings: None,
         received_at_ms,
         now_ms: received_at_ms,
     })
@@ -431,7 +450,7 @@ pub fn decide(i: Inputs<'_>) -> Result<Decision, Missing> {
         Rule::ProductionUnchanged,
         format!("all {} domains serve {}", production.len(), live.id),
     );
-    Ok(rest_of_rules(i, svc, live, t))
+    rest_of_rules(i, svc, live, t)
 }
 
 fn rest_of_rules(
@@ -439,22 +458,34 @@ fn rest_of_rules(
     svc: &ServicePolicy<'_>,
     live: &Deployment,
     mut t: Trail,
-) -> Decision {
+) -> Result<Decision, Missing> {
     let h = i.history;
     if h.live_rolled_back {
         let reason = format!("already handled: {} was already rolled back from", live.id);
-        return t.stop(Rule::NotHandled, Outcome::Skip, reason);
+        return Ok(t.stop(Rule::NotHandled, Outcome::Skip, reason));
     }
     t.pass(
         Rule::NotHandled,
         "no earlier rollback from the live deployment",
     );
+    match &h.watching {
+        Some((run, restored)) if *restored == live.id => {
+            let reason = format!(
+                "joins the watch: run {run} restored {} and is watching it recover",
+                live.id
+            );
+            let mut d = t.stop(Rule::NotWatched, Outcome::Skip, reason);
+            d.joins = Some(run.0.clone());
+            return Ok(d);
+        }
+        _ => t.pass(
+            Rule::NotWatched,
+            "no rollback is watching the live deployment",
+        ),
+    }
     if svc.mode == Mode::Off {
-        return t.stop(
-            Rule::Enabled,
-            Outcome::Skip,
-            "disabled: service mode is off",
-        );
+        let reason = "disabled: service mode is off";
+        return Ok(t.stop(Rule::Enabled, Outcome::Skip, reason));
     }
     let mode = match svc.mode {
         Mode::DryRun => "mode dry-run",
@@ -462,35 +493,20 @@ fn rest_of_rules(
     };
     t.pass(Rule::Enabled, mode);
     if let Some(why) = &h.paused {
-        let reason = format!("paused by a person: {why}");
-        return t.stop(Rule::NotPaused, Outcome::Escalate, reason);
+        let reason = match h.frozen {
+            true => format!("frozen: {why}"),
+            false => format!("paused by a person: {why}"),
+        };
+        return Ok(t.stop(Rule::NotPaused, Outcome::Escalate, reason));
     }
     t.pass(Rule::NotPaused, "not paused");
-    let min = svc.min_live_before_alert;
-    let live_for = match (t.started, live.promoted_at_ms) {
-        (Some(detected), Some(promoted)) => Some((detected - promoted).max(0)),
-        _ => None,
+    let target = find_target(h, live, svc.bake_time.as_millis() as i64);
+    let confirmed = match confirm(i, svc, live, target, &mut t)? {
+        Ok(confirmed) => confirmed,
+        Err(stopped) => return Ok(*stopped),
     };
-    match live_for {
-        Some(ms) if !min.is_zero() && ms < min.as_millis() as i64 => {
-            let reason = format!(
-                "live only {} before the alert was detected (min_live_before_alert {}): its window is mostly the previous release",
-                crate::clock::human_ms(ms),
-                humantime::format_duration(min)
-            );
-            return t.stop(Rule::LiveLongEnough, Outcome::Escalate, reason);
-        }
-        _ if min.is_zero() => t.pass(
-            Rule::LiveLongEnough,
-            "no minimum (min_live_before_alert = 0)",
-        ),
-        _ => t.pass(
-            Rule::LiveLongEnough,
-            format!(
-                "at least {} live before the alert",
-                humantime::format_duration(min)
-            ),
-        ),
+    if let Some(reason) = too_soon(svc, live, confirmed, &mut t) {
+        return Ok(t.stop(Rule::LiveLongEnough, Outcome::Escalate, reason));
     }
     let cooldown = svc.cooldown.as_millis() as i64;
     if let Some(last) = h.last_rollback_at_ms.filter(|l| i.now_ms - l < cooldown) {
@@ -501,7 +517,7 @@ fn rest_of_rules(
             "cooldown: the last automatic rollback was {ago} ago, within {}",
             humantime::format_duration(svc.cooldown)
         );
-        return t.stop(Rule::OutsideCooldown, Outcome::Escalate, reason);
+        return Ok(t.stop(Rule::OutsideCooldown, Outcome::Escalate, reason));
     }
     t.pass(
         Rule::OutsideCooldown,
@@ -511,15 +527,15 @@ fn rest_of_rules(
     if used >= max {
         let reason =
             format!("budget spent: {used} automatic rollbacks in the last 24 h (max {max})");
-        return t.stop(Rule::BudgetLeft, Outcome::Escalate, reason);
+        return Ok(t.stop(Rule::BudgetLeft, Outcome::Escalate, reason));
     }
     t.pass(
         Rule::BudgetLeft,
         format!("{used} of {max} rollbacks used today"),
     );
-    let Some(target) = find_target(h, live, svc.bake_time.as_millis() as i64) else {
+    let Some(target) = target else {
         let reason = "no target: no known-good deployment older than the live one";
-        return t.stop(Rule::Target, Outcome::Escalate, reason);
+        return Ok(t.stop(Rule::Target, Outcome::Escalate, reason));
     };
     let release = target.release.as_deref().unwrap_or("?");
     t.pass(Rule::Target, format!("{} (release {release})", target.id));
@@ -527,10 +543,203 @@ fn rest_of_rules(
     if svc.mode == Mode::DryRun {
         let reason = format!("dry run: would roll back {} to {}", live.id, target.id);
         t.pass(Rule::DryRun, "mode is dry-run");
-        return t.finish(Rule::DryRun, Outcome::DryRun, reason, target_ref);
+        return Ok(t.finish(Rule::DryRun, Outcome::DryRun, reason, target_ref));
     }
     let reason = format!("roll back {} to known-good {}", live.id, target.id);
-    t.finish(Rule::Act, Outcome::Rollback, reason, target_ref)
+    Ok(t.finish(Rule::Act, Outcome::Rollback, reason, target_ref))
+}
+
+/// Rule 16: an alert detected too soon after the promotion measures mostly
+/// the previous release. Release health, when read and confirming, decides
+/// instead; otherwise `min_live_before_alert` (0: off). Why, when too soon.
+fn too_soon(
+    svc: &ServicePolicy<'_>,
+    live: &Deployment,
+    confirmed: bool,
+    t: &mut Trail,
+) -> Option<String> {
+    let min = svc.min_live_before_alert;
+    let live_for = match (t.started, live.promoted_at_ms) {
+        (Some(detected), Some(promoted)) => Some((detected - promoted).max(0)),
+        _ => None,
+    };
+    let detail = match live_for {
+        _ if confirmed => "release health says it is the live release that crashes".to_string(),
+        Some(ms) if !min.is_zero() && ms < min.as_millis() as i64 => {
+            return Some(format!(
+                "live only {} before the alert was detected (min_live_before_alert {}): its window is mostly the previous release",
+                crate::clock::human_ms(ms),
+                humantime::format_duration(min)
+            ));
+        }
+        _ if min.is_zero() => "no minimum (min_live_before_alert = 0)".to_string(),
+        _ => format!(
+            "at least {} live before the alert",
+            humantime::format_duration(min)
+        ),
+    };
+    t.pass(Rule::LiveLongEnough, detail);
+    None
+}
+
+/// What rules 12–15 concluded.
+type Confirmation = Result<bool, Box<Decision>>;
+
+/// Rules 12–15: Sentry's release health. `Ok(Ok(true))` when it was read
+/// and confirms the live release crashes; `Ok(Ok(false))` when it was not
+/// read (off, or unreachable with `on_confirm_unavailable = "rollback"`);
+/// `Ok(Err(decision))` when it says not to act; `Err(Missing)` when it must
+/// be read first.
+fn confirm(
+    i: Inputs<'_>,
+    svc: &ServicePolicy<'_>,
+    live: &Deployment,
+    target: Option<&Deployment>,
+    t: &mut Trail,
+) -> Result<Confirmation, Missing> {
+    let c = svc.confirm;
+    let Some(release) = live.release.clone().filter(|_| c.enabled) else {
+        let why = match c.enabled {
+            false => "not read: confirmation is off (sentry.token or sentry.org unset, or confirm = false)",
+            true => "not read: the live deployment has no release",
+        };
+        t.pass(Rule::Confirmed, why);
+        return Ok(Ok(false));
+    };
+    let Some(readings) = i.readings else {
+        return Err(Missing::ReleaseHealth(health_query(
+            i, live, target, release, t,
+        )));
+    };
+    t.readings = Some(readings.clone());
+    if let Some(why) = &readings.unavailable {
+        if c.on_unavailable == Fallback::Escalate {
+            let reason = format!("Sentry unreachable ({why}): not acting on the alert alone");
+            return Ok(Err(stopped(t, Rule::Confirmed, Outcome::Escalate, reason)));
+        }
+        let detail = format!("Sentry unreachable ({why}): acting on the alert alone");
+        t.pass(Rule::Confirmed, detail);
+        return Ok(Ok(false));
+    }
+    let reading = readings.live.clone().unwrap_or(Reading {
+        release: release.clone(),
+        crash_free: None,
+        sessions: 0,
+    });
+    t.pass(
+        Rule::Confirmed,
+        format!("release {release}: {}", reading.describe()),
+    );
+    if reading.sessions < c.min_sessions {
+        let reason = format!(
+            "inconclusive: {} sessions of release {release} in the window (min_sessions {})",
+            thousands(reading.sessions),
+            c.min_sessions
+        );
+        if c.on_inconclusive == Fallback::Escalate {
+            return Ok(Err(stopped(t, Rule::EnoughData, Outcome::Escalate, reason)));
+        }
+        let detail = format!("{reason}; acting anyway (on_inconclusive = \"rollback\")");
+        t.pass(Rule::EnoughData, detail);
+        return Ok(Ok(false));
+    }
+    t.pass(
+        Rule::EnoughData,
+        format!("{} sessions", thousands(reading.sessions)),
+    );
+    let Some(threshold) = i.alert.threshold else {
+        let why = "the alert carries no threshold to compare with";
+        t.pass(Rule::StillCrashing, why);
+        t.pass(Rule::TheRelease, why);
+        return Ok(Ok(true));
+    };
+    let below = |r: &Reading| r.crash_free.is_some_and(|x| x < threshold);
+    if !below(&reading) {
+        let reason = format!(
+            "already recovered: {} (threshold {threshold}%)",
+            reading.describe()
+        );
+        return Ok(Err(stopped(t, Rule::StillCrashing, Outcome::Skip, reason)));
+    }
+    t.pass(
+        Rule::StillCrashing,
+        format!("{} < {threshold}%", reading.describe()),
+    );
+    if let Some(reason) = not_the_release(readings, c.min_sessions, threshold) {
+        return Ok(Err(stopped(t, Rule::TheRelease, Outcome::Escalate, reason)));
+    }
+    let healthy = match &readings.target {
+        Some(good) => format!("known-good release {}: {}", good.release, good.describe()),
+        None => "no known-good release to compare with".to_string(),
+    };
+    t.pass(Rule::TheRelease, healthy);
+    Ok(Ok(true))
+}
+
+/// What to read for rules 12–15: the live release over the alert's window
+/// (up to now), and the known-good target over its own time live.
+fn health_query(
+    i: Inputs<'_>,
+    live: &Deployment,
+    target: Option<&Deployment>,
+    release: String,
+    t: &Trail,
+) -> HealthQuery {
+    let detected = t.started.unwrap_or(i.received_at_ms);
+    let window = i.alert.window_ms.unwrap_or(3_600_000);
+    let target = target.and_then(|d| {
+        let from = d.promoted_at_ms?;
+        let to = d.superseded_at_ms.or(live.promoted_at_ms)?;
+        Some((d.release.clone()?, from, to))
+    });
+    let unit = match i.alert.aggregate.as_deref() {
+        Some(a) if a.contains("users") => "user",
+        _ => "session",
+    };
+    HealthQuery {
+        live_release: release,
+        start_ms: detected - window,
+        end_ms: i.now_ms,
+        target,
+        unit: unit.into(),
+    }
+}
+
+/// Why it is not the release: the known-good release was itself below the
+/// threshold over its time live, or every release with enough sessions
+/// dropped together.
+fn not_the_release(readings: &Readings, min_sessions: u64, threshold: f64) -> Option<String> {
+    let below =
+        |r: &Reading| r.sessions >= min_sessions && r.crash_free.is_some_and(|x| x < threshold);
+    if let Some(good) = readings.target.as_ref().filter(|r| below(r)) {
+        return Some(format!(
+            "not the release: the known-good release {} was itself at {} while it was live (threshold {threshold}%)",
+            good.release,
+            good.describe()
+        ));
+    }
+    let others: Vec<&Reading> = readings
+        .others
+        .iter()
+        .filter(|r| r.sessions >= min_sessions)
+        .collect();
+    if others.is_empty() || !others.iter().all(|r| below(r)) {
+        return None;
+    }
+    let which: Vec<String> = others
+        .iter()
+        .map(|r| format!("{} {}", r.release, r.describe()))
+        .collect();
+    Some(format!(
+        "all releases are crashing: likely not a release problem ({})",
+        which.join("; ")
+    ))
+}
+
+/// Stops the trail (taking it) at `rule`.
+fn stopped(t: &mut Trail, rule: Rule, outcome: Outcome, reason: String) -> Box<Decision> {
+    let trail = std::mem::replace(t, Trail::new());
+    Box::new(trail.stop(rule, outcome, reason))
 }
 
 /// How fresh the alert is for the live deployment: when it was detected,

@@ -17,6 +17,10 @@ pub struct PlanContext {
     pub resolve_on_recovery: bool,
     /// The service posts a note when a critical alert is skipped.
     pub announce_skips: bool,
+    /// A rollback can be recorded (Sentry deploy, PagerDuty change event).
+    pub record: bool,
+    /// A rollback is watched until it recovers (or the window ends).
+    pub watch: bool,
 }
 
 /// The steps after `decide`, in order. An alert no service can be found
@@ -51,6 +55,14 @@ pub fn plan(d: &Decision, ctx: &PlanContext) -> Vec<StepName> {
         // Says in the card's thread when paging failed.
         steps.push(StepName::Followup);
     }
+    if d.outcome == Outcome::Rollback {
+        if ctx.record {
+            steps.push(StepName::Record);
+        }
+        if ctx.watch {
+            steps.push(StepName::Watch);
+        }
+    }
     steps
 }
 
@@ -69,6 +81,8 @@ mod tests {
             target: None,
             alert_started_at_ms: None,
             checks: vec![],
+            readings: None,
+            joins: None,
         }
     }
 
@@ -78,6 +92,8 @@ mod tests {
         page_on_dry_run: false,
         resolve_on_recovery: false,
         announce_skips: true,
+        record: false,
+        watch: false,
     };
 
     #[test]
@@ -90,6 +106,18 @@ mod tests {
             ..ALL_ON
         };
         assert_eq!(plan(&d, &slack_only), vec![Rollback, Announce]);
+        let closed_loop = PlanContext {
+            record: true,
+            watch: true,
+            ..ALL_ON
+        };
+        assert_eq!(
+            plan(&d, &closed_loop),
+            vec![Rollback, Page, Announce, Followup, Record, Watch]
+        );
+        // Only a rollback is recorded and watched.
+        let e = decision(Outcome::Escalate, Rule::EnoughData);
+        assert_eq!(plan(&e, &closed_loop), vec![Page, Announce, Followup]);
     }
 
     #[test]

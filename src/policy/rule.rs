@@ -25,28 +25,40 @@ pub enum Rule {
     ProductionUnchanged,
     /// 8: the live deployment was not rolled back from already.
     NotHandled,
-    /// 9: the service's mode is not `off`.
+    /// 9: no rollback of this service is watching the live deployment
+    /// recover (an alert about it joins that watch).
+    NotWatched,
+    /// 10: the service's mode is not `off`.
     Enabled,
-    /// 10: no person paused the service.
+    /// 11: no person paused the service, and Backstop did not freeze it.
     NotPaused,
-    /// 11: the live deployment served at least `min_live_before_alert`
-    /// before the alert was detected.
+    /// 12: Sentry's release health could be read (or confirmation is off).
+    Confirmed,
+    /// 13: the live release has enough sessions to believe the alert.
+    EnoughData,
+    /// 14: the live release is still below the threshold.
+    StillCrashing,
+    /// 15: it is the release: the known-good one was healthy, and not every
+    /// release dropped together.
+    TheRelease,
+    /// 16: the live deployment served at least `min_live_before_alert`
+    /// before the alert was detected (release health decides when read).
     LiveLongEnough,
-    /// 12: no automatic rollback of the service within the cooldown.
+    /// 17: no automatic rollback of the service within the cooldown.
     OutsideCooldown,
-    /// 13: the daily budget of rollbacks is not spent.
+    /// 18: the daily budget of rollbacks is not spent.
     BudgetLeft,
-    /// 14: a known-good deployment older than the live one exists.
+    /// 19: a known-good deployment older than the live one exists.
     Target,
-    /// 15: dry run: announce what would have happened.
+    /// 20: dry run: announce what would have happened.
     DryRun,
-    /// 16: roll back.
+    /// 21: roll back.
     Act,
 }
 
 impl Rule {
     /// Every rule, in the order they are applied.
-    pub const ALL: [Rule; 16] = [
+    pub const ALL: [Rule; 21] = [
         Rule::NotResolved,
         Rule::Critical,
         Rule::Mapped,
@@ -55,8 +67,13 @@ impl Rule {
         Rule::Fresh,
         Rule::ProductionUnchanged,
         Rule::NotHandled,
+        Rule::NotWatched,
         Rule::Enabled,
         Rule::NotPaused,
+        Rule::Confirmed,
+        Rule::EnoughData,
+        Rule::StillCrashing,
+        Rule::TheRelease,
         Rule::LiveLongEnough,
         Rule::OutsideCooldown,
         Rule::BudgetLeft,
@@ -81,8 +98,13 @@ impl Rule {
             Rule::Fresh => "fresh",
             Rule::ProductionUnchanged => "production unchanged",
             Rule::NotHandled => "not handled",
+            Rule::NotWatched => "not watched",
             Rule::Enabled => "enabled",
             Rule::NotPaused => "not paused",
+            Rule::Confirmed => "release health read",
+            Rule::EnoughData => "enough data",
+            Rule::StillCrashing => "still crashing",
+            Rule::TheRelease => "the release",
             Rule::LiveLongEnough => "live long enough",
             Rule::OutsideCooldown => "outside cooldown",
             Rule::BudgetLeft => "budget left",
@@ -103,7 +125,11 @@ impl Rule {
     pub fn announces_skip(self) -> bool {
         matches!(
             self,
-            Rule::Fresh | Rule::ProductionUnchanged | Rule::NotHandled
+            Rule::Fresh
+                | Rule::ProductionUnchanged
+                | Rule::NotHandled
+                | Rule::NotWatched
+                | Rule::StillCrashing
         )
     }
 
@@ -174,7 +200,7 @@ mod tests {
     fn rules_are_numbered_in_table_order_and_round_trip() {
         assert_eq!(Rule::NotResolved.number(), 1);
         assert_eq!(Rule::ProductionUnchanged.number(), 7);
-        assert_eq!(Rule::Act.number(), 16);
+        assert_eq!(Rule::Act.number(), 21);
         for r in Rule::ALL {
             let v = serde_json::to_value(r).unwrap();
             assert_eq!(serde_json::from_value::<Rule>(v).unwrap(), r);
@@ -203,6 +229,6 @@ mod tests {
             .filter(|r| r.announces_skip())
             .map(Rule::number)
             .collect();
-        assert_eq!(noted, vec![6, 7, 8]);
+        assert_eq!(noted, vec![6, 7, 8, 9, 14]);
     }
 }

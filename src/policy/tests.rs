@@ -12,6 +12,7 @@ struct Svc {
     mode: Mode,
     accept_other_rules: bool,
     min_live: Duration,
+    confirm: ConfirmPolicy,
 }
 
 impl Svc {
@@ -26,6 +27,7 @@ impl Svc {
             max_rollbacks_per_day: 3,
             accept_other_rules: self.accept_other_rules,
             min_live_before_alert: self.min_live,
+            confirm: self.confirm,
         }
     }
 }
@@ -36,6 +38,7 @@ fn service() -> Svc {
         mode: Mode::Auto,
         accept_other_rules: false,
         min_live: Duration::ZERO,
+        confirm: ConfirmPolicy::default(),
     }
 }
 
@@ -122,6 +125,7 @@ fn run(
         services: &[svc.view()],
         history: h,
         production,
+        readings: None,
         received_at_ms: NOW,
         now_ms: NOW,
     })
@@ -132,13 +136,15 @@ fn full(alert: &Alert, svc: &Svc, h: &History) -> Decision {
 }
 
 #[test]
-fn rule_16_rolls_back_a_fresh_crash_alert_to_the_newest_known_good() {
+fn rule_21_rolls_back_a_fresh_crash_alert_to_the_newest_known_good() {
     let d = full(&alert(), &service(), &history());
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Rollback, 16));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Rollback, 21));
     assert_eq!(d.live.as_ref().unwrap().id, "dpl_live");
     assert_eq!(d.target.as_ref().unwrap().id, "dpl_baked");
     assert_eq!(d.service.as_deref(), Some("storefront"));
-    assert_eq!(d.checks.len(), 14, "rules 1-14 passed: {:?}", d.checks);
+    // Rules 1-12 and 16-19 (13-15 read release health: not evaluated when
+    // confirmation is off).
+    assert_eq!(d.checks.len(), 16, "{:?}", d.checks);
     assert!(d.checks.iter().all(|c| c.passed));
     assert!(d.alert_hit_live());
 }
@@ -232,6 +238,7 @@ fn rule_6_unknown_or_future_start_counts_as_received_time() {
         services: &[service().view()],
         history: &history(),
         production: Some(&serving("dpl_live")),
+        readings: None,
         received_at_ms: NOW - 20 * MIN,
         now_ms: NOW,
     })
@@ -285,61 +292,61 @@ fn rule_8_live_deployment_already_rolled_back_from_is_skipped() {
     assert_eq!(
         (d.outcome, d.rule.number()),
         (Outcome::Skip, 8),
-        "8 wins over 10"
+        "8 wins over 11"
     );
 }
 
 #[test]
-fn rule_9_mode_off_is_skipped_before_pause() {
+fn rule_10_mode_off_is_skipped_before_pause() {
     let mut svc = service();
     svc.mode = Mode::Off;
     let mut h = history();
     h.paused = Some("x".into());
     let d = full(&alert(), &svc, &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 9));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 10));
 }
 
 #[test]
-fn rule_10_paused_service_escalates() {
+fn rule_11_paused_service_escalates() {
     let mut h = history();
     h.paused = Some("release freeze".into());
     h.rollbacks_last_day = 99;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 10));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 11));
     assert!(d.reason.contains("release freeze"));
 }
 
 #[test]
-fn rule_12_cooldown_escalates_and_expires() {
+fn rule_17_cooldown_escalates_and_expires() {
     let mut h = history();
     h.last_rollback_at_ms = Some(NOW - 30 * MIN);
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 12));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 17));
     h.last_rollback_at_ms = Some(NOW - 61 * MIN);
     assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
 }
 
 #[test]
-fn rule_13_daily_budget_escalates() {
+fn rule_18_daily_budget_escalates() {
     let mut h = history();
     h.rollbacks_last_day = 3;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 13));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 18));
     h.rollbacks_last_day = 2;
     assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
 }
 
 #[test]
-fn rule_14_no_known_good_target_escalates() {
+fn rule_19_no_known_good_target_escalates() {
     let mut h = history();
     h.deployments[1].verdict = Verdict::Bad;
     h.deployments[2].verdict = Verdict::Bad;
     let d = full(&alert(), &service(), &h);
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 14));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 19));
 }
 
 #[test]
-fn rule_14_unbaked_or_alerted_deployments_are_not_targets() {
+fn rule_19_unbaked_or_alerted_deployments_are_not_targets() {
     let mut h = history();
     // dpl_baked served only 20 minutes: falls through to the marked-good one.
     h.deployments[1].promoted_at_ms = Some(NOW - 30 * MIN);
@@ -351,20 +358,20 @@ fn rule_14_unbaked_or_alerted_deployments_are_not_targets() {
     let mut h = history();
     h.deployments[1].verdict = Verdict::Bad;
     h.deployments[2].promoted_at_ms = Some(NOW - MIN);
-    assert_eq!(full(&alert(), &service(), &h).rule.number(), 14);
+    assert_eq!(full(&alert(), &service(), &h).rule.number(), 19);
 }
 
 #[test]
-fn rule_15_dry_run_names_the_target_and_changes_nothing() {
+fn rule_20_dry_run_names_the_target_and_changes_nothing() {
     let mut svc = service();
     svc.mode = Mode::DryRun;
     let d = full(&alert(), &svc, &history());
-    assert_eq!((d.outcome, d.rule.number()), (Outcome::DryRun, 15));
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::DryRun, 20));
     assert_eq!(d.target.unwrap().id, "dpl_baked");
     // Escalation rules still come first in dry-run.
     let mut h = history();
     h.rollbacks_last_day = 3;
-    assert_eq!(full(&alert(), &svc, &h).rule.number(), 13);
+    assert_eq!(full(&alert(), &svc, &h).rule.number(), 18);
 }
 
 #[test]
@@ -427,6 +434,7 @@ fn rule_3_an_alert_without_an_environment_maps_to_the_only_service_for_its_proje
         services: &services,
         history: &history(),
         production: Some(&serving("dpl_live")),
+        readings: None,
         received_at_ms: NOW,
         now_ms: NOW,
     })
@@ -454,7 +462,7 @@ fn rule_3_an_alert_without_details_pages_a_person_and_never_acts() {
 }
 
 #[test]
-fn rule_11_an_alert_detected_too_soon_after_the_promotion_escalates_when_asked() {
+fn rule_16_an_alert_detected_too_soon_after_the_promotion_escalates_when_asked() {
     let mut a = alert();
     a.detected_at_ms = Some(NOW - 10 * MIN + 40_000); // 40 s after dpl_live went live
     assert_eq!(
@@ -472,4 +480,253 @@ fn rule_11_an_alert_detected_too_soon_after_the_promotion_escalates_when_asked()
     assert!(d.reason.contains("live only 40.0s"), "{}", d.reason);
     a.detected_at_ms = Some(NOW - 4 * MIN);
     assert_eq!(full(&a, &svc, &history()).outcome, Outcome::Rollback);
+}
+
+fn confirming() -> Svc {
+    let mut svc = service();
+    svc.confirm.enabled = true;
+    svc
+}
+
+fn reading(release: &str, rate: f64, sessions: u64) -> Reading {
+    Reading {
+        release: release.into(),
+        crash_free: Some(rate),
+        sessions,
+    }
+}
+
+/// The live release crashing over 2,140 sessions, the known-good one
+/// healthy, one other release healthy.
+fn crashing() -> Readings {
+    Readings {
+        live: Some(reading("rel-dpl_live", 92.1, 2140)),
+        others: vec![reading("rel-dpl_baked", 99.9, 900)],
+        target: Some(reading("rel-dpl_baked", 99.8, 50_000)),
+        unavailable: None,
+    }
+}
+
+fn with_health(alert: &Alert, svc: &Svc, h: &History, readings: &Readings) -> Decision {
+    decide(Inputs {
+        alert,
+        services: &[svc.view()],
+        history: h,
+        production: Some(&serving("dpl_live")),
+        readings: Some(readings),
+        received_at_ms: NOW,
+        now_ms: NOW,
+    })
+    .expect("every input given")
+}
+
+#[test]
+fn rule_12_confirmation_asks_for_the_live_and_known_good_releases_health_first() {
+    let asked = run(
+        &alert(),
+        &confirming(),
+        &history(),
+        Some(&serving("dpl_live")),
+    );
+    let Err(Missing::ReleaseHealth(q)) = asked else {
+        panic!("expected a release-health query, got {asked:?}");
+    };
+    assert_eq!(q.live_release, "rel-dpl_live");
+    // The alert's 60 min window up to its detection 5 min ago, then until now.
+    assert_eq!((q.start_ms, q.end_ms), (NOW - 65 * MIN, NOW));
+    // The known-good target over its own time live.
+    assert_eq!(
+        q.target,
+        Some(("rel-dpl_baked".to_string(), NOW - 130 * MIN, NOW - 10 * MIN))
+    );
+    assert_eq!(q.unit, "session");
+    let mut users = alert();
+    users.aggregate =
+        Some("percentage(users_crashed, users) AS _crash_rate_alert_aggregate".into());
+    let Err(Missing::ReleaseHealth(q)) = run(
+        &users,
+        &confirming(),
+        &history(),
+        Some(&serving("dpl_live")),
+    ) else {
+        panic!("expected a release-health query");
+    };
+    assert_eq!(q.unit, "user");
+    // Confirmation off: never asked, the check says why.
+    let d = full(&alert(), &service(), &history());
+    let c = d.checks.iter().find(|c| c.rule == Rule::Confirmed).unwrap();
+    assert!(c.passed && c.detail.starts_with("not read"), "{}", c.detail);
+}
+
+#[test]
+fn rule_21_confirmed_release_health_rolls_back_and_keeps_the_readings() {
+    let d = with_health(&alert(), &confirming(), &history(), &crashing());
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Rollback, 21));
+    assert_eq!(d.checks.len(), 19, "rules 1-19 passed: {:?}", d.checks);
+    assert_eq!(d.readings.as_ref(), Some(&crashing()));
+    let detail = |r: Rule| {
+        d.checks
+            .iter()
+            .find(|c| c.rule == r)
+            .unwrap()
+            .detail
+            .clone()
+    };
+    assert_eq!(
+        detail(Rule::Confirmed),
+        "release rel-dpl_live: 92.1% over 2,140 sessions"
+    );
+    assert_eq!(
+        detail(Rule::StillCrashing),
+        "92.1% over 2,140 sessions < 99.5%"
+    );
+    assert_eq!(
+        detail(Rule::TheRelease),
+        "known-good release rel-dpl_baked: 99.8% over 50,000 sessions"
+    );
+}
+
+#[test]
+fn rule_12_sentry_unreachable_acts_on_the_alert_alone_or_escalates() {
+    let down = Readings {
+        unavailable: Some("no answer within 3s".into()),
+        ..Readings::default()
+    };
+    let d = with_health(&alert(), &confirming(), &history(), &down);
+    assert_eq!(
+        d.outcome,
+        Outcome::Rollback,
+        "the default: Sentry fired the alert"
+    );
+    let c = d.checks.iter().find(|c| c.rule == Rule::Confirmed).unwrap();
+    assert!(
+        c.detail.contains("acting on the alert alone"),
+        "{}",
+        c.detail
+    );
+    let mut svc = confirming();
+    svc.confirm.on_unavailable = Fallback::Escalate;
+    let d = with_health(&alert(), &svc, &history(), &down);
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 12));
+    assert!(
+        d.reason
+            .contains("Sentry unreachable (no answer within 3s)"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn rule_13_too_little_data_pages_a_person_unless_told_to_roll_back() {
+    let mut thin = crashing();
+    thin.live = Some(reading("rel-dpl_live", 80.0, 37));
+    let d = with_health(&alert(), &confirming(), &history(), &thin);
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 13));
+    assert!(
+        d.reason.starts_with("inconclusive: 37 sessions"),
+        "{}",
+        d.reason
+    );
+    // No sessions at all for the live release is too little data as well.
+    thin.live = None;
+    let d = with_health(&alert(), &confirming(), &history(), &thin);
+    assert_eq!(d.rule, Rule::EnoughData);
+    let mut svc = confirming();
+    svc.confirm.on_inconclusive = Fallback::Rollback;
+    let d = with_health(&alert(), &svc, &history(), &thin);
+    assert_eq!(d.outcome, Outcome::Rollback);
+}
+
+#[test]
+fn rule_14_a_release_already_back_above_the_threshold_is_skipped() {
+    let mut healed = crashing();
+    healed.live = Some(reading("rel-dpl_live", 99.7, 2140));
+    let d = with_health(&alert(), &confirming(), &history(), &healed);
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 14));
+    assert!(
+        d.reason.starts_with("already recovered: 99.7%"),
+        "{}",
+        d.reason
+    );
+    assert!(d.rule.announces_skip(), "a Slack note says so");
+}
+
+#[test]
+fn rule_15_not_the_release_when_the_known_good_one_crashed_too_or_everything_dropped() {
+    let mut also_bad = crashing();
+    also_bad.target = Some(reading("rel-dpl_baked", 97.0, 8000));
+    let d = with_health(&alert(), &confirming(), &history(), &also_bad);
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 15));
+    assert!(d.reason.starts_with("not the release"), "{}", d.reason);
+    assert!(d.target.is_none(), "nothing to roll back to is named");
+
+    let mut everything = crashing();
+    everything.others = vec![
+        reading("rel-dpl_baked", 95.0, 900),
+        reading("rel-dpl_old", 91.0, 300),
+    ];
+    let d = with_health(&alert(), &confirming(), &history(), &everything);
+    assert_eq!(d.rule, Rule::TheRelease);
+    assert!(
+        d.reason
+            .starts_with("all releases are crashing: likely not a release problem"),
+        "{}",
+        d.reason
+    );
+    // A release with too few sessions to believe does not count either way.
+    everything.others[1] = reading("rel-dpl_old", 99.9, 12);
+    let d = with_health(&alert(), &confirming(), &history(), &everything);
+    assert_eq!(d.rule, Rule::TheRelease);
+    // One other release healthy: it is the live release.
+    everything.others[1] = reading("rel-dpl_old", 99.9, 400);
+    let d = with_health(&alert(), &confirming(), &history(), &everything);
+    assert_eq!(d.outcome, Outcome::Rollback);
+}
+
+#[test]
+fn rule_16_release_health_decides_instead_of_the_minimum_time_live() {
+    let mut a = alert();
+    a.detected_at_ms = Some(NOW - 10 * MIN + 40_000);
+    let mut svc = confirming();
+    svc.min_live = Duration::from_secs(300);
+    let d = with_health(&a, &svc, &history(), &crashing());
+    assert_eq!(d.outcome, Outcome::Rollback);
+    // Sentry unreachable: the minimum applies again.
+    let down = Readings {
+        unavailable: Some("timeout".into()),
+        ..Readings::default()
+    };
+    let d = with_health(&a, &svc, &history(), &down);
+    assert_eq!(d.rule, Rule::LiveLongEnough);
+}
+
+#[test]
+fn rule_9_an_alert_about_a_restored_deployment_joins_its_watch() {
+    let mut h = history();
+    h.watching = Some((crate::ledger::RunId("run-1".into()), "dpl_live".into()));
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Skip, 9));
+    assert!(d.reason.contains("run run-1"), "{}", d.reason);
+    assert_eq!(
+        d.joins.as_deref(),
+        Some("run-1"),
+        "recorded on the watching run"
+    );
+    assert!(
+        d.alert_hit_live(),
+        "the restored deployment crashed: it is not good"
+    );
+    // A watch over another deployment does not stop this one.
+    h.watching = Some((crate::ledger::RunId("run-1".into()), "dpl_other".into()));
+    assert_eq!(full(&alert(), &service(), &h).outcome, Outcome::Rollback);
+}
+
+#[test]
+fn rule_11_a_frozen_service_escalates_and_says_why() {
+    let mut h = history();
+    h.paused = Some("the rollback to dpl_x did not help".into());
+    h.frozen = true;
+    let d = full(&alert(), &service(), &h);
+    assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 11));
+    assert_eq!(d.reason, "frozen: the rollback to dpl_x did not help");
 }

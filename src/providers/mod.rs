@@ -239,6 +239,19 @@ fn build_client(
     })
 }
 
+/// `segment` percent-encoded for a URL path (unreserved characters kept).
+pub(crate) fn path_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A successful body that must be JSON.
 pub(crate) fn json_body(
     provider: &'static str,

@@ -151,6 +151,72 @@ impl PagerDutyClient {
             .await
     }
 
+    /// Sends a change event (`POST /v2/change/enqueue`, same routing key
+    /// as alert events) so the service's change timeline shows a rollback.
+    /// Events API only: in REST mode there is no routing key, and `None`
+    /// says nothing was sent.
+    pub async fn change_event(
+        &self,
+        summary: &str,
+        timestamp: &str,
+        custom_details: &Value,
+        links: &[(String, String)],
+    ) -> Result<Option<()>, ProviderError> {
+        let Target::Events { routing_key } = &self.target else {
+            return Ok(None);
+        };
+        let body = Self::change_body(
+            routing_key.expose_secret(),
+            summary,
+            timestamp,
+            custom_details,
+            links,
+        );
+        self.api
+            .retry(|| async {
+                let req = self
+                    .api
+                    .http
+                    .post(self.api.url("/v2/change/enqueue"))
+                    .json(&body);
+                let (status, headers, text) = send(PROVIDER, req).await?;
+                if status.is_success() {
+                    return Ok(Some(()));
+                }
+                Err(classify(
+                    PROVIDER,
+                    status,
+                    &headers,
+                    None,
+                    error_text(&text),
+                ))
+            })
+            .await
+    }
+
+    /// The change event body: no `event_action`, no `dedup_key`.
+    pub fn change_body(
+        routing_key: &str,
+        summary: &str,
+        timestamp: &str,
+        custom_details: &Value,
+        links: &[(String, String)],
+    ) -> Value {
+        json!({
+            "routing_key": routing_key,
+            "payload": {
+                "summary": truncate(summary, SUMMARY_MAX),
+                "timestamp": timestamp,
+                "source": "backstop",
+                "custom_details": custom_details,
+            },
+            "links": links
+                .iter()
+                .map(|(href, text)| json!({"href": href, "text": text}))
+                .collect::<Vec<_>>(),
+        })
+    }
+
     /// A harmless authenticated call: reads the REST service; for the
     /// Events API (which has no read call) only checks the key's shape.
     pub async fn check(&self) -> Result<String, ProviderError> {

@@ -83,7 +83,10 @@ impl VercelClient {
     /// Points `domain` at `deployment` (`POST /v2/deployments/{id}/aliases`).
     /// A 409 because the alias already points there counts as success.
     pub async fn assign_alias(&self, deployment: &str, domain: &str) -> Result<(), ProviderError> {
-        let path = format!("/v2/deployments/{}/aliases", enc(deployment));
+        let path = format!(
+            "/v2/deployments/{}/aliases",
+            super::path_segment(deployment)
+        );
         let body = serde_json::json!({ "alias": domain });
         // Vercel answers 409 when the alias is already assigned to this
         // deployment; the read-back verifies production either way.
@@ -95,7 +98,7 @@ impl VercelClient {
     /// The deployment a domain serves (`GET /v4/aliases/{domain}`); `None` on 404.
     /// Accepts both the object and the array response shapes.
     pub async fn alias_target(&self, domain: &str) -> Result<Option<String>, ProviderError> {
-        let path = format!("/v4/aliases/{}", enc(domain));
+        let path = format!("/v4/aliases/{}", super::path_segment(domain));
         match self.call(Method::GET, &path, &[], None).await {
             Ok(v) => {
                 let obj = match &v {
@@ -120,7 +123,11 @@ impl VercelClient {
         deployment: &str,
         description: &str,
     ) -> Result<(), ProviderError> {
-        let path = format!("/v1/projects/{}/rollback/{}", enc(project), enc(deployment));
+        let path = format!(
+            "/v1/projects/{}/rollback/{}",
+            super::path_segment(project),
+            super::path_segment(deployment)
+        );
         self.call(Method::POST, &path, &[("description", description)], None)
             .await
             .map(|_| ())
@@ -134,7 +141,7 @@ impl VercelClient {
         let v = self
             .call(
                 Method::GET,
-                &format!("/v9/projects/{}", enc(project)),
+                &format!("/v9/projects/{}", super::path_segment(project)),
                 &[],
                 None,
             )
@@ -285,16 +292,4 @@ fn listed(v: &Value) -> Option<ListedDeployment> {
             .cloned()
             .unwrap_or_default(),
     })
-}
-
-fn enc(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

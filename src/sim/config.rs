@@ -88,8 +88,11 @@ pub fn world(creds: &Creds) -> Sim {
         }
         w.serve(PROJECT, LIVE);
         w.add_channel("#deploys");
-        w.crash_free.insert("3f2c1a9".into(), 0.921);
-        w.crash_free.insert("9be1c07".into(), 0.998);
+        // The live release crashing over enough sessions to believe it, the
+        // ones before it healthy.
+        w.set_health(SENTRY_PROJECT, "production", "3f2c1a9", 0.921, 2140);
+        w.set_health(SENTRY_PROJECT, "production", "9be1c07", 0.998, 48_200);
+        w.set_health(SENTRY_PROJECT, "production", "a1b2c3d", 0.997, 51_800);
         w.sentry_projects
             .insert(SENTRY_PROJECT.into(), 4505676595200000);
     }

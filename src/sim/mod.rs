@@ -5,7 +5,9 @@
 //! timeouts and dropped connections. The product only sees an `api_base`.
 //!
 //! Each provider lives under its own prefix: `/vercel`, `/pagerduty`,
-//! `/slack`, `/sentry`; `/_sim/state` and `/_sim/faults` inspect and steer.
+//! `/slack`, `/sentry`; `/_sim/state`, `/_sim/faults`, `/_sim/health` (a
+//! release's crash-free rate and sessions) and `/_sim/recovery` (whether a
+//! release production is rolled back to recovers) inspect and steer.
 
 pub mod config;
 mod faults;
@@ -101,6 +103,8 @@ impl Sim {
             )
             .route("/_sim/state", get(state))
             .route("/_sim/faults", post(set_faults))
+            .route("/_sim/health", post(set_health))
+            .route("/_sim/recovery", post(set_recovery))
             .with_state(self.clone())
     }
 
@@ -161,4 +165,37 @@ struct FaultRequest {
 async fn set_faults(State(sim): State<Sim>, Json(req): Json<FaultRequest>) -> Json<Value> {
     sim.set_faults(req.provider, req.faults);
     Json(serde_json::json!({"ok": true}))
+}
+
+async fn set_health(State(sim): State<Sim>, Json(h): Json<ReleaseHealth>) -> Json<Value> {
+    sim.world().set_health(
+        &h.project,
+        &h.environment,
+        &h.release,
+        h.crash_free,
+        h.sessions,
+    );
+    Json(serde_json::json!({"ok": true}))
+}
+
+#[derive(serde::Deserialize)]
+struct Recovery {
+    recovers: bool,
+    #[serde(default = "crashing_rate")]
+    crash_free: f64,
+    #[serde(default = "crashing_sessions")]
+    sessions: u64,
+}
+
+fn crashing_rate() -> f64 {
+    0.93
+}
+
+fn crashing_sessions() -> u64 {
+    3_000
+}
+
+async fn set_recovery(State(sim): State<Sim>, Json(r): Json<Recovery>) -> Json<Value> {
+    sim.world().no_recovery = (!r.recovers).then_some((r.crash_free, r.sessions));
+    Json(serde_json::json!({"ok": true, "recovers": r.recovers}))
 }

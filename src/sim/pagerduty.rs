@@ -14,6 +14,7 @@ use super::{Incident, Sim};
 pub fn routes() -> Router<Sim> {
     Router::new()
         .route("/v2/enqueue", post(enqueue))
+        .route("/v2/change/enqueue", post(change_enqueue))
         .route("/incidents", post(create_incident))
         .route("/services/{id}", get(get_service))
 }
@@ -72,6 +73,40 @@ fn check_event(sim: &Sim, v: &Value) -> Vec<String> {
         );
     }
     errors
+}
+
+/// A change event: a routing key and a summary, no action or dedup key;
+/// it opens no incident.
+async fn change_enqueue(State(sim): State<Sim>, body: Option<Json<Value>>) -> Response {
+    let Some(Json(v)) = body else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"status": "Unrecognized object", "message": "Event object format is unrecognized", "errors": ["JSON parse error"]}))).into_response();
+    };
+    let mut errors = Vec::new();
+    let key = v.get("routing_key").and_then(Value::as_str).unwrap_or("");
+    if key.len() != 32 {
+        errors.push("Length of 'routing_key' is incorrect (should be 32 characters)".to_string());
+    } else if !sim.world().creds.routing_keys.iter().any(|k| k == key) {
+        errors.push("Invalid routing key".to_string());
+    }
+    match v["payload"]["summary"].as_str() {
+        None | Some("") => errors.push("'payload.summary' is missing or blank".into()),
+        Some(s) if s.chars().count() > 1024 => {
+            errors.push("'payload.summary' is too long (max 1024 characters)".into())
+        }
+        Some(_) => {}
+    }
+    if v.get("event_action").is_some() {
+        errors.push("'event_action' is not allowed in a change event".into());
+    }
+    if !errors.is_empty() {
+        return invalid(errors);
+    }
+    sim.world().change_events.push(v);
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "success", "message": "Change event processed"})),
+    )
+        .into_response()
 }
 
 async fn enqueue(State(sim): State<Sim>, body: Option<Json<Value>>) -> Response {

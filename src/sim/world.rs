@@ -103,6 +103,38 @@ pub struct Incident {
     pub first_event_at_us: i64,
 }
 
+/// One release's health in a Sentry project and environment.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReleaseHealth {
+    /// Project slug.
+    pub project: String,
+    /// Environment.
+    pub environment: String,
+    /// Release.
+    pub release: String,
+    /// Crash-free rate, a 0-1 fraction.
+    pub crash_free: f64,
+    /// Sessions.
+    pub sessions: u64,
+}
+
+/// A Sentry deploy created through the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimDeploy {
+    /// Id.
+    pub id: String,
+    /// Release.
+    pub release: String,
+    /// Environment.
+    pub environment: String,
+    /// Name.
+    pub name: Option<String>,
+    /// Project slugs.
+    pub projects: Vec<String>,
+    /// When.
+    pub date_finished: String,
+}
+
 /// A Slack message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
@@ -143,8 +175,16 @@ pub struct World {
     pub channels: BTreeMap<String, String>,
     /// Slack messages, in order.
     pub messages: Vec<Message>,
-    /// Sentry: release → crash-free session rate (fraction 0-1).
-    pub crash_free: BTreeMap<String, f64>,
+    /// Sentry: release health per project, environment and release.
+    pub release_health: Vec<ReleaseHealth>,
+    /// Sentry: when set, a release production was rolled back to does not
+    /// recover: it reports this crash-free rate (0-1) and these sessions
+    /// (the crash follows production: not a release problem after all).
+    pub no_recovery: Option<(f64, u64)>,
+    /// Sentry: deploys created.
+    pub sentry_deploys: Vec<SimDeploy>,
+    /// PagerDuty: change events received, bodies in order.
+    pub change_events: Vec<Value>,
     /// Sentry projects: slug → numeric id.
     pub sentry_projects: BTreeMap<String, u64>,
     /// Every request answered, by every provider, in order.
@@ -187,6 +227,51 @@ impl World {
         }
     }
 
+    /// Sets a release's health in a project and environment: crash-free
+    /// rate as a 0-1 fraction (as Sentry answers) over `sessions` sessions.
+    pub fn set_health(
+        &mut self,
+        project: &str,
+        environment: &str,
+        release: &str,
+        crash_free: f64,
+        sessions: u64,
+    ) {
+        let row = ReleaseHealth {
+            project: project.into(),
+            environment: environment.into(),
+            release: release.into(),
+            crash_free,
+            sessions,
+        };
+        match self
+            .release_health
+            .iter_mut()
+            .find(|h| h.project == project && h.environment == environment && h.release == release)
+        {
+            Some(h) => *h = row,
+            None => self.release_health.push(row),
+        }
+    }
+
+    /// A release's health as Sentry reports it now: as set, unless
+    /// production was rolled back to it and recovery is off.
+    pub fn health_now(&self, h: &ReleaseHealth) -> ReleaseHealth {
+        let restored = self.alias_writes.iter().any(|w| {
+            self.deployments
+                .get(&w.deployment)
+                .is_some_and(|d| d.sha == h.release)
+        });
+        match (self.no_recovery, restored) {
+            (Some((crash_free, sessions)), true) => ReleaseHealth {
+                crash_free,
+                sessions,
+                ..h.clone()
+            },
+            _ => h.clone(),
+        }
+    }
+
     /// Adds a Slack channel.
     pub fn add_channel(&mut self, name: &str) {
         let id = format!("C{:08}", self.channels.len() + 1);
@@ -206,7 +291,8 @@ impl World {
                        "alias_jobs": self.alias_jobs.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect::<BTreeMap<_, _>>()},
             "pagerduty": {"incidents": self.incidents},
             "slack": {"channels": self.channels, "messages": self.messages},
-            "sentry": {"crash_free": self.crash_free},
+            "sentry": {"release_health": self.release_health, "deploys": self.sentry_deploys},
+            "pagerduty_changes": self.change_events,
         })
     }
 

@@ -24,7 +24,15 @@ async fn demo_rolls_back_ignores_the_stale_alert_and_deduplicates() {
     assert!(report.duplicate_deduplicated, "{text}");
     assert_eq!(report.incidents, 1, "{text}");
     assert!(report.alert_to_verified_ms.is_some());
+    assert!(
+        report.health_read,
+        "the decision read release health: {text}"
+    );
+    assert!(report.recovered, "the watch saw it recover: {text}");
     for part in [
+        "release health (Sentry): release 3f2c1a9: 92.1% over 2,140 sessions",
+        "reply in thread",
+        "Recovered",
         "alert acknowledged: 202",
         "re-aliased to dpl_9be1c07good",
         "verified: www.shop.example.com serves dpl_9be1c07good",
@@ -98,7 +106,7 @@ async fn test_alert_dry_run_shows_the_decision_and_changes_nothing() {
         .await
         .unwrap();
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("outcome: rollback (rule 16)"), "{text}");
+    assert!(text.contains("outcome: rollback (rule 21)"), "{text}");
     assert!(
         text.contains("/v2/deployments/dpl_9be1c07good/aliases {\"alias\":\"shop.example.com\"}"),
         "{text}"

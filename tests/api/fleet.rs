@@ -109,7 +109,7 @@ async fn a_fleet_of_alerts_is_rolled_back_side_by_side() {
     let pages: Vec<&Served> = w
         .served
         .iter()
-        .filter(|s| s.provider == Provider::Pagerduty && s.path.ends_with("/enqueue"))
+        .filter(|s| s.provider == Provider::Pagerduty && s.path.ends_with("/v2/enqueue"))
         .collect();
     assert_eq!(pages.len(), fleet.services);
     let overlap = (0..fleet.services).any(|a| {

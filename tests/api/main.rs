@@ -3,6 +3,7 @@
 
 mod cli;
 mod clients;
+mod closed_loop;
 mod engine;
 mod faults;
 mod first_run;

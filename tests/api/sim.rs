@@ -25,7 +25,7 @@ async fn start() -> (Running, reqwest::Client) {
         w.add_deployment("prj_1", "dpl_new", "bbb", 1_700_000_600_000);
         w.serve("prj_1", "dpl_new");
         w.add_channel("#deploys");
-        w.crash_free.insert("bbb".into(), 0.921);
+        w.set_health("web", "production", "bbb", 0.921, 2140);
         w.sentry_projects.insert("web".into(), 42);
     }
     let running = sim

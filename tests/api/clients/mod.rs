@@ -5,6 +5,7 @@
 //! `pagerduty_client` and `slack_client` hold the tests; this module their fakes.
 
 mod pagerduty_client;
+mod sentry_client;
 mod slack_client;
 
 use std::collections::BTreeSet;

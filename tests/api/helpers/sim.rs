@@ -15,7 +15,38 @@ pub struct SimApp {
     pub address: String,
     pub store: Store,
     pub http: reqwest::Client,
+    /// Stops the instance and says when it stopped.
+    stop: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    settings: Settings,
     _db: TestDatabase,
+}
+
+/// Builds and serves an instance until the returned sender fires.
+async fn serve(
+    settings: Settings,
+) -> (
+    String,
+    Store,
+    (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+) {
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.engine().store().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = app
+            .run_until(async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (address, store, (tx, task))
 }
 
 pub const SIM_LIVE: &str = backstop::sim::config::LIVE;
@@ -34,12 +65,7 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
         .unwrap();
     settings.engine.poll_interval = std::time::Duration::from_millis(50);
     tweak(&mut settings);
-    let app = Application::build(settings.clone())
-        .await
-        .expect("app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let store = app.engine().store().clone();
-    tokio::spawn(app.run_until(std::future::pending()));
+    let (address, store, stop) = serve(settings.clone()).await;
     backstop::sim::config::seed_ledger(&store, settings.services[0].bake_time)
         .await
         .unwrap();
@@ -48,11 +74,26 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
         address,
         store,
         http: reqwest::Client::new(),
+        stop: Some(stop),
+        settings,
         _db: database,
     })
 }
 
 impl SimApp {
+    /// Stops this instance (it finishes the runs in hand) and starts
+    /// another on the same database and simulator: a restart.
+    pub async fn restart(&mut self) {
+        if let Some((tx, task)) = self.stop.take() {
+            let _ = tx.send(());
+            task.await.expect("the instance stopped cleanly");
+        }
+        let (address, store, stop) = serve(self.settings.clone()).await;
+        self.address = address;
+        self.store = store;
+        self.stop = Some(stop);
+    }
+
     /// Sends a signed crash alert that started `ago_ms` ago; returns the status.
     pub async fn alert(&self, identifier: &str, ago_ms: i64) -> u16 {
         let body = backstop::sim::sender::CrashAlert::critical(

@@ -1,0 +1,393 @@
+//! The `watch` step: after a verified rollback, look every
+//! `watch_interval` whether production recovered, for `watch_window`.
+//! Between looks the run holds no worker and no connection: it is handed
+//! back to the ledger (status `watching`) with its next look as
+//! `not_before`, so any instance takes it up, after a restart too.
+//!
+//! - Recovered (Sentry resolved the alert, or the restored release is back
+//!   above the alert's threshold with at least `min_sessions`): a reply in
+//!   the card's thread, and the page resolved when `resolve_on_recovery`.
+//! - Not recovered when the window ends (the restored release still below
+//!   the threshold, with enough sessions to believe it): the service is
+//!   frozen (no automatic rollback until a person resumes it), the on-call
+//!   is paged again at `severity_rollback_failed`, and the thread says so.
+//! - Could not tell by then (Sentry unreadable, too few sessions): the
+//!   thread says so; nothing is frozen.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::facts::Facts;
+use super::{Engine, EngineError, RunCtx};
+use crate::clock::{format_time, human_ms, now_ms};
+use crate::config::ServiceSettings;
+use crate::ingest::sentry::{self, Alert, Resource};
+use crate::ledger::{StepName, StepStatus};
+use crate::policy::Reading;
+use crate::providers::pagerduty::Page;
+use crate::providers::sentry::SessionsQuery;
+
+/// What one look found.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Look {
+    /// Sentry resolved the alert (the run of its resolution).
+    Resolved(String),
+    /// The restored release is healthy again.
+    Healthy(Reading),
+    /// The restored release is still below the threshold.
+    Crashing(Reading),
+    /// Cannot tell: why.
+    Unknown(String),
+}
+
+impl Look {
+    fn describe(&self) -> String {
+        match self {
+            Look::Resolved(run) => format!("Sentry resolved the alert (run {run})"),
+            Look::Healthy(r) | Look::Crashing(r) => {
+                format!("release {}: {}", r.release, r.describe())
+            }
+            Look::Unknown(why) => format!("cannot tell: {why}"),
+        }
+    }
+}
+
+impl Engine {
+    /// The `watch` step: one look, then finished or handed back until the
+    /// next look.
+    pub(super) async fn watch(&self, ctx: &RunCtx) -> Result<bool, EngineError> {
+        let facts = self.facts(ctx).await?;
+        let rollback = facts.origin.step(StepName::Rollback);
+        let Some(since) = rollback
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .and_then(|s| s.finished_at_ms)
+        else {
+            let why = "nothing to watch: no verified rollback";
+            return self.skip_step(ctx, StepName::Watch, why).await;
+        };
+        let svc = facts.svc.clone();
+        // The first look comes one interval after the rollback: before that
+        // there is nothing of the restored release's to read.
+        let first = since + svc.watch_interval.as_millis() as i64;
+        if now_ms() < first {
+            return self.look_later(ctx, (first - now_ms()) as u64).await;
+        }
+        let alert = self.alert_of(ctx)?;
+        let look = self.look(&svc, &facts, &alert, since).await?;
+        let now = now_ms();
+        let after = human_ms(now - since);
+        let ends = since + svc.watch_window.as_millis() as i64;
+        tracing::info!(look = %look.describe(), "watching the rollback recover");
+        self.store()
+            .add_note(&ctx.claimed.run.id, "look", &look.describe(), None)
+            .await?;
+        match &look {
+            Look::Resolved(_) | Look::Healthy(_) => {
+                let reply = match &look {
+                    Look::Healthy(r) => {
+                        format!(
+                            ":white_check_mark: Recovered {after} after the rollback: {}.",
+                            r.describe()
+                        )
+                    }
+                    _ => format!(
+                        ":white_check_mark: Recovered {after} after the rollback: {}.",
+                        look.describe()
+                    ),
+                };
+                let replied = self.reply(ctx, &facts, &reply, "watch").await;
+                let resolved = match svc.resolve_on_recovery && matches!(look, Look::Healthy(_)) {
+                    true => Some(self.resolve_page(&facts, &reply).await),
+                    false => None,
+                };
+                let output = json!({
+                    "recovered": true,
+                    "after_ms": now - since,
+                    "look": look.describe(),
+                    "reading": reading_of(&look),
+                    "reply": replied,
+                    "resolved_page": resolved,
+                });
+                self.end_watch(ctx, &output, None).await
+            }
+            _ if now < ends => {
+                // Not yet: look again, the last look at the window's end.
+                let next = ((ends - now) as u64).min(svc.watch_interval.as_millis() as u64);
+                self.look_later(ctx, next).await
+            }
+            Look::Crashing(r) => {
+                let reason =
+                    format!(
+                    "the rollback to {} (release {}) did not help: {} {after} after it (run {})",
+                    facts.notice.to.as_ref().map(|d| d.id.as_str()).unwrap_or("?"),
+                    r.release,
+                    r.describe(),
+                    ctx.claimed.run.id
+                );
+                // Frozen first: no automatic rollback may cascade to an older
+                // deployment while a person is being found.
+                self.store()
+                    .freeze(&ctx.claimed.claim, &svc.name, &reason)
+                    .await?;
+                let paged = self.page_again(&facts, &reason, r).await;
+                let reply = format!(
+                    ":x: The rollback did not help: {} {after} after it. Automatic rollbacks of {} are frozen until someone runs `backstop resume {}`.",
+                    r.describe(),
+                    svc.name,
+                    svc.name
+                );
+                let replied = self.reply(ctx, &facts, &reply, "watch").await;
+                let output = json!({
+                    "recovered": false,
+                    "after_ms": now - since,
+                    "look": look.describe(),
+                    "reading": reading_of(&look),
+                    "frozen": reason,
+                    "page": paged.as_ref().ok(),
+                    "reply": replied,
+                });
+                let error = paged.err();
+                self.end_watch(ctx, &output, error.as_ref()).await
+            }
+            Look::Unknown(why) => {
+                let reply = format!(
+                    ":grey_question: Could not tell whether the rollback helped within {}: {why}. Nothing was frozen; check the release's health in Sentry.",
+                    humantime::format_duration(svc.watch_window)
+                );
+                let replied = self.reply(ctx, &facts, &reply, "watch").await;
+                let output = json!({
+                    "recovered": Value::Null,
+                    "after_ms": now - since,
+                    "look": look.describe(),
+                    "reply": replied,
+                });
+                self.end_watch(ctx, &output, None).await
+            }
+        }
+    }
+
+    /// Hands the run back until the next look, `ms` from now.
+    async fn look_later(&self, ctx: &RunCtx, ms: u64) -> Result<bool, EngineError> {
+        let delay = Duration::from_millis(ms.max(10));
+        self.store().watch_later(&ctx.claimed.claim, delay).await?;
+        ctx.later.store(true, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// One look: did Sentry resolve the alert, and how is the restored
+    /// release doing since the rollback?
+    async fn look(
+        &self,
+        svc: &ServiceSettings,
+        facts: &Facts,
+        alert: &Alert,
+        since: i64,
+    ) -> Result<Look, EngineError> {
+        if alert.resource == Resource::MetricAlert {
+            let mut resolved = alert.clone();
+            resolved.action = "resolved".into();
+            if let Some(run) = self
+                .store()
+                .run_for_dedup_key(&resolved.dedup_key())
+                .await?
+            {
+                return Ok(Look::Resolved(run.0));
+            }
+        }
+        let Some(release) = facts.notice.to.as_ref().and_then(|d| d.release.clone()) else {
+            return Ok(Look::Unknown(
+                "the restored deployment has no release".into(),
+            ));
+        };
+        let Some(sentry) = self.inner.providers.sentry.as_ref() else {
+            return Ok(Look::Unknown(
+                "sentry.token or sentry.org is not configured".into(),
+            ));
+        };
+        let Some(threshold) = alert.threshold else {
+            return Ok(Look::Unknown("the alert carries no threshold".into()));
+        };
+        let unit = match facts.notice.metric.as_str() {
+            "users" => "user",
+            _ => "session",
+        };
+        let query = SessionsQuery {
+            projects: &svc.sentry_projects,
+            environment: &svc.environment,
+            start_ms: since,
+            end_ms: now_ms(),
+            unit,
+            release: Some(&release),
+        };
+        let timeout = self.settings().sentry.confirm_timeout;
+        let read = tokio::time::timeout(timeout, sentry.health(&query)).await;
+        let reading = match read {
+            Ok(Ok(found)) => found
+                .into_iter()
+                .find(|r| r.release == release)
+                .unwrap_or(Reading {
+                    release: release.clone(),
+                    crash_free: None,
+                    sessions: 0,
+                }),
+            Ok(Err(e)) => return Ok(Look::Unknown(format!("Sentry unreachable: {e}"))),
+            Err(_) => {
+                return Ok(Look::Unknown(format!(
+                    "Sentry did not answer within {}",
+                    humantime::format_duration(timeout)
+                )))
+            }
+        };
+        if reading.sessions < svc.min_sessions {
+            return Ok(Look::Unknown(format!(
+                "only {} sessions of release {release} since the rollback (min_sessions {})",
+                crate::policy::thousands(reading.sessions),
+                svc.min_sessions
+            )));
+        }
+        Ok(match reading.crash_free {
+            Some(rate) if rate >= threshold => Look::Healthy(reading),
+            Some(_) => Look::Crashing(reading),
+            None => Look::Unknown(format!("no crash-free rate for release {release}")),
+        })
+    }
+
+    /// The alert this run was started by.
+    pub(super) fn alert_of(&self, ctx: &RunCtx) -> Result<Alert, EngineError> {
+        let resource =
+            Resource::from_header(&ctx.claimed.resource).unwrap_or(Resource::MetricAlert);
+        sentry::parse(resource, ctx.claimed.body.as_bytes())
+            .map_err(|e| EngineError::Store(crate::ledger::StoreError::Corrupt(e.to_string())))
+    }
+
+    async fn end_watch(
+        &self,
+        ctx: &RunCtx,
+        output: &Value,
+        error: Option<&crate::ledger::StepError>,
+    ) -> Result<bool, EngineError> {
+        let status = match error {
+            Some(_) => StepStatus::Failed,
+            None => StepStatus::Succeeded,
+        };
+        self.store()
+            .finish_step(
+                &ctx.claimed.claim,
+                StepName::Watch,
+                status,
+                Some(output),
+                error,
+            )
+            .await?;
+        Ok(error.is_none())
+    }
+
+    /// A reply in the thread of the incident's card (a post of its own
+    /// when there is no card). The post is tagged, so a look repeated after
+    /// a crash finds it instead of posting twice. What happened, as JSON.
+    pub(super) async fn reply(&self, ctx: &RunCtx, facts: &Facts, text: &str, what: &str) -> Value {
+        let Some(slack) = self.inner.providers.slack.as_ref() else {
+            return json!({"skipped": "slack is not configured"});
+        };
+        let card = facts.origin.output_of(StepName::Announce);
+        let channel = card
+            .and_then(|c| c["channel"].as_str().map(str::to_owned))
+            .or_else(|| facts.svc.slack_channel.clone())
+            .or_else(|| self.settings().slack.channel.clone())
+            .unwrap_or_default();
+        let ts = card
+            .and_then(|c| c["ts"].as_str())
+            .filter(|ts| !ts.is_empty() && slack.threads());
+        let tag = format!("{}/{what}", ctx.claimed.run.id);
+        match slack
+            .post_for_run(&channel, text, &[], ts, &tag, true)
+            .await
+        {
+            Ok(posted) => {
+                json!({"channel": posted.channel, "ts": posted.ts, "thread_ts": ts, "text": text})
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reply in the card's thread");
+                json!({"error": e.to_string()})
+            }
+        }
+    }
+
+    /// Pages again, at `severity_rollback_failed`, under a key of its own
+    /// (the incident's page is open already; this one must ring).
+    async fn page_again(
+        &self,
+        facts: &Facts,
+        reason: &str,
+        reading: &Reading,
+    ) -> Result<Value, crate::ledger::StepError> {
+        let Some(pd) = self.inner.providers.pagerduty.as_ref() else {
+            return Ok(json!({"skipped": "pagerduty is not configured"}));
+        };
+        let severity = self.settings().pagerduty.severity_rollback_failed;
+        let mut page = self.page_of(
+            facts,
+            format!("{}: {reason}", facts.svc.name),
+            severity.as_str(),
+        );
+        page.incident_key = format!("{}/did-not-help", facts.incident_key);
+        page.class = "rollback-did-not-help".into();
+        page.custom_details = json!({
+            "notice": facts.notice,
+            "reading": reading,
+            "decision": facts.origin.run.decision,
+        });
+        match pd.trigger(&page).await {
+            Ok(opened) => Ok(json!({
+                "incident_key": opened.incident_key,
+                "incident_id": opened.incident_id,
+                "severity": page.severity,
+                "summary": page.summary,
+            })),
+            Err(e) => Err(super::step::StepError::from(e)),
+        }
+    }
+
+    /// Resolves the incident's page (recovered, `resolve_on_recovery`).
+    async fn resolve_page(&self, facts: &Facts, summary: &str) -> Value {
+        let Some(pd) = self.inner.providers.pagerduty.as_ref() else {
+            return json!({"skipped": "pagerduty is not configured"});
+        };
+        let page = self.page_of(facts, summary.to_string(), "info");
+        let opened = facts
+            .origin
+            .output_of(StepName::Page)
+            .and_then(|o| o["incident_id"].as_str());
+        match pd.resolve(&page, opened).await {
+            Ok(r) => json!({"incident_key": r.incident_key}),
+            Err(e) => json!({"error": e.to_string()}),
+        }
+    }
+
+    /// A page about this incident.
+    pub(super) fn page_of(&self, facts: &Facts, summary: String, severity: &str) -> Page {
+        Page {
+            incident_key: facts.incident_key.clone(),
+            summary,
+            severity: severity.into(),
+            component: facts.svc.name.clone(),
+            group: facts.svc.vercel_project.clone(),
+            class: serde_json::to_value(facts.notice.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            timestamp: format_time(now_ms()),
+            custom_details: json!({ "notice": facts.notice, "decision": facts.origin.run.decision }),
+            links: facts.notice.links(),
+        }
+    }
+}
+
+fn reading_of(look: &Look) -> Option<&Reading> {
+    match look {
+        Look::Healthy(r) | Look::Crashing(r) => Some(r),
+        _ => None,
+    }
+}

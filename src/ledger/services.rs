@@ -1,0 +1,153 @@
+//! What is known about a service besides its deployments: whether a person
+//! paused it or Backstop froze it, and why.
+
+use sqlx::Row;
+
+use super::records::*;
+use super::{Store, StoreError};
+use crate::clock::now_ms;
+
+impl Store {
+    /// Pauses automatic rollbacks of a service (`None` resumes: lifts a
+    /// pause or a freeze). `by` names who paused it.
+    pub async fn set_paused(&self, service: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        self.pause_by(service, reason, "cli").await
+    }
+
+    /// Like [`Store::set_paused`], saying who paused it.
+    pub async fn pause_by(
+        &self,
+        service: &str,
+        reason: Option<&str>,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        match reason {
+            Some(reason) => sqlx::query(
+                "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run) VALUES ($1, $2, $3, $4, NULL)
+                 ON CONFLICT (service) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at,
+                   paused_by = excluded.paused_by, frozen_by_run = NULL",
+            )
+            .bind(service)
+            .bind(reason)
+            .bind(now_ms())
+            .bind(by)
+            .execute(&self.pool)
+            .await?,
+            None => sqlx::query("DELETE FROM service_pauses WHERE service = $1")
+                .bind(service)
+                .execute(&self.pool)
+                .await?,
+        };
+        Ok(())
+    }
+
+    /// Freezes a service after a rollback that did not help, if the run's
+    /// claim still holds: no automatic rollback until a person resumes it.
+    /// A person's pause already in place is kept.
+    pub async fn freeze(
+        &self,
+        claim: &Claim,
+        service: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run)
+             SELECT $1, $2, $3, NULL, $4 WHERE EXISTS (SELECT 1 FROM runs WHERE id = $4 AND fence = $5 AND status = $6)
+             ON CONFLICT (service) DO NOTHING",
+        )
+        .bind(service)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(&claim.run.0)
+        .bind(claim.fence)
+        .bind(RunStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            let held: Option<i64> =
+                sqlx::query_scalar("SELECT fence FROM runs WHERE id = $1 AND fence = $2")
+                    .bind(&claim.run.0)
+                    .bind(claim.fence)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if held.is_none() {
+                return Err(StoreError::LostClaim(claim.run.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every paused or frozen service.
+    pub async fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.read_pauses(None).await
+    }
+
+    /// The service's pause or freeze, if any.
+    pub async fn pause_of(&self, service: &str) -> Result<Option<Pause>, StoreError> {
+        Ok(self.read_pauses(Some(service)).await?.into_iter().next())
+    }
+
+    async fn read_pauses(&self, service: Option<&str>) -> Result<Vec<Pause>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT service, reason, paused_at, paused_by, frozen_by_run FROM service_pauses
+             WHERE $1 IS NULL OR service = $1 ORDER BY service",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Pause {
+                    service: r.try_get("service")?,
+                    reason: r
+                        .try_get::<Option<String>, _>("reason")?
+                        .unwrap_or_default(),
+                    at_ms: r.try_get("paused_at")?,
+                    by: r.try_get("paused_by")?,
+                    frozen_by_run: r.try_get::<Option<String>, _>("frozen_by_run")?.map(RunId),
+                })
+            })
+            .collect()
+    }
+
+    /// Records something that happened to a run (not fenced: a note never
+    /// changes what the run does).
+    pub async fn add_note(
+        &self,
+        run: &RunId,
+        kind: &str,
+        text: &str,
+        data: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&run.0)
+        .bind(now_ms())
+        .bind(kind)
+        .bind(text)
+        .bind(data.map(|d| d.to_string()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A run's notes, oldest first.
+    pub async fn notes(&self, run: &RunId) -> Result<Vec<RunNote>, StoreError> {
+        let rows =
+            sqlx::query("SELECT at, kind, text, data FROM run_notes WHERE run_id = $1 ORDER BY at")
+                .bind(&run.0)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunNote {
+                    at_ms: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    text: r.try_get("text")?,
+                    data: super::rows::json(r, "data")?,
+                })
+            })
+            .collect()
+    }
+}

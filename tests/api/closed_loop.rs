@@ -1,0 +1,615 @@
+//! The closed loop against the simulator: confirm with Sentry's release
+//! health before acting, record the rollback where people look, watch it
+//! recover, and freeze the service when it did not.
+
+use std::time::{Duration, Instant};
+
+use backstop::config::Settings;
+use backstop::ledger::{RunDetail, RunStatus, StepName, StepStatus};
+use backstop::sim::config::{DEMO, SENTRY_PROJECT};
+use backstop::sim::{Faults, Provider};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::on_both;
+
+const LIVE_RELEASE: &str = "3f2c1a9";
+const GOOD_RELEASE: &str = "9be1c07";
+
+/// The simulator app with Sentry's API configured (so decisions confirm
+/// with release health) and no watch unless `tweak` sets one.
+async fn confirming(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<SimApp> {
+    spawn_on_sim(db, |s| {
+        s.sentry.token = Some(SecretString::from(DEMO.sentry_token));
+        s.sentry.org = Some("acme".into());
+        s.services[0].watch_window = Duration::ZERO;
+        tweak(s);
+    })
+    .await
+}
+
+/// Watching: a short window, frequent looks.
+fn watching(window_ms: u64) -> impl FnOnce(&mut Settings) {
+    move |s: &mut Settings| {
+        s.services[0].watch_window = Duration::from_millis(window_ms);
+        s.services[0].watch_interval = Duration::from_millis(100);
+        s.services[0].resolve_on_recovery = true;
+    }
+}
+
+fn set_health(app: &SimApp, release: &str, crash_free: f64, sessions: u64) {
+    app.sim
+        .sim
+        .world()
+        .set_health(SENTRY_PROJECT, "production", release, crash_free, sessions);
+}
+
+/// The run of the first alert, once it reaches `status` (bounded wait).
+async fn run_reaching(app: &SimApp, status: RunStatus, within: Duration) -> RunDetail {
+    let deadline = Instant::now() + within;
+    loop {
+        let runs = app.store.list_runs(10).await.unwrap();
+        if let Some(run) = runs.iter().find(|r| r.status == status) {
+            return app.store.run_detail(&run.id).await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run reached {status} within {within:?}: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn decision(d: &RunDetail) -> Value {
+    d.run.decision.clone().expect("decided")
+}
+
+fn slack_texts(app: &SimApp) -> Vec<(Option<String>, String)> {
+    app.sim
+        .sim
+        .world()
+        .messages
+        .iter()
+        .map(|m| (m.thread_ts.clone(), m.text.clone()))
+        .collect()
+}
+
+async fn a_confirmed_rollback_shows_its_readings_in_the_page_the_card_and_runs_show(db: Db) {
+    let Some(app) = confirming(db, |_| {}).await else {
+        return;
+    };
+    assert_eq!(app.alert("c1", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
+    let readings = &decision(&d)["readings"];
+    assert_eq!(readings["live"]["release"], LIVE_RELEASE);
+    assert_eq!(readings["live"]["sessions"], 2140);
+    // Sentry answers a 0-1 fraction; Backstop keeps percent.
+    let rate = readings["live"]["crash_free"].as_f64().unwrap();
+    assert!((rate - 92.1).abs() < 1e-9, "{rate}");
+    assert_eq!(readings["target"]["release"], GOOD_RELEASE);
+    let w = app.sim.sim.world();
+    let incident = w.incidents.values().next().expect("paged");
+    let health = incident.first_event["payload"]["custom_details"]["notice"]["health"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        health,
+        "release 3f2c1a9: 92.1% over 2,140 sessions; known-good 9be1c07: 99.8% over 48,200 sessions; 2 other releases"
+    );
+    let card = serde_json::to_string(&w.messages[0].blocks).unwrap();
+    assert!(card.contains("Release health (Sentry)"), "{card}");
+    assert!(card.contains("92.1% over 2,140 sessions"), "{card}");
+    // The sessions API was asked with the project's numeric id.
+    let asked: Vec<&str> = w
+        .served
+        .iter()
+        .filter(|s| s.provider == Provider::Sentry)
+        .map(|s| s.path.as_str())
+        .collect();
+    assert!(
+        asked.contains(&"/api/0/projects/acme/storefront-web/"),
+        "{asked:?}"
+    );
+    assert!(
+        asked.contains(&"/api/0/organizations/acme/sessions/"),
+        "{asked:?}"
+    );
+    drop(w);
+    let text = backstop::cli::show::explain(&d);
+    assert!(
+        text.contains("health     release 3f2c1a9: 92.1% over 2,140 sessions"),
+        "{text}"
+    );
+    assert!(
+        text.contains("12 pass release health read"),
+        "the check is numbered and passed: {text}"
+    );
+}
+
+async fn too_little_data_pages_a_person_instead_of_rolling_back(db: Db) {
+    let Some(app) = confirming(db, |_| {}).await else {
+        return;
+    };
+    set_health(&app, LIVE_RELEASE, 0.5, 37);
+    assert_eq!(app.alert("thin", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    assert_eq!(
+        d.run
+            .reason
+            .as_deref()
+            .map(|r| r.starts_with("inconclusive: 37 sessions")),
+        Some(true),
+        "{:?}",
+        d.run.reason
+    );
+    assert_eq!(
+        app.serving(),
+        vec![Some(SIM_LIVE.to_string()); 2],
+        "production untouched"
+    );
+    let w = app.sim.sim.world();
+    assert!(w.alias_writes.is_empty());
+    let incident = w.incidents.values().next().expect("a person is paged");
+    assert!(
+        incident.summary.contains("inconclusive: 37 sessions"),
+        "{}",
+        incident.summary
+    );
+}
+
+async fn every_release_crashing_is_not_a_release_problem(db: Db) {
+    let Some(app) = confirming(db, |_| {}).await else {
+        return;
+    };
+    // A backend outage: the older releases still in use crash as much.
+    set_health(&app, GOOD_RELEASE, 0.93, 48_200);
+    set_health(&app, "a1b2c3d", 0.91, 51_800);
+    assert_eq!(app.alert("outage", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let reason = d.run.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("not the release"), "{reason}");
+    assert!(
+        app.sim.sim.world().alias_writes.is_empty(),
+        "nothing rolled back"
+    );
+    assert_eq!(decision(&d)["rule"], "the-release");
+}
+
+async fn a_release_already_back_above_the_threshold_is_left_alone_with_a_note(db: Db) {
+    let Some(app) = confirming(db, |_| {}).await else {
+        return;
+    };
+    set_health(&app, LIVE_RELEASE, 0.998, 5_000);
+    assert_eq!(app.alert("healed", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    assert_eq!(d.run.outcome, Some(backstop::ledger::Outcome::Skip));
+    let w = app.sim.sim.world();
+    assert!(w.alias_writes.is_empty() && w.incidents.is_empty());
+    assert_eq!(
+        w.messages.len(),
+        1,
+        "a Slack note says why nothing happened"
+    );
+    assert!(
+        w.messages[0].text.contains("already recovered"),
+        "{}",
+        w.messages[0].text
+    );
+}
+
+async fn sentry_down_rolls_back_on_the_alert_alone_by_default(db: Db) {
+    let Some(app) = confirming(db, |s| {
+        s.sentry.confirm_timeout = Duration::from_millis(300);
+    })
+    .await
+    else {
+        return;
+    };
+    let down = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    app.sim.sim.set_faults(Provider::Sentry, down);
+    assert_eq!(app.alert("down", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
+    let checks = decision(&d)["checks"].to_string();
+    assert!(checks.contains("acting on the alert alone"), "{checks}");
+    let w = app.sim.sim.world();
+    let card = serde_json::to_string(&w.messages[0].blocks).unwrap();
+    assert!(card.contains("Release health (Sentry)"), "{card}");
+    assert!(
+        card.contains("unavailable ("),
+        "the card says Sentry could not be read: {card}"
+    );
+}
+
+async fn sentry_down_escalates_when_the_service_says_so(db: Db) {
+    let Some(app) = confirming(db, |s| {
+        s.sentry.confirm_timeout = Duration::from_millis(300);
+        s.services[0].on_confirm_unavailable = backstop::policy::Fallback::Escalate;
+    })
+    .await
+    else {
+        return;
+    };
+    // Slower than the confirmation timeout counts as unreachable.
+    let slow = Faults {
+        timeout_rate: 1.0,
+        hang_ms: 5_000,
+        ..Faults::default()
+    };
+    app.sim.sim.set_faults(Provider::Sentry, slow);
+    assert_eq!(app.alert("slow", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let reason = d.run.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("Sentry unreachable (no answer within 300ms"),
+        "{reason}"
+    );
+    let w = app.sim.sim.world();
+    assert!(w.alias_writes.is_empty());
+    let incident = w.incidents.values().next().expect("paged");
+    assert!(
+        incident.summary.contains("Sentry unreachable"),
+        "{}",
+        incident.summary
+    );
+}
+
+async fn a_rollback_is_recorded_in_sentry_and_on_the_pagerduty_timeline(db: Db) {
+    let Some(app) = confirming(db, |_| {}).await else {
+        return;
+    };
+    assert_eq!(app.alert("rec", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let w = app.sim.sim.world();
+    assert_eq!(w.sentry_deploys.len(), 1);
+    let deploy = &w.sentry_deploys[0];
+    assert_eq!(deploy.release, GOOD_RELEASE);
+    assert_eq!(deploy.environment, "production");
+    assert_eq!(deploy.name.as_deref(), Some("backstop rollback"));
+    assert_eq!(deploy.projects, vec![SENTRY_PROJECT.to_string()]);
+    assert_eq!(w.change_events.len(), 1);
+    let change = &w.change_events[0];
+    assert_eq!(change["routing_key"], DEMO.routing_key);
+    let summary = change["payload"]["summary"].as_str().unwrap();
+    assert!(
+        summary
+            .starts_with("Backstop rolled back storefront from dpl_3f2c1a9live to dpl_9be1c07good"),
+        "{summary}"
+    );
+    assert!(change.get("event_action").is_none() && change.get("dedup_key").is_none());
+    // Recorded after the page and the card, never before them.
+    let order: Vec<String> = w
+        .served
+        .iter()
+        .filter(|s| s.method == "POST")
+        .map(|s| s.path.clone())
+        .collect();
+    let at = |p: &str| order.iter().position(|x| x.contains(p)).unwrap();
+    assert!(at("/v2/enqueue") < at("/v2/change/enqueue"), "{order:?}");
+    assert!(at("chat.postMessage") < at("/deploys/"), "{order:?}");
+    drop(w);
+    let out = d.step(StepName::Record).unwrap().output.clone().unwrap();
+    assert_eq!(out["sentry_deploy"]["release"], GOOD_RELEASE);
+    assert_eq!(out["pagerduty_change"]["sent"], true);
+}
+
+async fn a_release_sentry_does_not_know_is_recorded_as_such_and_the_run_succeeds(db: Db) {
+    let Some(app) = confirming(db, |_| {}).await else {
+        return;
+    };
+    app.sim
+        .sim
+        .world()
+        .release_health
+        .retain(|h| h.release != GOOD_RELEASE);
+    assert_eq!(app.alert("unknown-release", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let out = d.step(StepName::Record).unwrap().output.clone().unwrap();
+    assert_eq!(
+        out["sentry_deploy"]["skipped"],
+        "release 9be1c07 is not in Sentry (404)"
+    );
+    assert!(app.sim.sim.world().sentry_deploys.is_empty());
+}
+
+async fn a_watched_rollback_that_recovers_says_so_in_the_thread_and_resolves_the_page(db: Db) {
+    let Some(app) = confirming(db, watching(5_000)).await else {
+        return;
+    };
+    assert_eq!(app.alert("w1", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let watch = d.step(StepName::Watch).expect("a rollback is watched");
+    assert_eq!(watch.status, StepStatus::Succeeded);
+    let out = watch.output.clone().unwrap();
+    assert_eq!(out["recovered"], true, "{out}");
+    let texts = slack_texts(&app);
+    let card_ts = app.sim.sim.world().messages[0].ts.clone();
+    let reply = texts
+        .iter()
+        .find(|(thread, t)| thread.as_deref() == Some(card_ts.as_str()) && t.contains("Recovered"))
+        .unwrap_or_else(|| panic!("a recovery reply in the card's thread: {texts:?}"));
+    assert!(
+        reply
+            .1
+            .contains("after the rollback: 99.8% over 48,200 sessions"),
+        "{}",
+        reply.1
+    );
+    let status = app
+        .sim
+        .sim
+        .world()
+        .incidents
+        .values()
+        .next()
+        .unwrap()
+        .status
+        .clone();
+    assert_eq!(status, "resolved", "resolve_on_recovery");
+    assert!(
+        app.store.pauses().await.unwrap().is_empty(),
+        "nothing frozen"
+    );
+}
+
+async fn a_rollback_that_did_not_help_freezes_the_service_and_pages_again(db: Db) {
+    let Some(app) = confirming(db, watching(3_000)).await else {
+        return;
+    };
+    // Before acting, the known-good release shows too few sessions to
+    // count against it; once it is back, it crashes as well: only the
+    // rollback shows it was not the release.
+    set_health(&app, GOOD_RELEASE, 0.95, 10);
+    assert_eq!(app.alert("w2", 30_000).await, 202);
+    let watching_run = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
+    set_health(&app, GOOD_RELEASE, 0.95, 6_000);
+    let d = watching_run.run.id.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.store.run(&d).await.unwrap().status != RunStatus::Done {
+        assert!(Instant::now() < deadline, "the watch did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let detail = app.store.run_detail(&d).await.unwrap();
+    let out = detail
+        .step(StepName::Watch)
+        .unwrap()
+        .output
+        .clone()
+        .unwrap();
+    assert_eq!(out["recovered"], false, "{out}");
+    let pauses = app.store.pauses().await.unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].frozen_by_run.as_ref(), Some(&d));
+    assert!(
+        pauses[0]
+            .reason
+            .contains("(release 9be1c07) did not help: 95% over 6,000 sessions"),
+        "{}",
+        pauses[0].reason
+    );
+    let writes = {
+        let w = app.sim.sim.world();
+        let again = w
+            .incidents
+            .values()
+            .find(|i| i.key.ends_with("/did-not-help"))
+            .expect("paged again");
+        assert_eq!(again.severity, "critical");
+        assert!(again.summary.starts_with("storefront: the rollback to dpl_9be1c07good (release 9be1c07) did not help: 95% over 6,000 sessions"), "{}", again.summary);
+        let card_ts = w.messages[0].ts.clone();
+        assert!(
+            w.messages
+                .iter()
+                .any(|m| m.thread_ts.as_deref() == Some(card_ts.as_str())
+                    && m.text.contains("The rollback did not help")),
+            "a reply in the thread"
+        );
+        w.alias_writes.len()
+    };
+    // `runs show` says the service is frozen and why.
+    let text = backstop::cli::show::explain(&detail);
+    assert!(text.contains("FROZEN"), "{text}");
+
+    // A new critical alert about the restored deployment: no second
+    // rollback cascades to an older deployment; a person is paged.
+    assert_eq!(app.alert("w3", 0).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        let runs = app.store.list_runs(10).await.unwrap();
+        if let Some(r) = runs
+            .iter()
+            .find(|r| r.id != d && r.status == RunStatus::Done)
+        {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second alert was not decided"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(next.outcome, Some(backstop::ledger::Outcome::Escalate));
+    assert!(
+        next.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("frozen: the rollback to dpl_9be1c07good (release 9be1c07) did not help"),
+        "{:?}",
+        next.reason
+    );
+    assert_eq!(app.sim.sim.world().alias_writes.len(), writes, "no cascade");
+}
+
+async fn a_new_alert_during_the_watch_joins_it_instead_of_rolling_back_again(db: Db) {
+    let Some(app) = confirming(db, watching(60_000)).await else {
+        return;
+    };
+    // Too few sessions of the restored release yet: the watch goes on.
+    set_health(&app, GOOD_RELEASE, 0.90, 20);
+    assert_eq!(app.alert("j1", 30_000).await, 202);
+    let first = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
+    let writes = app.sim.sim.world().alias_writes.len();
+    assert_eq!(app.alert("j2", 0).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let runs = app.store.list_runs(10).await.unwrap();
+        if let Some(r) = runs
+            .iter()
+            .find(|r| r.id != first.run.id && r.status == RunStatus::Done)
+        {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second alert was not decided"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(second.outcome, Some(backstop::ledger::Outcome::Skip));
+    assert!(
+        second
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("joins the watch"),
+        "{:?}",
+        second.reason
+    );
+    assert_eq!(
+        app.sim.sim.world().alias_writes.len(),
+        writes,
+        "no second rollback"
+    );
+    let notes = app.store.run_detail(&first.run.id).await.unwrap().notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.kind == "joined" && n.text.contains(&second.id.0)),
+        "recorded on the watching run: {notes:?}"
+    );
+    // And the note is told in the incident's thread, not as a new card.
+    let w = app.sim.sim.world();
+    let card_ts = w.messages[0].ts.clone();
+    assert!(w.messages[1..]
+        .iter()
+        .all(|m| m.thread_ts.as_deref() == Some(card_ts.as_str())));
+}
+
+async fn sentry_resolving_the_alert_ends_the_watch_as_recovered(db: Db) {
+    let Some(app) = confirming(db, watching(60_000)).await else {
+        return;
+    };
+    set_health(&app, GOOD_RELEASE, 0.998, 10);
+    assert_eq!(app.alert("r1", 30_000).await, 202);
+    let first = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
+    let mut resolved = backstop::sim::sender::CrashAlert::critical(
+        SENTRY_PROJECT,
+        "r1",
+        backstop::clock::now_ms() - 30_000,
+    );
+    resolved.action = "resolved".into();
+    let url = format!("{}/webhooks/sentry", app.address);
+    let (status, _) = backstop::sim::sender::deliver(
+        &app.http,
+        &url,
+        DEMO.sentry_secret,
+        "metric_alert",
+        &resolved.body(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let run = app.store.run(&first.run.id).await.unwrap();
+        if run.status == RunStatus::Done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch did not end: {}",
+            run.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = app.store.run_detail(&first.run.id).await.unwrap();
+    let out = d.step(StepName::Watch).unwrap().output.clone().unwrap();
+    assert_eq!(out["recovered"], true);
+    assert!(
+        out["look"]
+            .as_str()
+            .unwrap()
+            .starts_with("Sentry resolved the alert"),
+        "{out}"
+    );
+}
+
+async fn a_watch_resumes_after_a_restart(db: Db) {
+    let Some(mut app) = confirming(db, watching(60_000)).await else {
+        return;
+    };
+    // Not enough sessions yet: the instance leaves the run watching.
+    set_health(&app, GOOD_RELEASE, 0.998, 10);
+    assert_eq!(app.alert("restart", 30_000).await, 202);
+    let first = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
+    // Wait for the first instance's first look (too few sessions to tell).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !app
+        .store
+        .notes(&first.run.id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|n| n.kind == "look")
+    {
+        assert!(Instant::now() < deadline, "the first look did not happen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopped between two looks, it holds nothing; the restarted instance
+    // takes the looks over once the restored release has traffic.
+    app.restart().await;
+    set_health(&app, GOOD_RELEASE, 0.997, 3_000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.store.run(&first.run.id).await.unwrap().status != RunStatus::Done {
+        assert!(Instant::now() < deadline, "the watch was not finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = app.store.run_detail(&first.run.id).await.unwrap();
+    assert_eq!(
+        d.step(StepName::Watch).unwrap().output.as_ref().unwrap()["recovered"],
+        true
+    );
+    assert_eq!(
+        app.sim.sim.world().alias_writes.len(),
+        2,
+        "rolled back once"
+    );
+    let looks = d.notes.iter().filter(|n| n.kind == "look").count();
+    assert!(
+        looks >= 2,
+        "looked before and after the restart: {:?}",
+        d.notes
+    );
+}
+
+on_both!(
+    a_confirmed_rollback_shows_its_readings_in_the_page_the_card_and_runs_show,
+    too_little_data_pages_a_person_instead_of_rolling_back,
+    every_release_crashing_is_not_a_release_problem,
+    a_release_already_back_above_the_threshold_is_left_alone_with_a_note,
+    sentry_down_rolls_back_on_the_alert_alone_by_default,
+    sentry_down_escalates_when_the_service_says_so,
+    a_rollback_is_recorded_in_sentry_and_on_the_pagerduty_timeline,
+    a_release_sentry_does_not_know_is_recorded_as_such_and_the_run_succeeds,
+    a_watched_rollback_that_recovers_says_so_in_the_thread_and_resolves_the_page,
+    a_rollback_that_did_not_help_freezes_the_service_and_pages_again,
+    a_new_alert_during_the_watch_joins_it_instead_of_rolling_back_again,
+    sentry_resolving_the_alert_ends_the_watch_as_recovered,
+    a_watch_resumes_after_a_restart,
+);
