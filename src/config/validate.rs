@@ -55,6 +55,22 @@ impl Settings {
                     "set the Vercel project id (prj_...)",
                 ));
             }
+            if !s.watch_window.is_zero() && s.watch_interval.is_zero() {
+                return Err(invalid(
+                    &key("watch_interval"),
+                    "must be longer than 0s while watch_window is set",
+                ));
+            }
+        }
+        if self.sentry.token.is_some() != self.sentry.org.is_some() {
+            let (key, why) = match self.sentry.token.is_some() {
+                true => ("sentry.org", "set the organization slug with sentry.token"),
+                false => ("sentry.token", "set an API token with sentry.org"),
+            };
+            return Err(invalid(key, why));
+        }
+        if self.sentry.confirm_timeout.is_zero() {
+            return Err(invalid("sentry.confirm_timeout", "must be longer than 0s"));
         }
         if let Some(key) = &self.pagerduty.routing_key {
             if key.expose_secret().len() != 32 {

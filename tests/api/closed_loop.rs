@@ -613,3 +613,32 @@ on_both!(
     sentry_resolving_the_alert_ends_the_watch_as_recovered,
     a_watch_resumes_after_a_restart,
 );
+
+#[test]
+fn bad_closed_loop_settings_fail_at_start_naming_the_key() {
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let base = || {
+        backstop::sim::config::Config::new(
+            DEMO,
+            backstop::sim::config::Bases::closed(),
+            "sqlite://x.db",
+            listen,
+        )
+    };
+    let error = |c: backstop::sim::config::Config| c.settings().unwrap_err().to_string();
+    let mut c = base();
+    c.service = "on_inconclusive = \"maybe\"".into();
+    assert!(error(c).contains("on_inconclusive"));
+    let mut c = base();
+    c.service = "watch_interval = \"0s\"".into();
+    assert!(error(c).contains("services[0].watch_interval"));
+    let c = base().with("sentry", "token = \"sntrys_secret_value\"");
+    let e = error(c);
+    assert!(e.contains("sentry.org"), "{e}");
+    assert!(!e.contains("sntrys_secret_value"), "secret leaked: {e}");
+    let c = base().with(
+        "sentry",
+        "token = \"t\"\norg = \"acme\"\nconfirm_timeout = \"0s\"",
+    );
+    assert!(error(c).contains("sentry.confirm_timeout"));
+}
