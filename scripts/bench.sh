@@ -16,4 +16,9 @@ for db in sqlite postgres; do
     "$bin" bench --scenario storm --requests 10000 --concurrency 32 "${extra[@]}"
     "$bin" bench --scenario rollback --requests 200 "${extra[@]}"
     "$bin" bench --scenario cold-start --requests 20 "${extra[@]}"
+    for n in 1 20 100; do
+        "$bin" bench --scenario fleet --services "$n" --domains 3 --latency-ms 100 "${extra[@]}"
+    done
 done
+"$bin" bench --scenario hostile --requests 2000 --rate 200 --slow-clients 1000 --flood-rate 500
+"$bin" bench --scenario ingest --requests 2000 --rate 200

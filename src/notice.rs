@@ -174,7 +174,7 @@ impl Notice {
         run_id: &str,
     ) -> Self {
         let metric = match alert.aggregate.as_deref() {
-            Some(a) if a.contains("users") => "users",
+            Some(a) if a.contains("user") => "users",
             _ => "sessions",
         };
         Self {

@@ -69,8 +69,14 @@ impl Settings {
             };
             return Err(invalid(key, why));
         }
-        if self.sentry.confirm_timeout.is_zero() {
-            return Err(invalid("sentry.confirm_timeout", "must be longer than 0s"));
+        if self.sentry.confirm_timeout.is_zero()
+            || (self.sentry.api_configured()
+                && self.sentry.confirm_timeout >= self.engine.rollback_deadline)
+        {
+            return Err(invalid(
+                "sentry.confirm_timeout",
+                "must be longer than 0s and shorter than engine.rollback_deadline (it is counted inside it)",
+            ));
         }
         if let Some(key) = &self.pagerduty.routing_key {
             if key.expose_secret().len() != 32 {

@@ -218,11 +218,19 @@ impl Engine {
                 ..all.clone()
             };
             let found = sentry.health(&query).await?;
-            Ok(found.into_iter().find(|r| r.release == *release))
+            Ok::<_, crate::providers::ProviderError>(
+                found.into_iter().find(|r| r.release == *release),
+            )
         };
-        let read = async { tokio::try_join!(sentry.health(&all), target) };
+        // The known-good release's reading is a comparison: when it alone
+        // fails, the decision goes on without it.
+        let read = async { tokio::join!(sentry.health(&all), target) };
         match tokio::time::timeout(timeout, read).await {
-            Ok(Ok((all, target))) => {
+            Ok((Ok(all), target)) => {
+                let target = target.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "the known-good release's health is unreadable");
+                    None
+                });
                 let (live, others): (Vec<Reading>, Vec<Reading>) =
                     all.into_iter().partition(|r| r.release == q.live_release);
                 Readings {
@@ -232,7 +240,7 @@ impl Engine {
                     unavailable: None,
                 }
             }
-            Ok(Err(e)) => {
+            Ok((Err(e), _)) => {
                 tracing::warn!(error = %e, "release health unreadable");
                 unavailable(e.to_string())
             }

@@ -295,6 +295,12 @@ impl Engine {
             .service
             .clone()
             .filter(|_| pending.iter().any(|s| s.phase().holds_service()));
+        if let (Some(left), None) = (&ctx.claimed.run.service, &service) {
+            // A worker that died between acting and telling may have left
+            // this run's service claim behind: the heartbeat must not keep
+            // it alive while nothing here needs it.
+            self.store().release_service(left, &claim).await?;
+        }
         if let Some(service) = &service {
             if !self
                 .store()
@@ -433,7 +439,8 @@ impl Engine {
     /// A test hook: with `BACKSTOP_FAILPOINT=<name>` set, the run in hand
     /// stops dead at that point (and says so on stderr) so a test can kill
     /// the process there. Names: `after-decide`, `rollback-accepted`,
-    /// `after-rollback`, `page-accepted`, `announce-accepted`, `before-finish`.
+    /// `after-rollback`, `page-accepted`, `announce-accepted`, `before-finish`,
+    /// `watch-frozen` (the watch froze the service, before paging again).
     pub(crate) async fn failpoint(&self, name: &str) {
         if self.inner.failpoint.as_deref() == Some(name) {
             eprintln!("BACKSTOP_FAILPOINT {name} reached");

@@ -10,13 +10,27 @@ use serde_json::{json, Value};
 use super::{Engine, EngineError, RunCtx};
 use crate::clock::{format_time, now_ms};
 use crate::config::PagerDutyMode;
-use crate::ledger::StepName;
+use crate::ledger::{RunNote, StepName};
 use crate::providers::ProviderError;
 
 /// What Sentry's deploys are named.
 pub const DEPLOY_NAME: &str = "backstop rollback";
 
+const SENTRY_NOTE: &str = "recorded:sentry";
+const PAGERDUTY_NOTE: &str = "recorded:pagerduty";
+
 impl Engine {
+    /// Notes a part of the record that was sent (errors are not: the next
+    /// attempt tries them again).
+    async fn noted(&self, run: &crate::ledger::RunId, kind: &str, v: &Value) {
+        if v.get("error").is_some() {
+            return;
+        }
+        if let Err(e) = self.store().add_note(run, kind, "recorded", Some(v)).await {
+            tracing::warn!(error = %e, "cannot note what was recorded");
+        }
+    }
+
     /// The `record` step.
     pub(super) async fn record_change(&self, ctx: &RunCtx) -> Result<bool, EngineError> {
         let facts = self.facts(ctx).await?;
@@ -88,7 +102,49 @@ impl Engine {
                 }
             }
         };
-        let (sentry, pagerduty): (Value, Value) = tokio::join!(sentry, pagerduty);
+        // What an earlier attempt already recorded is not sent again (a
+        // crash after the call and before its note can still repeat it).
+        let run = &ctx.claimed.run.id;
+        let done: Vec<RunNote> = self.store().notes(run).await?;
+        let earlier = |kind: &str| {
+            done.iter()
+                .find(|n| n.kind == kind)
+                .and_then(|n| n.data.clone())
+        };
+        let (sentry_done, pd_done) = (earlier(SENTRY_NOTE), earlier(PAGERDUTY_NOTE));
+        let sentry = async {
+            match sentry_done {
+                Some(v) => v,
+                None => {
+                    let v = sentry.await;
+                    self.noted(run, SENTRY_NOTE, &v).await;
+                    v
+                }
+            }
+        };
+        let pagerduty = async {
+            match pd_done {
+                Some(v) => v,
+                None => {
+                    let v = pagerduty.await;
+                    self.noted(run, PAGERDUTY_NOTE, &v).await;
+                    v
+                }
+            }
+        };
+        // Bounded like every telling step; what did not finish is said so.
+        let deadline = settings.engine.step_deadline;
+        let (sentry, pagerduty): (Value, Value) = match tokio::time::timeout(deadline, async {
+            tokio::join!(sentry, pagerduty)
+        })
+        .await
+        {
+            Ok(both) => both,
+            Err(_) => {
+                let late = json!({"error": format!("not finished within {}", humantime::format_duration(deadline))});
+                (late.clone(), late)
+            }
+        };
         let output = json!({"sentry_deploy": sentry, "pagerduty_change": pagerduty});
         self.store()
             .finish_step(

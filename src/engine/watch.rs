@@ -30,29 +30,45 @@ use crate::providers::pagerduty::Page;
 use crate::providers::sentry::SessionsQuery;
 
 /// What one look found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "found")]
 pub(crate) enum Look {
     /// Sentry resolved the alert (the run of its resolution).
-    Resolved(String),
+    Resolved { run: String },
     /// The restored release is healthy again.
-    Healthy(Reading),
+    Healthy { reading: Reading },
     /// The restored release is still below the threshold.
-    Crashing(Reading),
+    Crashing { reading: Reading },
     /// Cannot tell: why.
-    Unknown(String),
+    Unknown { why: String },
 }
 
 impl Look {
     fn describe(&self) -> String {
         match self {
-            Look::Resolved(run) => format!("Sentry resolved the alert (run {run})"),
-            Look::Healthy(r) | Look::Crashing(r) => {
-                format!("release {}: {}", r.release, r.describe())
+            Look::Resolved { run } => format!("Sentry resolved the alert (run {run})"),
+            Look::Healthy { reading } | Look::Crashing { reading } => {
+                format!("release {}: {}", reading.release, reading.describe())
             }
-            Look::Unknown(why) => format!("cannot tell: {why}"),
+            Look::Unknown { why } => format!("cannot tell: {why}"),
+        }
+    }
+
+    fn reading(&self) -> Option<&Reading> {
+        match self {
+            Look::Healthy { reading } | Look::Crashing { reading } => Some(reading),
+            _ => None,
         }
     }
 }
+
+/// Notes the watch keeps on its run: what Sentry already counted for the
+/// restored release when the rollback was verified, each look, and the
+/// verdict (stored before it is acted on, so a watch interrupted while
+/// acting on it carries it out instead of looking again).
+const BASELINE: &str = "baseline";
+const LOOK: &str = "look";
+const VERDICT: &str = "verdict";
 
 impl Engine {
     /// The `watch` step: one look, then finished or handed back until the
@@ -67,57 +83,99 @@ impl Engine {
             let why = "nothing to watch: no verified rollback";
             return self.skip_step(ctx, StepName::Watch, why).await;
         };
+        let run = &ctx.claimed.run.id;
         let svc = facts.svc.clone();
-        // The first look comes one interval after the rollback: before that
-        // there is nothing of the restored release's to read.
-        let first = since + svc.watch_interval.as_millis() as i64;
+        let notes = self.store().notes(run).await?;
+        if let Some(verdict) = notes.iter().rev().find(|n| n.kind == VERDICT) {
+            let data = verdict.data.clone().unwrap_or_default();
+            if let Ok(look) = serde_json::from_value::<Look>(data["look"].clone()) {
+                let after = data["after_ms"].as_i64().unwrap_or_default();
+                return self.conclude(ctx, &facts, look, after).await;
+            }
+        }
+        let interval = svc.watch_interval.min(svc.watch_window);
+        let first = since + interval.as_millis() as i64;
+        let baseline = match notes.iter().find(|n| n.kind == BASELINE) {
+            Some(n) => n
+                .data
+                .as_ref()
+                .and_then(|d| serde_json::from_value::<Reading>(d["reading"].clone()).ok()),
+            None => {
+                // Sentry counts whole hours: what it already counted for the
+                // restored release in this hour (lingering clients before the
+                // rollback) is subtracted from every look.
+                let read = self.restored_health(&svc, &facts, since).await;
+                let (text, data) = match &read {
+                    Ok(r) => (r.describe(), json!({"reading": r})),
+                    Err(why) => (format!("unavailable: {why}"), json!({"unavailable": why})),
+                };
+                self.store()
+                    .add_note(run, BASELINE, &text, Some(&data))
+                    .await?;
+                return self.look_later(ctx, (first - now_ms()).max(0) as u64).await;
+            }
+        };
         if now_ms() < first {
             return self.look_later(ctx, (first - now_ms()) as u64).await;
         }
         let alert = self.alert_of(ctx)?;
-        let look = self.look(&svc, &facts, &alert, since).await?;
+        let look = self
+            .look(&svc, &facts, &alert, since, baseline.as_ref())
+            .await?;
         let now = now_ms();
-        let after = human_ms(now - since);
         let ends = since + svc.watch_window.as_millis() as i64;
         tracing::info!(look = %look.describe(), "watching the rollback recover");
         self.store()
-            .add_note(&ctx.claimed.run.id, "look", &look.describe(), None)
+            .add_note(run, LOOK, &look.describe(), None)
             .await?;
+        if now < ends && matches!(look, Look::Crashing { .. } | Look::Unknown { .. }) {
+            // Not yet: look again, the last look at the window's end.
+            let next = ((ends - now) as u64).min(interval.as_millis() as u64);
+            return self.look_later(ctx, next).await;
+        }
+        let data = json!({"look": look, "after_ms": now - since});
+        self.store()
+            .add_note(run, VERDICT, &look.describe(), Some(&data))
+            .await?;
+        self.conclude(ctx, &facts, look, now - since).await
+    }
+
+    /// Acts on the watch's verdict and finishes the step. Every action is
+    /// safe to repeat: the freeze keeps a freeze, the second page has a key
+    /// of its own, the replies are tagged.
+    async fn conclude(
+        &self,
+        ctx: &RunCtx,
+        facts: &Facts,
+        look: Look,
+        after_ms: i64,
+    ) -> Result<bool, EngineError> {
+        let svc = &facts.svc;
+        let after = human_ms(after_ms);
         match &look {
-            Look::Resolved(_) | Look::Healthy(_) => {
-                let reply = match &look {
-                    Look::Healthy(r) => {
-                        format!(
-                            ":white_check_mark: Recovered {after} after the rollback: {}.",
-                            r.describe()
-                        )
-                    }
-                    _ => format!(
-                        ":white_check_mark: Recovered {after} after the rollback: {}.",
-                        look.describe()
-                    ),
+            Look::Resolved { .. } | Look::Healthy { .. } => {
+                let what = match look.reading() {
+                    Some(r) => r.describe(),
+                    None => look.describe(),
                 };
-                let replied = self.reply(ctx, &facts, &reply, "watch").await;
-                let resolved = match svc.resolve_on_recovery && matches!(look, Look::Healthy(_)) {
-                    true => Some(self.resolve_page(&facts, &reply).await),
+                let reply =
+                    format!(":white_check_mark: Recovered {after} after the rollback: {what}.");
+                let replied = self.reply(ctx, facts, &reply, "watch").await;
+                let resolved = match svc.resolve_on_recovery && look.reading().is_some() {
+                    true => Some(self.resolve_page(facts, &reply).await),
                     false => None,
                 };
                 let output = json!({
                     "recovered": true,
-                    "after_ms": now - since,
+                    "after_ms": after_ms,
                     "look": look.describe(),
-                    "reading": reading_of(&look),
+                    "reading": look.reading(),
                     "reply": replied,
                     "resolved_page": resolved,
                 });
                 self.end_watch(ctx, &output, None).await
             }
-            _ if now < ends => {
-                // Not yet: look again, the last look at the window's end.
-                let next = ((ends - now) as u64).min(svc.watch_interval.as_millis() as u64);
-                self.look_later(ctx, next).await
-            }
-            Look::Crashing(r) => {
+            Look::Crashing { reading: r } => {
                 let reason =
                     format!(
                     "the rollback to {} (release {}) did not help: {} {after} after it (run {})",
@@ -131,19 +189,20 @@ impl Engine {
                 self.store()
                     .freeze(&ctx.claimed.claim, &svc.name, &reason)
                     .await?;
-                let paged = self.page_again(&facts, &reason, r).await;
+                self.failpoint("watch-frozen").await;
+                let paged = self.page_again(facts, &reason, r).await;
                 let reply = format!(
                     ":x: The rollback did not help: {} {after} after it. Automatic rollbacks of {} are frozen until someone runs `backstop resume {}`.",
                     r.describe(),
                     svc.name,
                     svc.name
                 );
-                let replied = self.reply(ctx, &facts, &reply, "watch").await;
+                let replied = self.reply(ctx, facts, &reply, "watch").await;
                 let output = json!({
                     "recovered": false,
-                    "after_ms": now - since,
+                    "after_ms": after_ms,
                     "look": look.describe(),
-                    "reading": reading_of(&look),
+                    "reading": r,
                     "frozen": reason,
                     "page": paged.as_ref().ok(),
                     "reply": replied,
@@ -151,15 +210,15 @@ impl Engine {
                 let error = paged.err();
                 self.end_watch(ctx, &output, error.as_ref()).await
             }
-            Look::Unknown(why) => {
+            Look::Unknown { why } => {
                 let reply = format!(
                     ":grey_question: Could not tell whether the rollback helped within {}: {why}. Nothing was frozen; check the release's health in Sentry.",
                     humantime::format_duration(svc.watch_window)
                 );
-                let replied = self.reply(ctx, &facts, &reply, "watch").await;
+                let replied = self.reply(ctx, facts, &reply, "watch").await;
                 let output = json!({
                     "recovered": Value::Null,
-                    "after_ms": now - since,
+                    "after_ms": after_ms,
                     "look": look.describe(),
                     "reply": replied,
                 });
@@ -176,38 +235,19 @@ impl Engine {
         Ok(true)
     }
 
-    /// One look: did Sentry resolve the alert, and how is the restored
-    /// release doing since the rollback?
-    async fn look(
+    /// The restored release's health from `since` (Sentry widens it to
+    /// the hour) until now, within `sentry.confirm_timeout`.
+    async fn restored_health(
         &self,
         svc: &ServiceSettings,
         facts: &Facts,
-        alert: &Alert,
         since: i64,
-    ) -> Result<Look, EngineError> {
-        if alert.resource == Resource::MetricAlert {
-            let mut resolved = alert.clone();
-            resolved.action = "resolved".into();
-            if let Some(run) = self
-                .store()
-                .run_for_dedup_key(&resolved.dedup_key())
-                .await?
-            {
-                return Ok(Look::Resolved(run.0));
-            }
-        }
+    ) -> Result<Reading, String> {
         let Some(release) = facts.notice.to.as_ref().and_then(|d| d.release.clone()) else {
-            return Ok(Look::Unknown(
-                "the restored deployment has no release".into(),
-            ));
+            return Err("the restored deployment has no release".into());
         };
         let Some(sentry) = self.inner.providers.sentry.as_ref() else {
-            return Ok(Look::Unknown(
-                "sentry.token or sentry.org is not configured".into(),
-            ));
-        };
-        let Some(threshold) = alert.threshold else {
-            return Ok(Look::Unknown("the alert carries no threshold".into()));
+            return Err("sentry.token or sentry.org is not configured".into());
         };
         let unit = match facts.notice.metric.as_str() {
             "users" => "user",
@@ -222,35 +262,73 @@ impl Engine {
             release: Some(&release),
         };
         let timeout = self.settings().sentry.confirm_timeout;
-        let read = tokio::time::timeout(timeout, sentry.health(&query)).await;
-        let reading = match read {
-            Ok(Ok(found)) => found
-                .into_iter()
-                .find(|r| r.release == release)
-                .unwrap_or(Reading {
-                    release: release.clone(),
-                    crash_free: None,
-                    sessions: 0,
-                }),
-            Ok(Err(e)) => return Ok(Look::Unknown(format!("Sentry unreachable: {e}"))),
-            Err(_) => {
-                return Ok(Look::Unknown(format!(
-                    "Sentry did not answer within {}",
-                    humantime::format_duration(timeout)
-                )))
+        match tokio::time::timeout(timeout, sentry.health(&query)).await {
+            Ok(Ok(found)) => {
+                Ok(found
+                    .into_iter()
+                    .find(|r| r.release == release)
+                    .unwrap_or(Reading {
+                        release,
+                        crash_free: None,
+                        sessions: 0,
+                    }))
             }
+            Ok(Err(e)) => Err(format!("Sentry unreachable: {e}")),
+            Err(_) => Err(format!(
+                "Sentry did not answer within {}",
+                humantime::format_duration(timeout)
+            )),
+        }
+    }
+
+    /// One look: did Sentry resolve the alert, and how is the restored
+    /// release doing since the rollback (less what Sentry had already
+    /// counted for it in that hour)?
+    async fn look(
+        &self,
+        svc: &ServiceSettings,
+        facts: &Facts,
+        alert: &Alert,
+        since: i64,
+        baseline: Option<&Reading>,
+    ) -> Result<Look, EngineError> {
+        if alert.resource == Resource::MetricAlert {
+            let mut resolved = alert.clone();
+            resolved.action = "resolved".into();
+            if let Some(run) = self
+                .store()
+                .run_for_dedup_key(&resolved.dedup_key())
+                .await?
+            {
+                return Ok(Look::Resolved { run: run.0 });
+            }
+        }
+        let Some(threshold) = alert.threshold else {
+            let why = "the alert carries no threshold".into();
+            return Ok(Look::Unknown { why });
+        };
+        let reading = match self.restored_health(svc, facts, since).await {
+            Ok(now) => match baseline {
+                Some(before) => since_baseline(&now, before),
+                None => now,
+            },
+            Err(why) => return Ok(Look::Unknown { why }),
         };
         if reading.sessions < svc.min_sessions {
-            return Ok(Look::Unknown(format!(
-                "only {} sessions of release {release} since the rollback (min_sessions {})",
+            let why = format!(
+                "only {} sessions of release {} since the rollback (min_sessions {})",
                 crate::policy::thousands(reading.sessions),
+                reading.release,
                 svc.min_sessions
-            )));
+            );
+            return Ok(Look::Unknown { why });
         }
         Ok(match reading.crash_free {
-            Some(rate) if rate >= threshold => Look::Healthy(reading),
-            Some(_) => Look::Crashing(reading),
-            None => Look::Unknown(format!("no crash-free rate for release {release}")),
+            Some(rate) if rate >= threshold => Look::Healthy { reading },
+            Some(_) => Look::Crashing { reading },
+            None => Look::Unknown {
+                why: format!("no crash-free rate for release {}", reading.release),
+            },
         })
     }
 
@@ -385,9 +463,42 @@ impl Engine {
     }
 }
 
-fn reading_of(look: &Look) -> Option<&Reading> {
-    match look {
-        Look::Healthy(r) | Look::Crashing(r) => Some(r),
-        _ => None,
+/// What happened after the baseline: sessions and crashes counted since.
+pub(crate) fn since_baseline(now: &Reading, before: &Reading) -> Reading {
+    let crashed = |r: &Reading| r.sessions as f64 * (100.0 - r.crash_free.unwrap_or(100.0)) / 100.0;
+    let sessions = now.sessions.saturating_sub(before.sessions);
+    let crash_free = (sessions > 0 && now.crash_free.is_some()).then(|| {
+        let new_crashes = (crashed(now) - crashed(before)).max(0.0);
+        (100.0 - new_crashes / sessions as f64 * 100.0).clamp(0.0, 100.0)
+    });
+    Reading {
+        release: now.release.clone(),
+        crash_free,
+        sessions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(rate: f64, sessions: u64) -> Reading {
+        Reading {
+            release: "a".into(),
+            crash_free: Some(rate),
+            sessions,
+        }
+    }
+
+    #[test]
+    fn a_look_counts_only_what_came_after_the_baseline() {
+        // 1,000 healthy sessions before the rollback; 2,000 more at 95%.
+        let before = r(100.0, 1_000);
+        let now = r(100.0 - 100.0 * 100.0 / 3_000.0, 3_000);
+        let after = since_baseline(&now, &before);
+        assert_eq!(after.sessions, 2_000);
+        assert!((after.crash_free.unwrap() - 95.0).abs() < 1e-9, "{after:?}");
+        // Nothing new: no rate to judge.
+        assert_eq!(since_baseline(&before, &before).crash_free, None);
     }
 }

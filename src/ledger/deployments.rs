@@ -328,6 +328,15 @@ impl Store {
         let (step, failed) = (StepName::Rollback.as_str(), StepStatus::Failed.as_str());
         let succeeded = StepStatus::Succeeded.as_str();
         let (watch, pending) = (StepName::Watch.as_str(), StepStatus::Pending.as_str());
+        // A run watching its verified rollback recover: between looks it is
+        // `watching`, during one `running` (few rows: the claim index).
+        let watching = format!(
+            "r.status IN ('{}', '{}') AND r.service = $1 AND r.outcome = '{rollback}' AND r.id <> $2
+               AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.name = '{watch}' AND s.status = '{pending}')
+               AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.name = '{step}' AND s.status = '{succeeded}')",
+            RunStatus::Watching.as_str(),
+            RunStatus::Running.as_str()
+        );
         Ok(sqlx::query(&format!(
             "SELECT
                (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = '{rollback}' AND id <> $2
@@ -340,10 +349,8 @@ impl Store {
                (SELECT COUNT(*) FROM service_pauses WHERE service = $1) AS paused,
                (SELECT MAX(reason) FROM service_pauses WHERE service = $1) AS pause_reason,
                (SELECT MAX(frozen_by_run) FROM service_pauses WHERE service = $1) AS frozen_by,
-               (SELECT MAX(r.id) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{watch}' AND s.status = '{pending}'
-                  WHERE r.service = $1 AND r.id <> $2) AS watching_run,
-               (SELECT MAX(r.rollback_to) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{watch}' AND s.status = '{pending}'
-                  WHERE r.service = $1 AND r.id <> $2) AS watching_restored"
+               (SELECT r.id FROM runs r WHERE {watching} ORDER BY r.id DESC LIMIT 1) AS watching_run,
+               (SELECT r.rollback_to FROM runs r WHERE {watching} ORDER BY r.id DESC LIMIT 1) AS watching_restored"
         ))
         .bind(service)
         .bind(&run.0)

@@ -556,12 +556,13 @@ impl Store {
             .await?)
     }
 
-    /// Runs not yet finished.
+    /// Runs not yet finished (watching ones included).
     pub async fn count_unfinished_runs(&self) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE status IN ($1, $2)")
+            sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE status IN ($1, $2, $3)")
                 .bind(RunStatus::Pending.as_str())
                 .bind(RunStatus::Running.as_str())
+                .bind(RunStatus::Watching.as_str())
                 .fetch_one(&self.pool)
                 .await?,
         )

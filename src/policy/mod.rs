@@ -630,12 +630,18 @@ fn confirm(
         Rule::Confirmed,
         format!("release {release}: {}", reading.describe()),
     );
-    if reading.sessions < c.min_sessions {
-        let reason = format!(
-            "inconclusive: {} sessions of release {release} in the window (min_sessions {})",
-            thousands(reading.sessions),
-            c.min_sessions
-        );
+    if reading.sessions < c.min_sessions || reading.crash_free.is_none() {
+        let reason = match reading.crash_free {
+            None if reading.sessions >= c.min_sessions => format!(
+                "inconclusive: Sentry gave no crash-free rate for release {release} ({} sessions)",
+                thousands(reading.sessions)
+            ),
+            _ => format!(
+                "inconclusive: {} sessions of release {release} in the window (min_sessions {})",
+                thousands(reading.sessions),
+                c.min_sessions
+            ),
+        };
         if c.on_inconclusive == Fallback::Escalate {
             return Ok(Err(stopped(t, Rule::EnoughData, Outcome::Escalate, reason)));
         }
@@ -648,10 +654,12 @@ fn confirm(
         format!("{} sessions", thousands(reading.sessions)),
     );
     let Some(threshold) = i.alert.threshold else {
+        // Nothing to compare with: the readings are kept, but they confirm
+        // nothing (rule 16 still applies).
         let why = "the alert carries no threshold to compare with";
         t.pass(Rule::StillCrashing, why);
         t.pass(Rule::TheRelease, why);
-        return Ok(Ok(true));
+        return Ok(Ok(false));
     };
     let below = |r: &Reading| r.crash_free.is_some_and(|x| x < threshold);
     if !below(&reading) {
@@ -687,13 +695,16 @@ fn health_query(
 ) -> HealthQuery {
     let detected = t.started.unwrap_or(i.received_at_ms);
     let window = i.alert.window_ms.unwrap_or(3_600_000);
+    // The known-good release over its own time live, at most its last
+    // day (Sentry refuses more than 1,000 hourly points, and the last day
+    // is what the live release replaced).
     let target = target.and_then(|d| {
-        let from = d.promoted_at_ms?;
         let to = d.superseded_at_ms.or(live.promoted_at_ms)?;
+        let from = d.promoted_at_ms?.max(to - TARGET_WINDOW_MS);
         Some((d.release.clone()?, from, to))
     });
     let unit = match i.alert.aggregate.as_deref() {
-        Some(a) if a.contains("users") => "user",
+        Some(a) if a.contains("user") => "user",
         _ => "session",
     };
     HealthQuery {
@@ -704,6 +715,9 @@ fn health_query(
         unit: unit.into(),
     }
 }
+
+/// How much of the known-good release's time live is read: its last day.
+pub const TARGET_WINDOW_MS: i64 = 86_400_000;
 
 /// Why it is not the release: the known-good release was itself below the
 /// threshold over its time live, or every release with enough sessions

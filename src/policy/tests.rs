@@ -730,3 +730,54 @@ fn rule_11_a_frozen_service_escalates_and_says_why() {
     assert_eq!((d.outcome, d.rule.number()), (Outcome::Escalate, 11));
     assert_eq!(d.reason, "frozen: the rollback to dpl_x did not help");
 }
+
+#[test]
+fn rule_13_a_reading_without_a_rate_is_inconclusive_never_a_recovery() {
+    let mut no_rate = crashing();
+    no_rate.live = Some(Reading {
+        release: "rel-dpl_live".into(),
+        crash_free: None,
+        sessions: 5_000,
+    });
+    let d = with_health(&alert(), &confirming(), &history(), &no_rate);
+    assert_eq!((d.outcome, d.rule), (Outcome::Escalate, Rule::EnoughData));
+    assert!(d.reason.contains("no crash-free rate"), "{}", d.reason);
+}
+
+#[test]
+fn rule_14_without_a_threshold_the_readings_confirm_nothing() {
+    let mut a = alert();
+    a.threshold = None;
+    a.detected_at_ms = Some(NOW - 10 * MIN + 40_000);
+    let mut svc = confirming();
+    svc.min_live = Duration::from_secs(300);
+    // Nothing to compare the rate with: the minimum time live applies.
+    let d = with_health(&a, &svc, &history(), &crashing());
+    assert_eq!(d.rule, Rule::LiveLongEnough);
+}
+
+#[test]
+fn rule_15_the_known_good_release_is_read_over_its_last_day_live_at_most() {
+    let mut h = history();
+    // Known-good for 60 days before the live one.
+    h.deployments.truncate(2);
+    h.deployments[1].promoted_at_ms = Some(NOW - 60 * 24 * 60 * MIN);
+    let Err(Missing::ReleaseHealth(q)) =
+        run(&alert(), &confirming(), &h, Some(&serving("dpl_live")))
+    else {
+        panic!("expected a release-health query");
+    };
+    let (_, from, to) = q.target.unwrap();
+    assert_eq!(
+        (from, to),
+        (NOW - 10 * MIN - TARGET_WINDOW_MS, NOW - 10 * MIN)
+    );
+    let mut a = alert();
+    a.aggregate = Some("crash_free_rate(user)".into());
+    let Err(Missing::ReleaseHealth(q)) =
+        run(&a, &confirming(), &history(), Some(&serving("dpl_live")))
+    else {
+        panic!("expected a release-health query");
+    };
+    assert_eq!(q.unit, "user");
+}

@@ -56,7 +56,11 @@ impl Sim {
     /// A simulator with these credentials and nothing else.
     pub fn new(creds: Credentials) -> Self {
         let sim = Self::default();
-        sim.world().creds = creds;
+        {
+            let mut w = sim.world();
+            w.creds = creds;
+            w.accrual_per_s = 1_000;
+        }
         sim
     }
 
@@ -181,21 +185,17 @@ async fn set_health(State(sim): State<Sim>, Json(h): Json<ReleaseHealth>) -> Jso
 #[derive(serde::Deserialize)]
 struct Recovery {
     recovers: bool,
+    /// Crash-free rate (0-1) of what a restored release gains when it
+    /// does not recover.
     #[serde(default = "crashing_rate")]
     crash_free: f64,
-    #[serde(default = "crashing_sessions")]
-    sessions: u64,
 }
 
 fn crashing_rate() -> f64 {
     0.93
 }
 
-fn crashing_sessions() -> u64 {
-    3_000
-}
-
 async fn set_recovery(State(sim): State<Sim>, Json(r): Json<Recovery>) -> Json<Value> {
-    sim.world().no_recovery = (!r.recovers).then_some((r.crash_free, r.sessions));
+    sim.world().no_recovery = (!r.recovers).then_some(r.crash_free);
     Json(serde_json::json!({"ok": true, "recovers": r.recovers}))
 }

@@ -177,10 +177,14 @@ pub struct World {
     pub messages: Vec<Message>,
     /// Sentry: release health per project, environment and release.
     pub release_health: Vec<ReleaseHealth>,
-    /// Sentry: when set, a release production was rolled back to does not
-    /// recover: it reports this crash-free rate (0-1) and these sessions
-    /// (the crash follows production: not a release problem after all).
-    pub no_recovery: Option<(f64, u64)>,
+    /// Sentry: sessions a release production was rolled back to gains per
+    /// second from its first alias write on, at its own crash-free rate,
+    /// or at `no_recovery` when set (the crash follows production: not a
+    /// release problem after all). `Sim::new` sets 1,000.
+    pub accrual_per_s: u64,
+    /// Sentry: the crash-free rate (0-1) of sessions a restored release
+    /// gains, when it does not recover.
+    pub no_recovery: Option<f64>,
     /// Sentry: deploys created.
     pub sentry_deploys: Vec<SimDeploy>,
     /// PagerDuty: change events received, bodies in order.
@@ -254,21 +258,34 @@ impl World {
         }
     }
 
-    /// A release's health as Sentry reports it now: as set, unless
-    /// production was rolled back to it and recovery is off.
+    /// A release's health as Sentry reports it now: as set, plus what it
+    /// gained since production was rolled back to it (see `accrual_per_s`).
     pub fn health_now(&self, h: &ReleaseHealth) -> ReleaseHealth {
-        let restored = self.alias_writes.iter().any(|w| {
-            self.deployments
-                .get(&w.deployment)
-                .is_some_and(|d| d.sha == h.release)
-        });
-        match (self.no_recovery, restored) {
-            (Some((crash_free, sessions)), true) => ReleaseHealth {
-                crash_free,
-                sessions,
-                ..h.clone()
+        let restored_at = self
+            .alias_writes
+            .iter()
+            .filter(|w| {
+                self.deployments
+                    .get(&w.deployment)
+                    .is_some_and(|d| d.sha == h.release)
+            })
+            .map(|w| w.at_us)
+            .min();
+        let Some(at) = restored_at else {
+            return h.clone();
+        };
+        let secs = (now_us() - at).max(0) as f64 / 1e6;
+        let gained = (secs * self.accrual_per_s as f64) as u64;
+        let rate = self.no_recovery.unwrap_or(h.crash_free);
+        let sessions = h.sessions + gained;
+        let crashed = h.sessions as f64 * (1.0 - h.crash_free) + gained as f64 * (1.0 - rate);
+        ReleaseHealth {
+            sessions,
+            crash_free: match sessions {
+                0 => h.crash_free,
+                n => 1.0 - crashed / n as f64,
             },
-            _ => h.clone(),
+            ..h.clone()
         }
     }
 

@@ -61,6 +61,19 @@ async fn run_reaching(app: &SimApp, status: RunStatus, within: Duration) -> RunD
     }
 }
 
+/// Waits (bounded) until `run` is finished; its final status.
+async fn until_finished(app: &SimApp, run: &backstop::ledger::RunId) -> RunStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = app.store.run(run).await.unwrap().status;
+        if matches!(status, RunStatus::Done | RunStatus::Failed) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "run {run} still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn decision(d: &RunDetail) -> Value {
     d.run.decision.clone().expect("decided")
 }
@@ -164,13 +177,17 @@ async fn every_release_crashing_is_not_a_release_problem(db: Db) {
     let Some(app) = confirming(db, |_| {}).await else {
         return;
     };
-    // A backend outage: the older releases still in use crash as much.
-    set_health(&app, GOOD_RELEASE, 0.93, 48_200);
+    // A backend outage: the older release still in use crashes as much
+    // (the known-good one has too few sessions to count either way).
+    set_health(&app, GOOD_RELEASE, 0.93, 50);
     set_health(&app, "a1b2c3d", 0.91, 51_800);
     assert_eq!(app.alert("outage", 30_000).await, 202);
     let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
     let reason = d.run.reason.clone().unwrap_or_default();
-    assert!(reason.starts_with("not the release"), "{reason}");
+    assert!(
+        reason.starts_with("all releases are crashing: likely not a release problem"),
+        "{reason}"
+    );
     assert!(
         app.sim.sim.world().alias_writes.is_empty(),
         "nothing rolled back"
@@ -335,9 +352,7 @@ async fn a_watched_rollback_that_recovers_says_so_in_the_thread_and_resolves_the
         .find(|(thread, t)| thread.as_deref() == Some(card_ts.as_str()) && t.contains("Recovered"))
         .unwrap_or_else(|| panic!("a recovery reply in the card's thread: {texts:?}"));
     assert!(
-        reply
-            .1
-            .contains("after the rollback: 99.8% over 48,200 sessions"),
+        reply.1.contains("after the rollback: 99.8% over "),
         "{}",
         reply.1
     );
@@ -363,18 +378,13 @@ async fn a_rollback_that_did_not_help_freezes_the_service_and_pages_again(db: Db
         return;
     };
     // Before acting, the known-good release shows too few sessions to
-    // count against it; once it is back, it crashes as well: only the
-    // rollback shows it was not the release.
+    // count against it; once it is back, the sessions it gains crash as
+    // well: only the rollback shows it was not the release.
     set_health(&app, GOOD_RELEASE, 0.95, 10);
     assert_eq!(app.alert("w2", 30_000).await, 202);
     let watching_run = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
-    set_health(&app, GOOD_RELEASE, 0.95, 6_000);
     let d = watching_run.run.id.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.store.run(&d).await.unwrap().status != RunStatus::Done {
-        assert!(Instant::now() < deadline, "the watch did not end");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(until_finished(&app, &d).await, RunStatus::Done);
     let detail = app.store.run_detail(&d).await.unwrap();
     let out = detail
         .step(StepName::Watch)
@@ -389,7 +399,7 @@ async fn a_rollback_that_did_not_help_freezes_the_service_and_pages_again(db: Db
     assert!(
         pauses[0]
             .reason
-            .contains("(release 9be1c07) did not help: 95% over 6,000 sessions"),
+            .contains("(release 9be1c07) did not help: 95% over "),
         "{}",
         pauses[0].reason
     );
@@ -401,7 +411,7 @@ async fn a_rollback_that_did_not_help_freezes_the_service_and_pages_again(db: Db
             .find(|i| i.key.ends_with("/did-not-help"))
             .expect("paged again");
         assert_eq!(again.severity, "critical");
-        assert!(again.summary.starts_with("storefront: the rollback to dpl_9be1c07good (release 9be1c07) did not help: 95% over 6,000 sessions"), "{}", again.summary);
+        assert!(again.summary.starts_with("storefront: the rollback to dpl_9be1c07good (release 9be1c07) did not help: 95% over "), "{}", again.summary);
         let card_ts = w.messages[0].ts.clone();
         assert!(
             w.messages
@@ -496,6 +506,12 @@ async fn a_new_alert_during_the_watch_joins_it_instead_of_rolling_back_again(db:
     // And the note is told in the incident's thread, not as a new card.
     let w = app.sim.sim.world();
     let card_ts = w.messages[0].ts.clone();
+    let note = w
+        .messages
+        .iter()
+        .find(|m| m.text.contains("joins the watch"))
+        .expect("the joined alert is told");
+    assert_eq!(note.thread_ts.as_deref(), Some(card_ts.as_str()));
     assert!(w.messages[1..]
         .iter()
         .all(|m| m.thread_ts.as_deref() == Some(card_ts.as_str())));
@@ -505,6 +521,9 @@ async fn sentry_resolving_the_alert_ends_the_watch_as_recovered(db: Db) {
     let Some(app) = confirming(db, watching(60_000)).await else {
         return;
     };
+    // The restored release gains no sessions: only Sentry's resolution
+    // can end the watch.
+    app.sim.sim.world().accrual_per_s = 0;
     set_health(&app, GOOD_RELEASE, 0.998, 10);
     assert_eq!(app.alert("r1", 30_000).await, 202);
     let first = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
@@ -525,19 +544,7 @@ async fn sentry_resolving_the_alert_ends_the_watch_as_recovered(db: Db) {
     .await
     .unwrap();
     assert_eq!(status, 202);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let run = app.store.run(&first.run.id).await.unwrap();
-        if run.status == RunStatus::Done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the watch did not end: {}",
-            run.status
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(until_finished(&app, &first.run.id).await, RunStatus::Done);
     let d = app.store.run_detail(&first.run.id).await.unwrap();
     let out = d.step(StepName::Watch).unwrap().output.clone().unwrap();
     assert_eq!(out["recovered"], true);
@@ -554,7 +561,8 @@ async fn a_watch_resumes_after_a_restart(db: Db) {
     let Some(mut app) = confirming(db, watching(60_000)).await else {
         return;
     };
-    // Not enough sessions yet: the instance leaves the run watching.
+    // No sessions yet: the instance leaves the run watching.
+    app.sim.sim.world().accrual_per_s = 0;
     set_health(&app, GOOD_RELEASE, 0.998, 10);
     assert_eq!(app.alert("restart", 30_000).await, 202);
     let first = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
@@ -574,12 +582,9 @@ async fn a_watch_resumes_after_a_restart(db: Db) {
     // Stopped between two looks, it holds nothing; the restarted instance
     // takes the looks over once the restored release has traffic.
     app.restart().await;
-    set_health(&app, GOOD_RELEASE, 0.997, 3_000);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.store.run(&first.run.id).await.unwrap().status != RunStatus::Done {
-        assert!(Instant::now() < deadline, "the watch was not finished");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let restarted = backstop::clock::now_ms();
+    app.sim.sim.world().accrual_per_s = 1_000;
+    assert_eq!(until_finished(&app, &first.run.id).await, RunStatus::Done);
     let d = app.store.run_detail(&first.run.id).await.unwrap();
     assert_eq!(
         d.step(StepName::Watch).unwrap().output.as_ref().unwrap()["recovered"],
@@ -590,9 +595,14 @@ async fn a_watch_resumes_after_a_restart(db: Db) {
         2,
         "rolled back once"
     );
-    let looks = d.notes.iter().filter(|n| n.kind == "look").count();
+    let looks: Vec<i64> = d
+        .notes
+        .iter()
+        .filter(|n| n.kind == "look")
+        .map(|n| n.at_ms)
+        .collect();
     assert!(
-        looks >= 2,
+        looks.iter().any(|at| *at < restarted) && looks.iter().any(|at| *at >= restarted),
         "looked before and after the restart: {:?}",
         d.notes
     );
@@ -640,5 +650,12 @@ fn bad_closed_loop_settings_fail_at_start_naming_the_key() {
         "sentry",
         "token = \"t\"\norg = \"acme\"\nconfirm_timeout = \"0s\"",
     );
+    assert!(error(c).contains("sentry.confirm_timeout"));
+    // Counted inside the rollback deadline: it must leave room to act.
+    let mut c = base().with(
+        "sentry",
+        "token = \"t\"\norg = \"acme\"\nconfirm_timeout = \"30s\"",
+    );
+    c.engine = "rollback_deadline = \"10s\"".into();
     assert!(error(c).contains("sentry.confirm_timeout"));
 }

@@ -329,3 +329,78 @@ async fn an_instance_whose_clock_runs_ahead_does_not_take_over_a_held_run() {
         skewed.output()
     );
 }
+
+/// Killed right after the watch froze the service for a rollback that did
+/// not help, the next instance carries that verdict out (pages again, says
+/// so in the thread) instead of looking again and contradicting it, even
+/// though the restored release looks healthy by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_killed_while_acting_on_its_verdict_carries_it_out_after_a_restart() {
+    let w = world_with(None, |c| {
+        *c = c
+            .clone()
+            .with("sentry", "token = \"proc-sentry-token\"\norg = \"acme\"");
+        c.service = "watch_window = \"1s\"\nwatch_interval = \"200ms\"".into();
+    })
+    .await;
+    {
+        let mut world = w.sim.sim.world();
+        // Too few sessions to count before acting; what it gains once back
+        // in production crashes at 95%.
+        world.set_health("storefront-web", "production", "9be1c07", 0.95, 10);
+    }
+    let first = Proc::spawn(&w.config, Some("watch-frozen"));
+    let alert = CrashAlert::critical("storefront-web", "4545", now_ms() - 30_000).body();
+    let (status, _) = sender::deliver(
+        &reqwest::Client::new(),
+        &first.url(),
+        SENTRY,
+        "metric_alert",
+        &alert,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    assert!(
+        first
+            .wait_for(
+                "BACKSTOP_FAILPOINT watch-frozen reached",
+                Duration::from_secs(20)
+            )
+            .is_some(),
+        "{}",
+        first.output()
+    );
+    drop(first); // SIGKILL after the freeze, before the second page
+                 // By now the restored release would look healthy to a new look.
+    w.sim
+        .sim
+        .world()
+        .set_health("storefront-web", "production", "9be1c07", 0.999, 100_000);
+    let _second = Proc::spawn(&w.config, None);
+    let detail = until_finished(&w.db_url).await;
+    assert_eq!(detail.run.status, RunStatus::Done, "{:?}", detail.steps);
+    let out = detail.output_of(StepName::Watch).unwrap();
+    assert_eq!(out["recovered"], false, "{out}");
+    let world = w.sim.sim.world();
+    assert!(
+        world.incidents.keys().any(|k| k.ends_with("/did-not-help")),
+        "paged again"
+    );
+    assert!(
+        world
+            .messages
+            .iter()
+            .any(|m| m.text.contains("did not help")),
+        "{:?}",
+        world.messages
+    );
+    assert!(
+        !world
+            .messages
+            .iter()
+            .any(|m| m.text.contains("Recovered") || m.text.contains("Could not tell")),
+        "no contradicting reply: {:?}",
+        world.messages
+    );
+}

@@ -27,7 +27,7 @@ pub const CREDS: Creds = Creds {
     routing_key: ROUTING_KEY,
     pagerduty_token: "",
     slack_token: SLACK_TOKEN,
-    sentry_token: "",
+    sentry_token: "proc-sentry-token",
 };
 
 /// A world: the simulator, a config file and a seeded SQLite ledger.
