@@ -8,6 +8,8 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::ingest::slack::ClickAction;
+
 use crate::config::{ServiceSettings, Settings, TEMPLATE_NAMES};
 use crate::ingest::sentry::Alert;
 use crate::policy::{Decision, DeploymentRef};
@@ -162,6 +164,9 @@ pub struct Notice {
     pub health: Option<String>,
     /// Run id.
     pub run_id: String,
+    /// Buttons the card carries (Slack interactivity configured).
+    #[serde(skip)]
+    pub buttons: Vec<ClickAction>,
 }
 
 impl Notice {
@@ -203,6 +208,7 @@ impl Notice {
             moved: kind == Kind::RolledBack,
             health: d.readings.as_ref().map(health_text),
             run_id: run_id.into(),
+            buttons: Vec::new(),
         }
     }
 
@@ -339,6 +345,15 @@ impl Notice {
                 .join("  ");
             blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": clip(&checks, 3000)}]}));
         }
+        if let Some(actions) = actions_block(
+            &self.buttons,
+            &self.run_id,
+            &self.service,
+            self.from.as_ref(),
+            self.to.as_ref(),
+        ) {
+            blocks.push(actions);
+        }
         let mut links: Vec<String> = self
             .links()
             .into_iter()
@@ -382,6 +397,64 @@ impl Notice {
         }
         out.join("\n")
     }
+}
+
+/// The buttons of a card (or a reply) as a Block Kit `actions` block; the
+/// `value` of each names the run, which is checked again when pressed.
+pub fn actions_block(
+    actions: &[ClickAction],
+    run: &str,
+    service: &str,
+    from: Option<&DeploymentRef>,
+    to: Option<&DeploymentRef>,
+) -> Option<Value> {
+    if actions.is_empty() {
+        return None;
+    }
+    let plain = |t: &str| json!({"type": "plain_text", "text": clip(t, 75)});
+    let name = |d: Option<&DeploymentRef>| {
+        d.map(|d| match &d.release {
+            Some(r) => format!("{} (release {r})", d.id),
+            None => d.id.clone(),
+        })
+        .unwrap_or_else(|| "?".into())
+    };
+    let elements: Vec<Value> = actions
+        .iter()
+        .map(|a| match a {
+            ClickAction::Undo => json!({
+                "type": "button",
+                "action_id": a.action_id(),
+                "text": plain("Undo rollback"),
+                "style": "danger",
+                "value": run,
+                "confirm": {
+                    "title": plain("Undo the rollback?"),
+                    "text": {"type": "mrkdwn", "text": clip(&format!(
+                        "Put production back on {}, replacing {}? {service} is then held: no automatic rollback until someone resumes it.",
+                        name(from), name(to)
+                    ), 300)},
+                    "confirm": plain("Undo"),
+                    "deny": plain("Cancel"),
+                    "style": "danger",
+                },
+            }),
+            ClickAction::Hold => json!({
+                "type": "button",
+                "action_id": a.action_id(),
+                "text": plain(&format!("Hold {service}")),
+                "value": run,
+            }),
+            ClickAction::Resume => json!({
+                "type": "button",
+                "action_id": a.action_id(),
+                "text": plain(&format!("Resume {service}")),
+                "style": "primary",
+                "value": run,
+            }),
+        })
+        .collect();
+    Some(json!({"type": "actions", "block_id": "backstop_actions", "elements": elements}))
 }
 
 /// Release health as one line for people.

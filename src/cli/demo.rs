@@ -16,7 +16,10 @@ use crate::engine::Engine;
 use crate::ingest::signature::{sign, Digest};
 use crate::ledger::{Outcome, RunDetail, RunId, RunStatus, StepName};
 use crate::notice::Notice;
-use crate::sim::config::{world, Bases, Config, DEMO, DOMAINS, PROJECT};
+use crate::sim::config::{
+    world, Bases, Config, DEMO, DEMO_PAGERDUTY_WEBHOOK_SECRET, DEMO_SLACK_SIGNING_SECRET, DOMAINS,
+    PROJECT,
+};
 use crate::sim::sender::{self, CrashAlert};
 use crate::sim::Running;
 
@@ -45,16 +48,27 @@ pub struct DemoReport {
     pub health_read: bool,
     /// The watch saw production recover and said so in the card's thread.
     pub recovered: bool,
+    /// The first alert's run.
+    pub first_run: String,
 }
 
 /// Settings pointing every provider at the simulator, Sentry's API
 /// included (release health before acting), with time compressed: a 2 s
 /// watch looking every 500 ms, a 3 s cooldown.
 pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow::Result<Settings> {
-    let mut config = Config::new(DEMO, Bases::of(sim), db_url, listen).with(
-        "sentry",
-        &format!("token = \"{}\"\norg = \"acme\"", DEMO.sentry_token),
-    );
+    let mut config = Config::new(DEMO, Bases::of(sim), db_url, listen)
+        .with(
+            "sentry",
+            &format!("token = \"{}\"\norg = \"acme\"", DEMO.sentry_token),
+        )
+        .with(
+            "slack",
+            &format!("signing_secret = \"{DEMO_SLACK_SIGNING_SECRET}\""),
+        )
+        .with(
+            "pagerduty",
+            &format!("webhook_secret = \"{DEMO_PAGERDUTY_WEBHOOK_SECRET}\""),
+        );
     config.service = [
         "mode = \"auto\"",
         "watch_window = \"2s\"",
@@ -86,6 +100,10 @@ pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<Dem
     let http = reqwest::Client::new();
     let result = script(out, &http, &base, &engine, &sim).await;
     if keep && result.is_ok() {
+        let first_run = result
+            .as_ref()
+            .map(|r| r.first_run.clone())
+            .unwrap_or_default();
         writeln!(out, "\nStill running (Ctrl-C to stop):")?;
         writeln!(out, "  backstop   {base}   (ledger {db_url})")?;
         writeln!(
@@ -104,6 +122,12 @@ pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<Dem
             "  curl -s -X POST {}/_sim/recovery -H 'content-type: application/json' -d '{{\"recovers\": false}}'",
             sim.base
         )?;
+        writeln!(
+            out,
+            "Steer it as the on-call would, from the first run's card and its PagerDuty incident:"
+        )?;
+        writeln!(out, "  backstop sim click --url {base}/webhooks/slack/interactions --secret {DEMO_SLACK_SIGNING_SECRET} --run {first_run} --action undo   (or hold, resume)")?;
+        writeln!(out, "  backstop sim pd-event --url {base}/webhooks/pagerduty --secret {DEMO_PAGERDUTY_WEBHOOK_SECRET} --incident-key backstop/storefront/{} --event acknowledged", crate::sim::config::LIVE)?;
         writeln!(out, "New runs are shown here as they finish.")?;
         out.flush()?;
         let seen: std::collections::BTreeSet<String> = engine
@@ -160,6 +184,7 @@ async fn script(
         bail!("the alert was not accepted: HTTP {status} {body}");
     }
     let run = RunId(body["run"].as_str().unwrap_or_default().to_string());
+    report.first_run = run.0.clone();
     line(
         out,
         t0,

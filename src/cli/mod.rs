@@ -6,6 +6,7 @@ pub mod check;
 pub mod demo;
 pub mod show;
 pub mod test_alert;
+pub mod undo;
 pub use show::explain;
 
 use std::path::PathBuf;
@@ -96,6 +97,15 @@ pub enum Command {
         /// Service name.
         service: String,
     },
+    /// Undo a run's rollback: production back on the deployment it rolled
+    /// back from, that deployment marked overridden, the service held.
+    Undo {
+        /// The run whose rollback to undo.
+        run: String,
+        /// Act without asking.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `backstop sim ...`
@@ -121,6 +131,46 @@ pub enum SimCommand {
         /// How long ago the incident started, e.g. `1m`.
         #[arg(long, default_value = "1m")]
         started_ago: String,
+    },
+    /// Press a button on a Backstop card, signed exactly as Slack signs it.
+    Click {
+        /// Backstop's interactivity URL (`.../webhooks/slack/interactions`).
+        #[arg(long)]
+        url: String,
+        /// The Slack app's signing secret.
+        #[arg(long, env = "BACKSTOP_SLACK__SIGNING_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The run whose card carries the button.
+        #[arg(long)]
+        run: String,
+        /// `undo`, `hold` or `resume`.
+        #[arg(long)]
+        action: String,
+        /// Slack user id of who presses.
+        #[arg(long, default_value = "U0SIMUSER")]
+        user: String,
+    },
+    /// Send a signed PagerDuty Webhooks v3 incident event (an ack, ...).
+    PdEvent {
+        /// Backstop's PagerDuty webhook URL (`.../webhooks/pagerduty`).
+        #[arg(long)]
+        url: String,
+        /// The webhook subscription's secret.
+        #[arg(
+            long,
+            env = "BACKSTOP_PAGERDUTY__WEBHOOK_SECRET",
+            hide_env_values = true
+        )]
+        secret: String,
+        /// The incident key Backstop paged with (`backstop/<service>/<deployment>`).
+        #[arg(long)]
+        incident_key: String,
+        /// `acknowledged`, `resolved` or `reassigned`.
+        #[arg(long, default_value = "acknowledged")]
+        event: String,
+        /// Who did it.
+        #[arg(long, default_value = "Ana Ops")]
+        agent: String,
     },
 }
 
@@ -272,6 +322,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Undo { run, yes } => {
+            let stdin = std::io::stdin();
+            undo::run(
+                settings,
+                &RunId(run),
+                yes,
+                &mut std::io::stdout(),
+                &mut stdin.lock(),
+            )
+            .await
+        }
         Command::Resume { service } => {
             known_service(&settings, &service)?;
             app::open_store(&settings)
@@ -311,6 +372,54 @@ async fn sim(listen: std::net::SocketAddr, command: Option<SimCommand>) -> anyho
             )
             .await?;
             println!("HTTP {status} {body}");
+            Ok(())
+        }
+        Some(SimCommand::Click {
+            url,
+            secret,
+            run,
+            action,
+            user,
+        }) => {
+            let Some(action) = crate::ingest::slack::ClickAction::parse(&action) else {
+                bail!("--action must be undo, hold or resume");
+            };
+            let click = crate::sim::sender::Click {
+                run,
+                action,
+                user_name: user.to_lowercase(),
+                user_id: user,
+                response_url: None,
+            };
+            let status = click
+                .deliver(&reqwest::Client::new(), &url, &secret)
+                .await?;
+            println!("HTTP {status}");
+            Ok(())
+        }
+        Some(SimCommand::PdEvent {
+            url,
+            secret,
+            incident_key,
+            event,
+            agent,
+        }) => {
+            let body = crate::sim::sender::pagerduty_event(
+                &format!("incident.{event}"),
+                &incident_key,
+                "PSIMINC",
+                &agent,
+            );
+            let id = uuid::Uuid::now_v7().to_string();
+            let status = crate::sim::sender::deliver_pagerduty(
+                &reqwest::Client::new(),
+                &url,
+                &secret,
+                &body,
+                &id,
+            )
+            .await?;
+            println!("HTTP {status}");
             Ok(())
         }
         None => {

@@ -69,6 +69,25 @@ pub(super) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     de_lenient(d, "a whole number")
 }
 
+/// A list of strings, or one string of comma-separated items (env
+/// overrides are strings).
+pub(super) fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Str(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(l) => l,
+        Raw::Str(s) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+    })
+}
+
 /// The value itself, or a string that parses as one; `what` names the
 /// expected form in the error.
 fn de_lenient<'de, D, T>(d: D, what: &str) -> Result<T, D::Error>

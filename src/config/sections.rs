@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::env::{de_bool, de_duration, de_u64};
+use super::env::{de_bool, de_duration, de_list, de_u64};
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +202,9 @@ pub struct PagerDutySettings {
     /// the service's change timeline shows it (Events API mode).
     #[serde(deserialize_with = "de_bool")]
     pub change_events: bool,
+    /// The Webhooks v3 subscription's secret: acks and resolves arrive at
+    /// `POST /webhooks/pagerduty`.
+    pub webhook_secret: Option<SecretString>,
 }
 
 impl Default for PagerDutySettings {
@@ -221,6 +224,7 @@ impl Default for PagerDutySettings {
             timeout: Duration::from_secs(10),
             max_in_flight: 32,
             change_events: true,
+            webhook_secret: None,
         }
     }
 }
@@ -298,6 +302,17 @@ pub struct SlackSettings {
     /// Most Slack API calls in flight at once from this process.
     #[serde(deserialize_with = "de_u64")]
     pub max_in_flight: u64,
+    /// The Slack app's signing secret: cards carry Undo / Hold / Resume
+    /// buttons, answered at `POST /webhooks/slack/interactions`.
+    pub signing_secret: Option<SecretString>,
+    /// Slack user ids who may press them (with `allowed_usergroups`; both
+    /// empty: anyone who can see the channel).
+    #[serde(deserialize_with = "de_list")]
+    pub allowed_users: Vec<String>,
+    /// Slack user group ids whose members may press them (read with
+    /// `usergroups.users.list`, scope `usergroups:read`, cached a minute).
+    #[serde(deserialize_with = "de_list")]
+    pub allowed_usergroups: Vec<String>,
 }
 
 impl Default for SlackSettings {
@@ -309,6 +324,9 @@ impl Default for SlackSettings {
             api_base: "https://slack.com/api".into(),
             timeout: Duration::from_secs(10),
             max_in_flight: 16,
+            signing_secret: None,
+            allowed_users: Vec::new(),
+            allowed_usergroups: Vec::new(),
         }
     }
 }

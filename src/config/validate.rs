@@ -78,6 +78,21 @@ impl Settings {
                 "must be longer than 0s and shorter than engine.rollback_deadline (it is counted inside it)",
             ));
         }
+        let slack = &self.slack;
+        if slack.bot_token.is_none() {
+            if slack.signing_secret.is_some() {
+                return Err(invalid(
+                    "slack.signing_secret",
+                    "buttons need slack.bot_token (cards are updated with chat.update)",
+                ));
+            }
+            if !slack.allowed_usergroups.is_empty() {
+                return Err(invalid(
+                    "slack.allowed_usergroups",
+                    "reading a user group needs slack.bot_token (scope usergroups:read)",
+                ));
+            }
+        }
         if let Some(key) = &self.pagerduty.routing_key {
             if key.expose_secret().len() != 32 {
                 return Err(invalid(

@@ -331,7 +331,12 @@ impl Engine {
                     humantime::format_duration(svc.watch_interval),
                     humantime::format_duration(svc.watch_window)
                 )),
-                StepName::Decide | StepName::Resync | StepName::Followup => {}
+                StepName::Decide
+                | StepName::Resync
+                | StepName::Followup
+                | StepName::Undo
+                | StepName::Hold
+                | StepName::Resume => {}
             }
         }
         calls

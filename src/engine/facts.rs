@@ -76,6 +76,21 @@ impl Engine {
                 .and_then(|o| o["alert_to_verified_ms"].as_i64());
             notice.error = rb.error.as_ref().map(|e| e.message.clone());
         }
+        // Buttons, when Slack interactivity is configured: a verified
+        // rollback can be undone or the service held; a paused or frozen
+        // service can be resumed.
+        if self.settings().slack.signing_secret.is_some() && detail.run.service.is_some() {
+            use crate::ingest::slack::ClickAction;
+            notice.buttons = match notice.outcome {
+                Kind::RolledBack if !is_resolution && !joins_watch => {
+                    vec![ClickAction::Undo, ClickAction::Hold]
+                }
+                Kind::Escalated if decision.rule == crate::policy::Rule::NotPaused => {
+                    vec![ClickAction::Resume]
+                }
+                _ => Vec::new(),
+            };
+        }
         let incident_key = match &detail.run.service {
             Some(_) => super::incident_key(&svc.name, &decision),
             None => format!("backstop/unmapped/{}", alert.rule_id),

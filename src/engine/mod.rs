@@ -20,6 +20,7 @@ mod page;
 mod record;
 mod resync;
 mod rollback;
+mod steer;
 mod step;
 mod watch;
 
@@ -41,6 +42,7 @@ use crate::providers::slack::SlackClient;
 use crate::providers::vercel::VercelClient;
 
 pub use page::incident_key;
+pub use steer::Asker;
 pub use step::StepError;
 
 /// The provider clients the engine calls; `None` where not configured.
@@ -99,6 +101,7 @@ struct Inner {
     templates: Templates,
     wake: Notify,
     failpoint: Option<String>,
+    groups: steer::Groups,
 }
 
 /// A run being worked on: the claim, what the heartbeat learned, and the
@@ -166,6 +169,7 @@ impl Engine {
                 failpoint: std::env::var("BACKSTOP_FAILPOINT")
                     .ok()
                     .filter(|f| !f.is_empty()),
+                groups: steer::Groups::default(),
             }),
             worker: worker.into(),
         })
@@ -399,6 +403,9 @@ impl Engine {
             StepName::Followup => self.followup(ctx).await,
             StepName::Record => self.record_change(ctx).await,
             StepName::Watch => self.watch(ctx).await,
+            StepName::Undo => self.undo(ctx).await,
+            StepName::Hold => self.hold(ctx).await,
+            StepName::Resume => self.resume(ctx).await,
         }
     }
 

@@ -51,6 +51,20 @@ impl Engine {
                     false => pd.trigger(page).await?,
                 };
                 self.failpoint("page-accepted").await;
+                if !resolve {
+                    // PagerDuty's webhooks find the run by this key or id.
+                    let stored = self
+                        .store()
+                        .record_page(
+                            &opened.incident_key,
+                            &ctx.claimed.run.id,
+                            opened.incident_id.as_deref(),
+                        )
+                        .await;
+                    if let Err(e) = stored {
+                        tracing::warn!(error = %e, "cannot remember the incident this run paged");
+                    }
+                }
                 Ok(json!({
                     "action": if resolve { "resolve" } else { "trigger" },
                     "incident_key": opened.incident_key,

@@ -61,7 +61,9 @@ impl Engine {
                         _ => self.still_ours(svc, from, to).await?,
                     };
                     let started = Instant::now();
-                    self.move_production(svc, to, &pending, attempt, moved, run.to_string())
+                    let description =
+                        format!("backstop run {run}: crash-free rate below threshold");
+                    self.move_production(svc, to, &pending, attempt, moved, description)
                         .await?;
                     self.failpoint("rollback-accepted").await;
                     let verified = self.verify(svc, to).await?;
@@ -116,14 +118,14 @@ impl Engine {
     /// Moves `domains` to `to`: every alias written at once (side by side),
     /// recording which attempt moved each; a domain whose write failed is
     /// retried alone by the next attempt. Or Vercel's Instant Rollback.
-    async fn move_production(
+    pub(super) async fn move_production(
         &self,
         svc: &ServiceSettings,
         to: &str,
         domains: &[String],
         attempt: i64,
         moved: &Mutex<BTreeMap<String, i64>>,
-        run: String,
+        description: String,
     ) -> Result<(), StepError> {
         let vercel = self.vercel()?;
         match svc.strategy {
@@ -163,8 +165,6 @@ impl Engine {
                         && j.job_status != "skipped"
                 });
                 if !under_way {
-                    let description =
-                        format!("backstop run {run}: crash-free rate below threshold");
                     vercel
                         .request_rollback(&svc.vercel_project, to, &description)
                         .await?;
@@ -216,7 +216,7 @@ impl Engine {
     /// Before retrying: production must still be on `from` or `to`. If a
     /// person moved it meanwhile, stop, and let the failure page a human.
     /// Returns the domains still to move.
-    async fn still_ours(
+    pub(super) async fn still_ours(
         &self,
         svc: &ServiceSettings,
         from: &str,
@@ -253,7 +253,11 @@ impl Engine {
     }
 
     /// Reads every alias back; fails unless each serves `to`.
-    async fn verify(&self, svc: &ServiceSettings, to: &str) -> Result<Vec<Value>, StepError> {
+    pub(super) async fn verify(
+        &self,
+        svc: &ServiceSettings,
+        to: &str,
+    ) -> Result<Vec<Value>, StepError> {
         let production = self.production_state(svc).await?;
         let wrong = crate::policy::serving_other(&production, to);
         if !wrong.is_empty() {

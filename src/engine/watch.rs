@@ -197,7 +197,17 @@ impl Engine {
                     svc.name,
                     svc.name
                 );
-                let replied = self.reply(ctx, facts, &reply, "watch").await;
+                let resume = match self.settings().slack.signing_secret.is_some() {
+                    true => crate::notice::actions_block(
+                        &[crate::ingest::slack::ClickAction::Resume],
+                        &ctx.claimed.run.id.0,
+                        &svc.name,
+                        None,
+                        None,
+                    ),
+                    false => None,
+                };
+                let replied = self.reply_with(ctx, facts, &reply, "watch", resume).await;
                 let output = json!({
                     "recovered": false,
                     "after_ms": after_ms,
@@ -366,6 +376,18 @@ impl Engine {
     /// when there is no card). The post is tagged, so a look repeated after
     /// a crash finds it instead of posting twice. What happened, as JSON.
     pub(super) async fn reply(&self, ctx: &RunCtx, facts: &Facts, text: &str, what: &str) -> Value {
+        self.reply_with(ctx, facts, text, what, None).await
+    }
+
+    /// Like [`Engine::reply`], with buttons under the text.
+    pub(super) async fn reply_with(
+        &self,
+        ctx: &RunCtx,
+        facts: &Facts,
+        text: &str,
+        what: &str,
+        buttons: Option<Value>,
+    ) -> Value {
         let Some(slack) = self.inner.providers.slack.as_ref() else {
             return json!({"skipped": "slack is not configured"});
         };
@@ -378,9 +400,16 @@ impl Engine {
         let ts = card
             .and_then(|c| c["ts"].as_str())
             .filter(|ts| !ts.is_empty() && slack.threads());
+        let blocks: Vec<Value> = match buttons {
+            Some(actions) => vec![
+                json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}),
+                actions,
+            ],
+            None => Vec::new(),
+        };
         let tag = format!("{}/{what}", ctx.claimed.run.id);
         match slack
-            .post_for_run(&channel, text, &[], ts, &tag, true)
+            .post_for_run(&channel, text, &blocks, ts, &tag, true)
             .await
         {
             Ok(posted) => {

@@ -25,7 +25,7 @@ use crate::clock::now_ms;
 use crate::config::{ServerSettings, Settings};
 use crate::engine::Engine;
 use crate::feed;
-use crate::ingest::{self, sentry, vercel, IngestError};
+use crate::ingest::{self, pagerduty, sentry, slack, vercel, IngestError};
 use crate::ledger::{Ingested, StoreError};
 
 /// Shared state of the handlers.
@@ -44,6 +44,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/sentry", post(sentry_webhook))
         .route("/webhooks/vercel", post(vercel_webhook))
+        .route("/webhooks/slack/interactions", post(slack_interaction))
+        .route("/webhooks/pagerduty", post(pagerduty_webhook))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -149,6 +151,102 @@ async fn vercel_delivery(state: &AppState, req: Request) -> Result<Response, Api
     tracing::info!(kind = %event.kind, deployment = %event.deployment_id, ?applied, "vercel event");
     let body = Json(serde_json::to_value(&applied).unwrap_or_default());
     Ok((StatusCode::OK, body).into_response())
+}
+
+async fn slack_interaction(State(state): State<AppState>, req: Request) -> Response {
+    let result = slack_delivery(&state, req).await;
+    state.refusals.answer("slack", result)
+}
+
+/// A button pressed on a card. Verified on the raw bytes before decoding;
+/// answered `200` within Slack's 3 s once the request is stored (the work
+/// is a step of the card's run). What the presser must know (not allowed,
+/// already done, nothing to undo) goes to them only, at `response_url`.
+#[tracing::instrument(skip_all)]
+async fn slack_delivery(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let settings = &state.settings;
+    let secret = settings
+        .slack
+        .signing_secret
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("slack.signing_secret"))?;
+    let (headers, body) = read_body(req, "x-slack-signature", &settings.server).await?;
+    slack::verify(&headers, &body, secret, now_ms())?;
+    let Some(click) = slack::parse(&body)? else {
+        return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
+    };
+    let answer = tokio::time::timeout(Duration::from_millis(2500), state.engine.press(&click))
+        .await
+        .map_err(|_| StoreError::Unreachable("storing the press took too long".into()))??;
+    tracing::info!(action = click.action.name(), run.id = %click.run, user = %click.user_id, refused = answer.is_some(), "button pressed");
+    if let (Some(text), Some(url)) = (answer, click.response_url.clone()) {
+        let engine = state.engine.clone();
+        tokio::spawn(async move { engine.answer_presser(&url, &text).await });
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn pagerduty_webhook(State(state): State<AppState>, req: Request) -> Response {
+    let result = pagerduty_delivery(&state, req).await;
+    state.refusals.answer("pagerduty", result)
+}
+
+/// A Webhooks v3 delivery. Events Backstop does not use are answered 2xx
+/// too (PagerDuty disables a subscription after repeated failures);
+/// redeliveries are recognised by `X-Webhook-Id`.
+#[tracing::instrument(skip_all, fields(webhook_id))]
+async fn pagerduty_delivery(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let settings = &state.settings;
+    let secret = settings
+        .pagerduty
+        .webhook_secret
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("pagerduty.webhook_secret"))?;
+    let (headers, body) = read_body(req, "x-pagerduty-signature", &settings.server).await?;
+    ingest::require_json(&headers)?;
+    pagerduty::verify(&headers, &body, secret)?;
+    let webhook_id = ingest::header(&headers, "x-webhook-id").map(str::to_owned);
+    tracing::Span::current().record("webhook_id", webhook_id.as_deref().unwrap_or("-"));
+    let ignored = |why: &str| {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ignored", "why": why})),
+        )
+            .into_response()
+    };
+    let Some(event) = pagerduty::parse(&body)? else {
+        return Ok(ignored("not an incident event"));
+    };
+    if !matches!(
+        event.event_type.as_str(),
+        "incident.acknowledged" | "incident.resolved" | "incident.reassigned"
+    ) {
+        return Ok(ignored("event type not used"));
+    }
+    if let Some(id) = &webhook_id {
+        if state
+            .engine
+            .store()
+            .provider_event_seen("pagerduty", id)
+            .await?
+        {
+            return Ok((StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response());
+        }
+    }
+    let run = state
+        .engine
+        .store()
+        .run_for_incident(event.incident_key.as_deref(), event.incident_id.as_deref())
+        .await?;
+    let Some(run) = run else {
+        return Ok(ignored("not an incident Backstop opened"));
+    };
+    state.engine.incident_event(&run, &event).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "accepted", "run": run})),
+    )
+        .into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -1,8 +1,10 @@
 //! Raw webhook bytes and headers in, verified and parsed events out.
 //! Signatures are checked on the raw body before anything is parsed.
 
+pub mod pagerduty;
 pub mod sentry;
 pub mod signature;
+pub mod slack;
 pub mod vercel;
 
 /// Why a webhook was refused. Maps one-to-one onto an HTTP status.

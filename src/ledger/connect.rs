@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0002_fences.sql"),
     ),
     (3, "watch", include_str!("../../migrations/0003_watch.sql")),
+    (
+        4,
+        "steering",
+        include_str!("../../migrations/0004_steering.sql"),
+    ),
 ];
 
 impl Store {

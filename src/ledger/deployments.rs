@@ -328,6 +328,9 @@ impl Store {
         let (step, failed) = (StepName::Rollback.as_str(), StepStatus::Failed.as_str());
         let succeeded = StepStatus::Succeeded.as_str();
         let (watch, pending) = (StepName::Watch.as_str(), StepStatus::Pending.as_str());
+        // A rollback a person undid no longer handles its deployment: a
+        // new alert about it pages (the service is held) instead of a skip.
+        let overridden = Verdict::Overridden.as_str();
         // A run watching its verified rollback recover: between looks it is
         // `watching`, during one `running` (few rows: the claim index).
         let watching = format!(
@@ -340,7 +343,7 @@ impl Store {
         Ok(sqlx::query(&format!(
             "SELECT
                (SELECT COUNT(*) FROM runs WHERE service = $1 AND outcome = '{rollback}' AND id <> $2
-                  AND rollback_from = (SELECT id FROM deployments WHERE service = $1 AND live = 1)
+                  AND rollback_from = (SELECT id FROM deployments WHERE service = $1 AND live = 1 AND verdict <> '{overridden}')
                   AND NOT EXISTS (SELECT 1 FROM steps WHERE steps.run_id = runs.id AND steps.name = '{step}' AND steps.status = '{failed}')) AS from_live,
                (SELECT MAX(s.finished_at) FROM runs r JOIN steps s ON s.run_id = r.id AND s.name = '{step}' AND s.status = '{succeeded}'
                   WHERE r.service = $1 AND r.outcome = '{rollback}' AND r.id <> $2) AS last_rollback,
@@ -393,7 +396,7 @@ impl Store {
 /// Serialises changes to one service's deployments on Postgres (SQLite has
 /// one writer already), so a promotion and a rollback never both make a
 /// deployment live.
-async fn lock_service(
+pub(super) async fn lock_service(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: Backend,
     service: &str,

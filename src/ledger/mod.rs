@@ -21,10 +21,12 @@ mod records;
 mod rows;
 mod runs;
 mod services;
+mod steering;
 mod steps;
 
 pub use dialect::Backend;
 pub use records::*;
+pub use steering::{Requested, UndoDone};
 
 /// What went wrong talking to the database.
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,9 @@ stored_enum!(
         Good = "good",
         /// Rolled back from, or marked bad by a person. Never a target.
         Bad = "bad",
+        /// A person undid the rollback from it: put back by hand, neither
+        /// good nor bad. Never a target.
+        Overridden = "overridden",
     }
 );
 
@@ -115,6 +118,13 @@ stored_enum!(
         /// Watch production recover after a rollback; page again and
         /// freeze the service when it does not.
         Watch = "watch",
+        /// A person pressed Undo: production back on the deployment the
+        /// rollback moved away from, the service held.
+        Undo = "undo",
+        /// A person pressed Hold: the service paused.
+        Hold = "hold",
+        /// A person pressed Resume: the service's pause or freeze lifted.
+        Resume = "resume",
     }
 );
 
@@ -129,6 +139,10 @@ impl StepName {
             StepName::Page | StepName::Announce => Phase::Tell,
             StepName::Followup | StepName::Record => Phase::FollowUp,
             StepName::Watch => Phase::Watch,
+            // A person's word comes before anything the run still had to
+            // tell; it changes what the service may do, so it holds the
+            // service (undoing moves production).
+            StepName::Undo | StepName::Hold | StepName::Resume => Phase::Act,
         }
     }
 }

@@ -174,13 +174,23 @@ impl Store {
         status: RunStatus,
     ) -> Result<(), StoreError> {
         let now = self.backend.now();
+        // A watching run: a step a person asked for meanwhile (anything but
+        // the next look) is not kept waiting until that look.
+        let other_step = match status {
+            RunStatus::Watching => "EXISTS (SELECT 1 FROM steps WHERE steps.run_id = $2 AND steps.status = $5 AND steps.name <> $6)",
+            _ => "1 = 0 AND $5 <> $6",
+        };
         let done = sqlx::query(&format!(
-            "UPDATE runs SET lease_until = NULL, claimed_by = NULL, not_before = {now} + $1, status = $4 WHERE id = $2 AND fence = $3"
+            "UPDATE runs SET lease_until = NULL, claimed_by = NULL, status = $4,
+               not_before = CASE WHEN {other_step} THEN {now} ELSE {now} + $1 END
+             WHERE id = $2 AND fence = $3"
         ))
         .bind(ms(delay))
         .bind(&claim.run.0)
         .bind(claim.fence)
         .bind(status.as_str())
+        .bind(StepStatus::Pending.as_str())
+        .bind(StepName::Watch.as_str())
         .execute(&self.pool)
         .await?;
         match done.rows_affected() {
@@ -451,14 +461,26 @@ impl Store {
 
     /// Finishes a run and drops its claim, if the claim still holds.
     pub async fn finish_run(&self, claim: &Claim, status: RunStatus) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE runs SET status = $1, finished_at = $2, lease_until = NULL WHERE id = $3 AND fence = $4 AND status = $5")
-            .bind(status.as_str())
-            .bind(now_ms())
-            .bind(&claim.run.0)
-            .bind(claim.fence)
-            .bind(RunStatus::Running.as_str())
-            .execute(&self.pool)
-            .await?;
+        // A step a person asked for while the run was worked on (an undo,
+        // a hold, a resume) keeps it open: it is claimable again at once.
+        let done = sqlx::query(
+            "UPDATE runs SET finished_at = $2, lease_until = NULL, claimed_by = NULL,
+               status = CASE WHEN EXISTS (SELECT 1 FROM steps WHERE steps.run_id = $3 AND steps.status = $6
+                                          AND steps.name IN ($8, $9, $10)) THEN $7 ELSE $1 END
+             WHERE id = $3 AND fence = $4 AND status = $5",
+        )
+        .bind(status.as_str())
+        .bind(now_ms())
+        .bind(&claim.run.0)
+        .bind(claim.fence)
+        .bind(RunStatus::Running.as_str())
+        .bind(StepStatus::Pending.as_str())
+        .bind(RunStatus::Pending.as_str())
+        .bind(StepName::Undo.as_str())
+        .bind(StepName::Hold.as_str())
+        .bind(StepName::Resume.as_str())
+        .execute(&self.pool)
+        .await?;
         match done.rows_affected() {
             1 => Ok(()),
             _ => Err(StoreError::LostClaim(claim.run.clone())),

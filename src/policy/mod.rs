@@ -243,7 +243,7 @@ pub fn serving_other(production: &[DomainTarget], deployment: &str) -> Vec<Strin
 pub fn is_known_good(d: &Deployment, bake_ms: i64) -> bool {
     match d.verdict {
         Verdict::Good => true,
-        Verdict::Bad => false,
+        Verdict::Bad | Verdict::Overridden => false,
         Verdict::Unproven => match (d.promoted_at_ms, d.superseded_at_ms) {
             (Some(p), Some(s)) => d.alerted_at_ms.is_none() && s - p >= bake_ms,
             _ => false,

@@ -217,6 +217,72 @@ impl SlackClient {
         }))
     }
 
+    /// Replaces a posted message (`chat.update`): the card after a person
+    /// acted on it, its buttons gone.
+    pub async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        text: &str,
+        blocks: &[Value],
+    ) -> Result<(), ProviderError> {
+        let Target::Bot { token } = &self.target else {
+            return Ok(());
+        };
+        let blocks: Vec<&Value> = blocks.iter().take(MAX_BLOCKS).collect();
+        let body = json!({"channel": channel, "ts": ts, "text": text, "blocks": blocks});
+        self.api
+            .retry(|| async {
+                let req = self
+                    .api
+                    .http
+                    .post(self.api.url("/chat.update"))
+                    .bearer_auth(token.expose_secret())
+                    .json(&body);
+                web_api(req).await.map(|_| ())
+            })
+            .await
+    }
+
+    /// An answer only the person who pressed a button sees: a POST of
+    /// `{"response_type": "ephemeral", ...}` to the interaction's
+    /// `response_url` (no token; the URL is the credential).
+    pub async fn respond(&self, response_url: &str, text: &str) -> Result<(), ProviderError> {
+        let body = json!({"response_type": "ephemeral", "replace_original": false, "text": text});
+        let req = self.api.http.post(response_url).json(&body);
+        let (status, headers, text) = send(PROVIDER, req).await?;
+        match status.is_success() {
+            true => Ok(()),
+            false => Err(classify(PROVIDER, status, &headers, None, text)),
+        }
+    }
+
+    /// The user ids in a user group (`usergroups.users.list`, scope
+    /// `usergroups:read`).
+    pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, ProviderError> {
+        let Target::Bot { token } = &self.target else {
+            return Ok(Vec::new());
+        };
+        let v = self
+            .api
+            .retry(|| async {
+                let req = self
+                    .api
+                    .http
+                    .get(self.api.url("/usergroups.users.list"))
+                    .bearer_auth(token.expose_secret())
+                    .query(&[("usergroup", group)]);
+                web_api(req).await
+            })
+            .await?;
+        Ok(v["users"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// `auth.test`: proves the bot token works (webhooks cannot be checked
     /// without posting).
     pub async fn auth_test(&self) -> Result<String, ProviderError> {

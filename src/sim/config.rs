@@ -40,6 +40,11 @@ pub const DEMO: Creds = Creds {
     sentry_token: "demo-sentry-token",
 };
 
+/// The demo's Slack app signing secret (the cards' buttons).
+pub const DEMO_SLACK_SIGNING_SECRET: &str = "demo-slack-signing-secret";
+/// The demo's PagerDuty webhook subscription secret.
+pub const DEMO_PAGERDUTY_WEBHOOK_SECRET: &str = "demo-pagerduty-webhook-secret";
+
 /// The demo service's Vercel project.
 pub const PROJECT: &str = "prj_storefront";
 /// Its production domains.

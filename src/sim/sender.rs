@@ -162,6 +162,123 @@ pub async fn deliver(
     Ok((status, json))
 }
 
+/// A button press as Slack sends it: a `block_actions` payload,
+/// form-encoded, signed over `v0:{timestamp}:{body}`.
+#[derive(Debug, Clone)]
+pub struct Click {
+    /// The run the card belongs to (the button's `value`).
+    pub run: String,
+    /// Which button.
+    pub action: crate::ingest::slack::ClickAction,
+    /// Slack user id of who pressed.
+    pub user_id: String,
+    /// Their user name.
+    pub user_name: String,
+    /// Where Slack would take an ephemeral answer.
+    pub response_url: Option<String>,
+}
+
+impl Click {
+    /// The form body Slack sends.
+    pub fn body(&self) -> String {
+        let payload = json!({
+            "type": "block_actions",
+            "team": {"id": "T0SIM", "domain": "sim"},
+            "user": {"id": self.user_id, "username": self.user_name, "name": self.user_name, "team_id": "T0SIM"},
+            "api_app_id": "A0SIM",
+            "token": "deprecated-verification-token",
+            "container": {"type": "message", "message_ts": "0", "channel_id": "C0SIM", "is_ephemeral": false},
+            "trigger_id": format!("{}.0.sim", now_ms()),
+            "channel": {"id": "C0SIM", "name": "deploys"},
+            "response_url": self.response_url,
+            "actions": [{
+                "action_id": self.action.action_id(),
+                "block_id": "backstop_actions",
+                "text": {"type": "plain_text", "text": self.action.name(), "emoji": true},
+                "value": self.run,
+                "type": "button",
+                "action_ts": format!("{}.000000", now_ms() / 1000),
+            }],
+        });
+        format!(
+            "payload={}",
+            crate::ingest::slack::form_encode(&payload.to_string())
+        )
+    }
+
+    /// Signs and sends the press to Backstop's interactivity URL; returns
+    /// the HTTP status.
+    pub async fn deliver(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        signing_secret: &str,
+    ) -> reqwest::Result<u16> {
+        let body = self.body();
+        let ts = now_ms() / 1000;
+        let sig = crate::ingest::slack::sign(signing_secret, ts, body.as_bytes());
+        let resp = client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", sig)
+            .body(body)
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+}
+
+/// A PagerDuty Webhooks v3 incident event (`incident.acknowledged`, ...)
+/// for the incident with `incident_key`, as PagerDuty builds it.
+pub fn pagerduty_event(
+    event_type: &str,
+    incident_key: &str,
+    incident_id: &str,
+    agent: &str,
+) -> Value {
+    json!({
+        "event": {
+            "id": uuid::Uuid::now_v7().to_string(),
+            "event_type": event_type,
+            "resource_type": "incident",
+            "occurred_at": format_time(now_ms()),
+            "agent": {"html_url": "https://sim.pagerduty.com/users/PSIM", "id": "PSIM", "self": "https://api.pagerduty.com/users/PSIM", "summary": agent, "type": "user_reference"},
+            "client": null,
+            "data": {
+                "id": incident_id, "type": "incident", "self": format!("https://api.pagerduty.com/incidents/{incident_id}"),
+                "html_url": format!("https://sim.pagerduty.com/incidents/{incident_id}"), "number": 1,
+                "status": event_type.trim_start_matches("incident."), "incident_key": incident_key,
+                "title": "backstop", "urgency": "high", "resolve_reason": null
+            }
+        }
+    })
+}
+
+/// Signs (`X-PagerDuty-Signature: v1=...`) and sends a webhook with its
+/// `X-Webhook-Id`; returns the HTTP status.
+pub async fn deliver_pagerduty(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: &Value,
+    webhook_id: &str,
+) -> reqwest::Result<u16> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-webhook-id", webhook_id)
+        .header(
+            "x-pagerduty-signature",
+            crate::ingest::pagerduty::sign(secret, &bytes),
+        )
+        .body(bytes)
+        .send()
+        .await?;
+    Ok(resp.status().as_u16())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,31 @@ pub fn routes() -> Router<Sim> {
         .route("/auth.test", post(auth_test).get(auth_test))
         .route("/conversations.history", get(history))
         .route("/conversations.replies", get(replies))
+        .route("/usergroups.users.list", get(usergroup_users))
+        .route("/actions/{id}", post(respond))
+}
+
+/// `usergroups.users.list`: the members of a user group the world knows.
+async fn usergroup_users(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    if let Err(e) = auth(&sim, &headers) {
+        return e;
+    }
+    let w = sim.world();
+    match q.get("usergroup").and_then(|g| w.usergroups.get(g)) {
+        Some(users) => Json(json!({"ok": true, "users": users})),
+        None => fail("no_such_subteam"),
+    }
+}
+
+/// An interaction's `response_url`: what the presser alone is told.
+async fn respond(State(sim): State<Sim>, body: Option<Json<Value>>) -> Json<Value> {
+    let v = body.map(|Json(v)| v).unwrap_or(Value::Null);
+    sim.world().responses.push(v);
+    Json(json!({"ok": true}))
 }
 
 fn fail(error: &str) -> Json<Value> {

@@ -175,6 +175,11 @@ pub struct World {
     pub channels: BTreeMap<String, String>,
     /// Slack messages, in order.
     pub messages: Vec<Message>,
+    /// Slack user groups: id → member user ids.
+    pub usergroups: BTreeMap<String, Vec<String>>,
+    /// Slack: what was posted to interactions' `response_url`s (ephemeral
+    /// answers to the presser), in order.
+    pub responses: Vec<Value>,
     /// Sentry: release health per project, environment and release.
     pub release_health: Vec<ReleaseHealth>,
     /// Sentry: sessions a release production was rolled back to gains per
@@ -307,7 +312,7 @@ impl World {
             "vercel": {"aliases": self.aliases, "alias_writes": self.alias_writes, "deployments": self.deployments,
                        "alias_jobs": self.alias_jobs.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect::<BTreeMap<_, _>>()},
             "pagerduty": {"incidents": self.incidents},
-            "slack": {"channels": self.channels, "messages": self.messages},
+            "slack": {"channels": self.channels, "messages": self.messages, "responses": self.responses},
             "sentry": {"release_health": self.release_health, "deploys": self.sentry_deploys},
             "pagerduty_changes": self.change_events,
         })

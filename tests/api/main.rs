@@ -21,4 +21,5 @@ mod process;
 mod right_call;
 mod sentry_shapes;
 mod sim;
+mod steer;
 mod vercel_client;

@@ -20,7 +20,7 @@ pub struct SimApp {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     )>,
-    settings: Settings,
+    pub settings: Settings,
     _db: TestDatabase,
 }
 
@@ -81,6 +81,14 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
 }
 
 impl SimApp {
+    /// A second instance on the same database and simulator (a replica);
+    /// its address. It serves until the test ends.
+    pub async fn another(&self) -> String {
+        let (address, _, stop) = serve(self.settings.clone()).await;
+        std::mem::forget(stop.0);
+        address
+    }
+
     /// Stops this instance (it finishes the runs in hand) and starts
     /// another on the same database and simulator: a restart.
     pub async fn restart(&mut self) {

@@ -19,7 +19,61 @@ crate::on_both!(
     a_worker_that_lost_its_claim_cannot_record_a_decision_a_step_or_an_attempt,
     service_claim_admits_one_run_until_released,
     a_worker_that_lost_its_claim_cannot_move_the_ledger_or_finish_the_run,
+    a_step_a_person_asks_for_while_the_run_is_worked_on_keeps_it_open,
 );
+
+/// A press (a hold) arriving while a worker holds the run is not lost:
+/// finishing the run leaves it claimable for that step; a second press of
+/// the same button finds the first.
+async fn a_step_a_person_asks_for_while_the_run_is_worked_on_keeps_it_open(db: Db) {
+    let Some((_db, store)) = fresh(db).await else {
+        return;
+    };
+    let run = stored_run(&store, "alert-1", Some(SERVICE)).await;
+    let claimed = store
+        .claim_run("worker-a", LONG_LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let data = json!({"user_id": "U1"});
+    assert_eq!(
+        store
+            .request_step(&run, StepName::Hold, "<@U1>", &data)
+            .await
+            .unwrap(),
+        backstop::ledger::Requested::Stored
+    );
+    assert_eq!(
+        store
+            .request_step(&run, StepName::Hold, "<@U2>", &data)
+            .await
+            .unwrap(),
+        backstop::ledger::Requested::Already(Some("<@U1>".into()))
+    );
+    assert_eq!(
+        store.run(&run).await.unwrap().status,
+        RunStatus::Running,
+        "the worker keeps its claim"
+    );
+    store
+        .finish_run(&claimed.claim, RunStatus::Done)
+        .await
+        .unwrap();
+    assert_eq!(store.run(&run).await.unwrap().status, RunStatus::Pending);
+    let again = store.claim_run("worker-b", LONG_LEASE).await.unwrap();
+    assert_eq!(
+        again.map(|c| c.run.id),
+        Some(run.clone()),
+        "claimable at once"
+    );
+    assert_eq!(
+        store
+            .request_step(&RunId("no-such-run".into()), StepName::Undo, "x", &data)
+            .await
+            .unwrap(),
+        backstop::ledger::Requested::NoRun
+    );
+}
 
 async fn two_concurrent_workers_never_both_claim_one_run(db: Db) {
     let Some((_db, store)) = fresh(db).await else {
