@@ -22,6 +22,7 @@ use crate::providers::vercel::VercelClient;
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    admin: Option<(TcpListener, u16)>,
     state: AppState,
 }
 
@@ -135,12 +136,23 @@ impl Application {
                 )
             })?;
         let port = listener.local_addr()?.port();
+        let admin = match settings.admin.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on admin.listen = {addr} (`off` turns the console off)")
+                })?;
+                let port = l.local_addr()?.port();
+                Some((l, port))
+            }
+            None => None,
+        };
         let providers = providers(&settings)?;
         let settings = Arc::new(settings);
         let engine = Engine::new(store, settings.clone(), providers)?;
         Ok(Self {
             listener,
             port,
+            admin,
             state: AppState {
                 settings,
                 engine,
@@ -152,6 +164,11 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The console's bound port, when it is on.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(_, p)| *p)
     }
 
     /// The engine (tests drive it directly).
@@ -178,9 +195,31 @@ impl Application {
             header_timeout: server.header_timeout,
             max_connections: usize::try_from(server.max_connections).unwrap_or(usize::MAX),
         };
-        http::serve::serve(self.listener, app, limits, shutdown)
+        // One shutdown for both listeners.
+        let (down_tx, down_rx) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|down| *down).await;
+        };
+        let admin = self.admin.map(|(listener, port)| {
+            tracing::info!(port, "console and metrics serving");
+            let router = crate::console::router(self.state.clone());
+            tokio::spawn(http::serve::serve(
+                listener,
+                router,
+                limits,
+                wait(down_rx.clone()),
+            ))
+        });
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = down_tx.send(true);
+        });
+        http::serve::serve(self.listener, app, limits, wait(down_rx))
             .await
             .context("server failed")?;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         tracing::info!("shutting down: finishing runs in hand");
         let _ = stop_tx.send(true);
         let _ = dispatcher.await;

@@ -92,6 +92,7 @@ pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<Dem
     let settings = demo_settings(&sim, &db_url, SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let app = Application::build(settings).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
+    let console = app.admin_port().map(|p| format!("http://127.0.0.1:{p}/"));
     let engine = app.engine();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
@@ -106,6 +107,9 @@ pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<Dem
             .unwrap_or_default();
         writeln!(out, "\nStill running (Ctrl-C to stop):")?;
         writeln!(out, "  backstop   {base}   (ledger {db_url})")?;
+        if let Some(console) = &console {
+            writeln!(out, "  console    {console}   (and {console}metrics)")?;
+        }
         writeln!(
             out,
             "  simulator  {}   (state: {}/_sim/state)",

@@ -30,6 +30,9 @@ pub struct Settings {
     /// The HTTP listener.
     #[serde(default)]
     pub server: ServerSettings,
+    /// The console and metrics listener.
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// The ledger database.
     #[serde(default)]
     pub database: DatabaseSettings,

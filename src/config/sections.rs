@@ -8,6 +8,40 @@ use serde::Deserialize;
 
 use super::env::{de_bool, de_duration, de_list, de_u64};
 
+/// `[admin]`: the console and `/metrics`, on a listener of their own (the
+/// webhooks must be reachable from the internet; these must not be).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Where the console and metrics listen; `off` turns them off.
+    #[serde(deserialize_with = "de_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Required when `listen` is not loopback: every request carries it
+    /// (`Authorization: Bearer`, or the login form's cookie).
+    pub token: Option<SecretString>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
+            token: None,
+        }
+    }
+}
+
+fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{addr}` is not an address like 127.0.0.1:9091 (or `off`): {e}"
+            ))
+        }),
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -78,6 +78,14 @@ impl Settings {
                 "must be longer than 0s and shorter than engine.rollback_deadline (it is counted inside it)",
             ));
         }
+        if let (Some(addr), None) = (self.admin.listen, &self.admin.token) {
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "admin.token",
+                    &format!("is required when admin.listen ({addr}) is not a loopback address: the console and /metrics must not be open to the network"),
+                ));
+            }
+        }
         let slack = &self.slack;
         if slack.bot_token.is_none() {
             if slack.signing_secret.is_some() {

@@ -67,6 +67,17 @@ impl Engine {
                 )
                 .await?;
         }
+        // What became of a rollback is counted when the rollback ends.
+        let fate = match record.outcome {
+            Outcome::Rollback => None,
+            Outcome::DryRun => Some("dry-run"),
+            Outcome::Skip => Some("skipped"),
+            Outcome::Escalate => Some("escalated"),
+            Outcome::Resolution => Some("resolved"),
+        };
+        if let Some(fate) = fate {
+            self.metrics().decided(record.service.as_deref(), fate);
+        }
         if let Some(watching) = &decision.joins {
             // Recorded on the run whose watch it joins: a second alert about
             // the restored deployment is news for that incident.

@@ -102,6 +102,7 @@ struct Inner {
     wake: Notify,
     failpoint: Option<String>,
     groups: steer::Groups,
+    metrics: crate::metrics::Metrics,
 }
 
 /// A run being worked on: the claim, what the heartbeat learned, and the
@@ -170,6 +171,7 @@ impl Engine {
                     .ok()
                     .filter(|f| !f.is_empty()),
                 groups: steer::Groups::default(),
+                metrics: crate::metrics::Metrics::new(),
             }),
             worker: worker.into(),
         })
@@ -178,6 +180,11 @@ impl Engine {
     /// The store behind the engine.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// Settings in force.
@@ -219,6 +226,13 @@ impl Engine {
             decided,
         };
         let result = self.store().ingest_alert(&new).await?;
+        if let (crate::ledger::Ingested::Stored(_), Some(d)) = (&result, &new.decided) {
+            let fate = match d.outcome {
+                crate::ledger::Outcome::Resolution => "resolved",
+                _ => "skipped",
+            };
+            self.metrics().decided(d.service.as_deref(), fate);
+        }
         if matches!(result, crate::ledger::Ingested::Stored(_)) && new.decided.is_none() {
             self.wake();
         }

@@ -96,6 +96,11 @@ impl Engine {
                     .await?;
                 self.failpoint("after-rollback").await;
                 tracing::info!(from, to, "rollback verified");
+                let m = self.metrics();
+                m.decided(Some(&service), "rolled-back");
+                if let Some(ms) = output["alert_to_verified_ms"].as_i64() {
+                    m.rolled_back(&service, ms);
+                }
                 Ok(true)
             }
             Finished::Failed(e) => {
@@ -110,6 +115,7 @@ impl Engine {
                     .await?;
                 // Logged once, here: the page says the same to a person.
                 tracing::error!(from, to, error = %e, "rollback failed: manual action needed");
+                self.metrics().decided(Some(&service), "rollback-failed");
                 Ok(false)
             }
         }

@@ -604,6 +604,11 @@ impl Engine {
             .add_note(run, &kind, &text, Some(&data))
             .await?;
         tracing::info!(run.id = %run, event = %event.event_type, after_ms, "incident event");
+        if let (Some(service), "incident.acknowledged") =
+            (&detail.run.service, event.event_type.as_str())
+        {
+            self.metrics().acked(service, after_ms);
+        }
         let card = detail.output_of(StepName::Announce).cloned();
         let (Some(slack), Some(card)) = (self.inner.providers.slack.clone(), card) else {
             return Ok(());

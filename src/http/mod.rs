@@ -39,6 +39,21 @@ pub struct AppState {
     pub refusals: Arc<Refusals>,
 }
 
+/// The answer to a webhook, counted in the metrics; refusals logged
+/// without flooding.
+fn answered(
+    state: &AppState,
+    source: &'static str,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let response = state.refusals.answer(source, result);
+    state
+        .engine
+        .metrics()
+        .webhook(source, response.status().as_u16());
+    response
+}
+
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -81,7 +96,7 @@ async fn read_body(
 
 async fn sentry_webhook(State(state): State<AppState>, req: Request) -> Response {
     let result = sentry_delivery(&state, req).await;
-    state.refusals.answer("sentry", result)
+    answered(&state, "sentry", result)
 }
 
 #[tracing::instrument(skip_all, fields(resource, request_id))]
@@ -130,7 +145,7 @@ async fn sentry_delivery(state: &AppState, req: Request) -> Result<Response, Api
 
 async fn vercel_webhook(State(state): State<AppState>, req: Request) -> Response {
     let result = vercel_delivery(&state, req).await;
-    state.refusals.answer("vercel", result)
+    answered(&state, "vercel", result)
 }
 
 #[tracing::instrument(skip_all)]
@@ -155,7 +170,7 @@ async fn vercel_delivery(state: &AppState, req: Request) -> Result<Response, Api
 
 async fn slack_interaction(State(state): State<AppState>, req: Request) -> Response {
     let result = slack_delivery(&state, req).await;
-    state.refusals.answer("slack", result)
+    answered(&state, "slack", result)
 }
 
 /// A button pressed on a card. Verified on the raw bytes before decoding;
@@ -188,7 +203,7 @@ async fn slack_delivery(state: &AppState, req: Request) -> Result<Response, ApiE
 
 async fn pagerduty_webhook(State(state): State<AppState>, req: Request) -> Response {
     let result = pagerduty_delivery(&state, req).await;
-    state.refusals.answer("pagerduty", result)
+    answered(&state, "pagerduty", result)
 }
 
 /// A Webhooks v3 delivery. Events Backstop does not use are answered 2xx

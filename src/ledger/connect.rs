@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "steering",
         include_str!("../../migrations/0004_steering.sql"),
     ),
+    (
+        5,
+        "console",
+        include_str!("../../migrations/0005_console.sql"),
+    ),
 ];
 
 impl Store {

@@ -15,6 +15,7 @@
 
 mod batch;
 mod connect;
+mod console;
 mod deployments;
 pub mod dialect;
 mod records;
@@ -24,8 +25,10 @@ mod services;
 mod steering;
 mod steps;
 
+pub use console::RunFilter;
 pub use dialect::Backend;
 pub use records::*;
+pub use services::MetricsSnapshot;
 pub use steering::{Requested, UndoDone};
 
 /// What went wrong talking to the database.

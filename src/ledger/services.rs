@@ -7,7 +7,59 @@ use super::records::*;
 use super::{Store, StoreError};
 use crate::clock::now_ms;
 
+/// What the metrics read from the ledger at each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    /// Runs pending, running or watching.
+    pub unfinished: i64,
+    /// Age of the oldest run pending or running, ms.
+    pub oldest_unfinished_ms: Option<i64>,
+    /// Paused and frozen services.
+    pub pauses: Vec<Pause>,
+    /// `(service, verdict, count)`.
+    pub deployments: Vec<(String, String, i64)>,
+}
+
 impl Store {
+    /// The ledger's side of the metrics: a few aggregate queries.
+    pub async fn metrics_snapshot(&self, now_ms: i64) -> Result<MetricsSnapshot, StoreError> {
+        let (pending, running, watching) = (
+            RunStatus::Pending.as_str(),
+            RunStatus::Running.as_str(),
+            RunStatus::Watching.as_str(),
+        );
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM runs WHERE status IN ($1, $2, $3)) AS unfinished,
+                    (SELECT MIN(created_at) FROM runs WHERE status IN ($1, $2)) AS oldest",
+        )
+        .bind(pending)
+        .bind(running)
+        .bind(watching)
+        .fetch_one(&self.pool)
+        .await?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        let deployments = sqlx::query(
+            "SELECT service, verdict, COUNT(*) AS n FROM deployments GROUP BY service, verdict",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("service")?,
+                r.try_get("verdict")?,
+                r.try_get("n")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(MetricsSnapshot {
+            unfinished: row.try_get("unfinished")?,
+            oldest_unfinished_ms: oldest.map(|t| (now_ms - t).max(0)),
+            pauses: self.pauses().await?,
+            deployments,
+        })
+    }
+
     /// Pauses automatic rollbacks of a service (`None` resumes: lifts a
     /// pause or a freeze). `by` names who paused it.
     pub async fn set_paused(&self, service: &str, reason: Option<&str>) -> Result<(), StoreError> {

@@ -129,16 +129,23 @@ pub(crate) async fn send(
     provider: &'static str,
     req: reqwest::RequestBuilder,
 ) -> Result<(reqwest::StatusCode, HeaderMap, String), ProviderError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| ProviderError::from_reqwest(provider, &e))?;
+    let started = std::time::Instant::now();
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) => {
+            crate::metrics::provider_call(provider, None, started.elapsed());
+            return Err(ProviderError::from_reqwest(provider, &e));
+        }
+    };
     let status = resp.status();
     let headers = resp.headers().clone();
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| ProviderError::from_reqwest(provider, &e))?;
+    let text = resp.text().await;
+    crate::metrics::provider_call(
+        provider,
+        text.is_ok().then_some(status.as_u16()),
+        started.elapsed(),
+    );
+    let text = text.map_err(|e| ProviderError::from_reqwest(provider, &e))?;
     Ok((status, headers, text))
 }
 

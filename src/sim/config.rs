@@ -327,6 +327,9 @@ impl Config {
             r##"[server]
 listen = "{listen}"
 {server}
+[admin]
+listen = "127.0.0.1:0"
+{admin}
 [database]
 url = "{db}"
 {database}
@@ -361,6 +364,7 @@ domains = ["{d0}", "{d1}"]
 "##,
             listen = self.listen,
             server = self.extra("server"),
+            admin = self.extra("admin"),
             db = self.db_url,
             database = self.extra("database"),
             sentry_secret = c.sentry_secret,

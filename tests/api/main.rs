@@ -4,6 +4,7 @@
 mod cli;
 mod clients;
 mod closed_loop;
+mod console;
 mod engine;
 mod faults;
 mod first_run;

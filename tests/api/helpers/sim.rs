@@ -13,6 +13,8 @@ use super::*;
 pub struct SimApp {
     pub sim: backstop::sim::Running,
     pub address: String,
+    /// The console and metrics (`http://127.0.0.1:PORT`).
+    pub admin: String,
     pub store: Store,
     pub http: reqwest::Client,
     /// Stops the instance and says when it stopped.
@@ -29,6 +31,7 @@ async fn serve(
     settings: Settings,
 ) -> (
     String,
+    String,
     Store,
     (
         tokio::sync::oneshot::Sender<()>,
@@ -37,6 +40,7 @@ async fn serve(
 ) {
     let app = Application::build(settings).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let admin = format!("http://127.0.0.1:{}", app.admin_port().unwrap_or(0));
     let store = app.engine().store().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -46,7 +50,7 @@ async fn serve(
             })
             .await;
     });
-    (address, store, (tx, task))
+    (address, admin, store, (tx, task))
 }
 
 pub const SIM_LIVE: &str = backstop::sim::config::LIVE;
@@ -65,13 +69,14 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
         .unwrap();
     settings.engine.poll_interval = std::time::Duration::from_millis(50);
     tweak(&mut settings);
-    let (address, store, stop) = serve(settings.clone()).await;
+    let (address, admin, store, stop) = serve(settings.clone()).await;
     backstop::sim::config::seed_ledger(&store, settings.services[0].bake_time)
         .await
         .unwrap();
     Some(SimApp {
         sim,
         address,
+        admin,
         store,
         http: reqwest::Client::new(),
         stop: Some(stop),
@@ -84,7 +89,7 @@ impl SimApp {
     /// A second instance on the same database and simulator (a replica);
     /// its address. It serves until the test ends.
     pub async fn another(&self) -> String {
-        let (address, _, stop) = serve(self.settings.clone()).await;
+        let (address, _, _, stop) = serve(self.settings.clone()).await;
         std::mem::forget(stop.0);
         address
     }
@@ -96,8 +101,9 @@ impl SimApp {
             let _ = tx.send(());
             task.await.expect("the instance stopped cleanly");
         }
-        let (address, store, stop) = serve(self.settings.clone()).await;
+        let (address, admin, store, stop) = serve(self.settings.clone()).await;
         self.address = address;
+        self.admin = admin;
         self.store = store;
         self.stop = Some(stop);
     }
