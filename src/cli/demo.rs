@@ -56,19 +56,7 @@ pub struct DemoReport {
 /// included (release health before acting), with time compressed: a 2 s
 /// watch looking every 500 ms, a 3 s cooldown.
 pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow::Result<Settings> {
-    let mut config = Config::new(DEMO, Bases::of(sim), db_url, listen)
-        .with(
-            "sentry",
-            &format!("token = \"{}\"\norg = \"acme\"", DEMO.sentry_token),
-        )
-        .with(
-            "slack",
-            &format!("signing_secret = \"{DEMO_SLACK_SIGNING_SECRET}\""),
-        )
-        .with(
-            "pagerduty",
-            &format!("webhook_secret = \"{DEMO_PAGERDUTY_WEBHOOK_SECRET}\""),
-        );
+    let mut config = Config::new(DEMO, Bases::of(sim), db_url, listen).with_every_credential();
     config.service = [
         "mode = \"auto\"",
         "watch_window = \"2s\"",
@@ -105,6 +93,14 @@ pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<Dem
             .as_ref()
             .map(|r| r.first_run.clone())
             .unwrap_or_default();
+        // A config for this ledger and simulator, to look with the CLI.
+        let config_path = dir.join("backstop.toml");
+        let text = crate::sim::config::ready_config(
+            &sim.base,
+            &db_url,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        );
+        std::fs::write(&config_path, text).context("cannot write the demo's config")?;
         writeln!(out, "\nStill running (Ctrl-C to stop):")?;
         writeln!(out, "  backstop   {base}   (ledger {db_url})")?;
         if let Some(console) = &console {
@@ -132,6 +128,17 @@ pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<Dem
         )?;
         writeln!(out, "  backstop sim click --url {base}/webhooks/slack/interactions --secret {DEMO_SLACK_SIGNING_SECRET} --run {first_run} --action undo   (or hold, resume)")?;
         writeln!(out, "  backstop sim pd-event --url {base}/webhooks/pagerduty --secret {DEMO_PAGERDUTY_WEBHOOK_SECRET} --incident-key backstop/storefront/{} --event acknowledged", crate::sim::config::LIVE)?;
+        writeln!(out, "Look at what it did with the CLI:")?;
+        writeln!(
+            out,
+            "  backstop --config {} runs list",
+            config_path.display()
+        )?;
+        writeln!(
+            out,
+            "  backstop --config {} deployments list",
+            config_path.display()
+        )?;
         writeln!(out, "New runs are shown here as they finish.")?;
         out.flush()?;
         let seen: std::collections::BTreeSet<String> = engine

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod report;
 pub mod show;
 pub mod test_alert;
 pub mod undo;
@@ -63,6 +64,9 @@ pub enum Command {
         /// Where the simulator listens.
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: std::net::SocketAddr,
+        /// Print a complete backstop.toml for this simulator and exit.
+        #[arg(long)]
+        print_config: bool,
         /// Send an alert instead of serving.
         #[command(subcommand)]
         command: Option<SimCommand>,
@@ -96,6 +100,32 @@ pub enum Command {
     Resume {
         /// Service name.
         service: String,
+    },
+    /// How right the decisions were, per service: dry runs and rollbacks
+    /// scored confirmed, false alarm or undetermined, and a recommendation.
+    Report {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Decisions made this far back, e.g. `30d`.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a Sentry metric-alert webhook body for a service, to rehearse
+    /// with `backstop test-alert FILE --dry-run`.
+    SampleAlert {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// `critical`, `warning` or `resolved`.
+        #[arg(long, default_value = "critical")]
+        action: String,
+        /// How long ago Sentry detected it, e.g. `2m`.
+        #[arg(long, default_value = "2m")]
+        started_ago: String,
     },
     /// Undo a run's rollback: production back on the deployment it rolled
     /// back from, that deployment marked overridden, the service held.
@@ -256,7 +286,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(&mut out, keep).await?;
             return Ok(());
         }
-        Command::Sim { listen, command } => return sim(listen, command).await,
+        Command::Sim {
+            listen,
+            print_config: true,
+            ..
+        } => {
+            print!(
+                "{}",
+                crate::sim::config::ready_config(
+                    &format!("http://{listen}"),
+                    "sqlite://backstop-sim.db",
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+                )
+            );
+            return Ok(());
+        }
+        Command::Sim {
+            listen, command, ..
+        } => return sim(listen, command).await,
         Command::Bench(opts) => {
             println!("{}", bench::run(opts).await?);
             return Ok(());
@@ -320,6 +367,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{service}: paused ({reason}); critical alerts will page instead of rolling back"
             );
+            Ok(())
+        }
+        Command::Report {
+            service,
+            since,
+            json,
+        } => {
+            let since = humantime::parse_duration(&since)
+                .with_context(|| format!("--since `{since}` is not a duration like 30d"))?;
+            let store = app::open_store(&settings).await?;
+            let from = crate::clock::now_ms() - since.as_millis() as i64;
+            let reports = report::reports(&store, &settings, service.as_deref(), from).await?;
+            report::print(&mut std::io::stdout(), &reports, json)
+        }
+        Command::SampleAlert {
+            service,
+            action,
+            started_ago,
+        } => {
+            let ago = humantime::parse_duration(&started_ago)
+                .with_context(|| format!("--started-ago `{started_ago}` is not a duration"))?;
+            let body = report::sample_alert(&settings, &service, &action, ago.as_millis() as i64)?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
             Ok(())
         }
         Command::Undo { run, yes } => {
@@ -443,7 +513,9 @@ async fn sim(listen: std::net::SocketAddr, command: Option<SimCommand>) -> anyho
                     running.api_base(p)
                 );
             }
-            println!("credentials are the demo's (see src/cli/demo.rs); Ctrl-C to stop");
+            println!(
+                "a backstop.toml that works with it as it is: `backstop sim --listen {listen} --print-config > backstop.toml`; Ctrl-C to stop"
+            );
             app::shutdown_signal().await;
             Ok(())
         }

@@ -80,6 +80,10 @@ pub struct ServiceSettings {
     /// How often the watch looks.
     #[serde(default = "default_watch_interval", deserialize_with = "de_duration")]
     pub watch_interval: Duration,
+    /// Score dry runs and rollbacks from what happens this long after them
+    /// (`backstop report`). 0: off.
+    #[serde(default = "default_score_window", deserialize_with = "de_duration")]
+    pub score_window: Duration,
     /// Deployment `meta` key holding the Sentry release.
     #[serde(default = "default_release_key")]
     pub release_meta_key: String,
@@ -136,6 +140,9 @@ fn default_watch_window() -> Duration {
 fn default_watch_interval() -> Duration {
     Duration::from_secs(60)
 }
+fn default_score_window() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_release_key() -> String {
     "githubCommitSha".into()
 }
@@ -163,6 +170,7 @@ impl ServiceSettings {
             on_confirm_unavailable: default_rollback(),
             watch_window: Duration::ZERO,
             watch_interval: default_watch_interval(),
+            score_window: Duration::ZERO,
             release_meta_key: default_release_key(),
             slack_channel: None,
             resolve_on_recovery: false,

@@ -104,7 +104,8 @@ pub async fn services(state: &AppState) -> Result<String, StoreError> {
     let store = state.engine.store();
     let now = now_ms();
     let pauses = store.pauses().await?;
-    let mut body = String::from("<h1>Services</h1><table id=services><tr><th>Service</th><th>Mode</th><th>Live</th><th>State</th><th>Rollbacks today</th><th>Last rollback</th></tr>");
+    let scores = store.scores(None, now - 30 * DAY_MS).await?;
+    let mut body = String::from("<h1>Services</h1><table id=services><tr><th>Service</th><th>Mode</th><th>Live</th><th>State</th><th>Rollbacks today</th><th>Last rollback</th><th>Decisions scored (30 days)</th></tr>");
     for svc in &state.settings.services {
         let h = store.history(&svc.name, &RunId(String::new()), now).await?;
         let live = h.deployments.iter().find(|d| d.live);
@@ -130,9 +131,16 @@ pub async fn services(state: &AppState) -> Result<String, StoreError> {
             ),
             None => "<span class=ok>acting</span>".into(),
         };
+        let of: Vec<crate::policy::Score> = scores
+            .iter()
+            .filter(|s| s.service == svc.name)
+            .filter_map(|s| serde_json::from_value(s.score.clone()).ok())
+            .collect();
+        let record = crate::policy::Report::of(&svc.name, &of);
         let _ = write!(
             body,
-            "<tr class=service data-service=\"{n}\"><td><a href=\"/services/{u}\">{n}</a></td><td>{mode}</td><td>{live_cell}</td><td>{state_cell}</td><td>{used} of {max}</td><td>{last}</td></tr>",
+            "<tr class=service data-service=\"{n}\"><td><a href=\"/services/{u}\">{n}</a></td><td>{mode}</td><td>{live_cell}</td><td>{state_cell}</td><td>{used} of {max}</td><td>{last}</td><td class=score>{score}</td></tr>",
+            score = esc(&record.recommendation),
             n = esc(&svc.name),
             u = url_part(&svc.name),
             mode = esc(&format!("{:?}", svc.mode).to_lowercase()),

@@ -23,7 +23,22 @@ impl Engine {
         let poll = self.settings().engine.poll_interval;
         let room = Arc::new(Semaphore::new(max));
         let mut runs = JoinSet::new();
+        // Scoring decisions is a sweep over the ledger, every few seconds
+        // at most, in a task of its own: it never holds up a claim.
+        let score_every = poll.max(std::time::Duration::from_secs(5));
+        let mut scored_at: Option<std::time::Instant> = None;
+        let mut scoring: Option<tokio::task::JoinHandle<()>> = None;
         loop {
+            let idle = scoring.as_ref().is_none_or(|t| t.is_finished());
+            if idle && scored_at.is_none_or(|t| t.elapsed() >= score_every) {
+                scored_at = Some(std::time::Instant::now());
+                let engine = self.clone();
+                scoring = Some(tokio::spawn(async move {
+                    if let Err(e) = engine.score_due().await {
+                        tracing::warn!(error = %e, "cannot score decisions; will retry");
+                    }
+                }));
+            }
             // Claim while there is room and work.
             while !*shutdown.borrow() {
                 let Ok(place) = room.clone().try_acquire_owned() else {

@@ -20,6 +20,7 @@ mod page;
 mod record;
 mod resync;
 mod rollback;
+mod score;
 mod steer;
 mod step;
 mod watch;

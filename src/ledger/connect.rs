@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "console",
         include_str!("../../migrations/0005_console.sql"),
     ),
+    (
+        6,
+        "scores",
+        include_str!("../../migrations/0006_scores.sql"),
+    ),
 ];
 
 impl Store {

@@ -21,6 +21,7 @@ pub mod dialect;
 mod records;
 mod rows;
 mod runs;
+mod scores;
 mod services;
 mod steering;
 mod steps;
@@ -28,6 +29,7 @@ mod steps;
 pub use console::RunFilter;
 pub use dialect::Backend;
 pub use records::*;
+pub use scores::StoredScore;
 pub use services::MetricsSnapshot;
 pub use steering::{Requested, UndoDone};
 

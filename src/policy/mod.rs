@@ -7,6 +7,7 @@
 mod health;
 mod plan;
 mod rule;
+mod score;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub use crate::ledger::Outcome;
 pub use health::{thousands, ConfirmPolicy, Fallback, HealthQuery, Reading, Readings};
 pub use plan::{plan, PlanContext};
 pub use rule::Rule;
+pub use score::{score, Report, Score, ScoreFacts};
 
 /// What Backstop may do for a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

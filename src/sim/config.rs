@@ -243,6 +243,17 @@ pub struct Bases {
 }
 
 impl Bases {
+    /// A simulator serving at `base` (`http://127.0.0.1:9090`).
+    pub fn under(base: &str) -> Self {
+        let base = base.trim_end_matches('/');
+        Self {
+            vercel: format!("{base}/vercel"),
+            pagerduty: format!("{base}/pagerduty"),
+            slack: format!("{base}/slack"),
+            sentry: format!("{base}/sentry"),
+        }
+    }
+
     /// A running simulator's.
     pub fn of(sim: &Running) -> Self {
         Self {
@@ -263,6 +274,22 @@ impl Bases {
             sentry: closed,
         }
     }
+}
+
+/// A `backstop.toml` for a simulator at `sim_base` that works as it is with
+/// `check`, `sync`, `serve` and `test-alert` (`backstop sim
+/// --print-config`): the simulator's credentials, its world's service in
+/// dry-run, the console on 9091.
+pub fn ready_config(sim_base: &str, db_url: &str, listen: SocketAddr) -> String {
+    let mut c = Config::new(DEMO, Bases::under(sim_base), db_url, listen).with_every_credential();
+    c.service =
+        "mode = \"dry-run\"        # `auto` once its dry runs score well (`backstop report`)"
+            .into();
+    c.admin_listen = "127.0.0.1:9091".into();
+    format!(
+        "# Backstop against the simulator at {sim_base} (`backstop sim`).\n\n{}",
+        c.toml()
+    )
 }
 
 /// A complete configuration for the demo's storefront service.
@@ -286,6 +313,8 @@ pub struct Config {
     pub service: String,
     /// More TOML after the storefront service (e.g. a fleet's services).
     pub more: String,
+    /// `admin.listen` (port 0 picks one).
+    pub admin_listen: String,
 }
 
 impl Config {
@@ -301,7 +330,24 @@ impl Config {
             sections: Vec::new(),
             service: "mode = \"auto\"".into(),
             more: String::new(),
+            admin_listen: "127.0.0.1:0".into(),
         }
+    }
+
+    /// With every credential the simulator accepts: Sentry's API (release
+    /// health, deploys), Slack's signing secret (the cards' buttons) and
+    /// PagerDuty's webhook secret (acks in the thread).
+    pub fn with_every_credential(self) -> Self {
+        let token = self.creds.sentry_token;
+        self.with("sentry", &format!("token = \"{token}\"\norg = \"acme\""))
+            .with(
+                "slack",
+                &format!("signing_secret = \"{DEMO_SLACK_SIGNING_SECRET}\""),
+            )
+            .with(
+                "pagerduty",
+                &format!("webhook_secret = \"{DEMO_PAGERDUTY_WEBHOOK_SECRET}\""),
+            )
     }
 
     /// Adds `lines` to `[section]`.
@@ -328,7 +374,7 @@ impl Config {
 listen = "{listen}"
 {server}
 [admin]
-listen = "127.0.0.1:0"
+listen = "{admin_listen}"
 {admin}
 [database]
 url = "{db}"
@@ -365,6 +411,7 @@ domains = ["{d0}", "{d1}"]
             listen = self.listen,
             server = self.extra("server"),
             admin = self.extra("admin"),
+            admin_listen = self.admin_listen,
             db = self.db_url,
             database = self.extra("database"),
             sentry_secret = c.sentry_secret,

@@ -19,6 +19,7 @@ mod ledger;
 mod notify;
 mod pipeline;
 mod process;
+mod rehearse;
 mod right_call;
 mod sentry_shapes;
 mod sim;

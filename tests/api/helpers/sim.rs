@@ -15,6 +15,8 @@ pub struct SimApp {
     pub address: String,
     /// The console and metrics (`http://127.0.0.1:PORT`).
     pub admin: String,
+    /// The instance's engine (tests drive sweeps directly).
+    pub engine: backstop::engine::Engine,
     pub store: Store,
     pub http: reqwest::Client,
     /// Stops the instance and says when it stopped.
@@ -32,6 +34,7 @@ async fn serve(
 ) -> (
     String,
     String,
+    backstop::engine::Engine,
     Store,
     (
         tokio::sync::oneshot::Sender<()>,
@@ -41,6 +44,7 @@ async fn serve(
     let app = Application::build(settings).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let admin = format!("http://127.0.0.1:{}", app.admin_port().unwrap_or(0));
+    let engine = app.engine();
     let store = app.engine().store().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -50,7 +54,7 @@ async fn serve(
             })
             .await;
     });
-    (address, admin, store, (tx, task))
+    (address, admin, engine, store, (tx, task))
 }
 
 pub const SIM_LIVE: &str = backstop::sim::config::LIVE;
@@ -69,7 +73,7 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
         .unwrap();
     settings.engine.poll_interval = std::time::Duration::from_millis(50);
     tweak(&mut settings);
-    let (address, admin, store, stop) = serve(settings.clone()).await;
+    let (address, admin, engine, store, stop) = serve(settings.clone()).await;
     backstop::sim::config::seed_ledger(&store, settings.services[0].bake_time)
         .await
         .unwrap();
@@ -77,6 +81,7 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
         sim,
         address,
         admin,
+        engine,
         store,
         http: reqwest::Client::new(),
         stop: Some(stop),
@@ -86,10 +91,40 @@ pub async fn spawn_on_sim(db: Db, tweak: impl FnOnce(&mut Settings)) -> Option<S
 }
 
 impl SimApp {
+    /// A signed Vercel `deployment.promoted` webhook: a person or CI put
+    /// `id` live. The simulator's aliases follow.
+    pub async fn promoted(&self, id: &str, sha: &str) {
+        self.sim
+            .sim
+            .world()
+            .serve(backstop::sim::config::PROJECT, id);
+        let event = serde_json::json!({
+            "id": format!("evt_{id}_{}", now_ms()), "type": "deployment.promoted", "createdAt": now_ms(),
+            "payload": {"deployment": {"id": id, "url": format!("{id}.vercel.app"), "meta": {"githubCommitSha": sha}},
+                        "project": {"id": backstop::sim::config::PROJECT}, "target": "production"}
+        });
+        let body = serde_json::to_vec(&event).unwrap();
+        let sig = backstop::ingest::signature::sign(
+            backstop::ingest::signature::Digest::Sha1,
+            DEMO.vercel_webhook_secret.as_bytes(),
+            &body,
+        );
+        let resp = self
+            .http
+            .post(format!("{}/webhooks/vercel", self.address))
+            .header("content-type", "application/json")
+            .header("x-vercel-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
     /// A second instance on the same database and simulator (a replica);
     /// its address. It serves until the test ends.
     pub async fn another(&self) -> String {
-        let (address, _, _, stop) = serve(self.settings.clone()).await;
+        let (address, _, _, _, stop) = serve(self.settings.clone()).await;
         std::mem::forget(stop.0);
         address
     }
@@ -101,9 +136,10 @@ impl SimApp {
             let _ = tx.send(());
             task.await.expect("the instance stopped cleanly");
         }
-        let (address, admin, store, stop) = serve(self.settings.clone()).await;
+        let (address, admin, engine, store, stop) = serve(self.settings.clone()).await;
         self.address = address;
         self.admin = admin;
+        self.engine = engine;
         self.store = store;
         self.stop = Some(stop);
     }

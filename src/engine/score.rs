@@ -1,0 +1,153 @@
+//! Scoring dry runs and rollbacks (`policy::score`) from what the ledger
+//! learned within each service's `score_window`: a sweep the dispatcher
+//! makes every few seconds. The state is the ledger's (a decision without a
+//! score is looked at again on the next sweep, by any instance, after a
+//! restart too); a score is stored once, and only the instance that stored
+//! it says so in the dry run's thread.
+
+use serde_json::Value;
+
+use super::{Engine, EngineError};
+use crate::clock::now_ms;
+use crate::ingest::sentry::{self, Resource};
+use crate::ledger::{Outcome, Run, RunDetail, StepName, StepStatus};
+use crate::policy::{score, Decision, Score, ScoreFacts};
+
+impl Engine {
+    /// Scores every decision whose evidence is in; returns how many were
+    /// scored.
+    pub async fn score_due(&self) -> Result<usize, EngineError> {
+        let now = now_ms();
+        let mut scored = 0;
+        for svc in &self.settings().services {
+            if svc.score_window.is_zero() {
+                continue;
+            }
+            let window = svc.score_window.as_millis() as i64;
+            // Anything decided before the last window and a day was scored
+            // long ago, or cannot be any more.
+            let since = now - window - 86_400_000;
+            for run in self.store().unscored(&svc.name, since, 200).await? {
+                if self.score_one(&run, window, now).await? {
+                    scored += 1;
+                }
+            }
+        }
+        Ok(scored)
+    }
+
+    async fn score_one(&self, run: &Run, window_ms: i64, now: i64) -> Result<bool, EngineError> {
+        let (Some(outcome), Some(decided_at)) = (run.outcome, run.decided_at_ms) else {
+            return Ok(false);
+        };
+        let detail = self.store().run_detail(&run.id).await?;
+        let decision: Option<Decision> = run
+            .decision
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok());
+        let live = decision
+            .as_ref()
+            .and_then(|d| d.live.as_ref())
+            .map(|l| l.id.clone());
+        let left_production_at_ms = match (&live, outcome) {
+            (Some(id), Outcome::DryRun) => self
+                .store()
+                .deployment(id)
+                .await?
+                .and_then(|d| d.superseded_at_ms),
+            _ => None,
+        };
+        let undone_at_ms = detail
+            .step(StepName::Undo)
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .filter(|s| s.output.as_ref().is_some_and(|o| o["undone"] == true))
+            .and_then(|s| s.finished_at_ms);
+        let facts = ScoreFacts {
+            outcome,
+            decided_at_ms: decided_at,
+            window_ms,
+            now_ms: now,
+            left_production_at_ms,
+            resolved_at_ms: self.resolved_at(&detail).await?,
+            undone_at_ms,
+        };
+        let Some(verdict) = score(&facts) else {
+            return Ok(false);
+        };
+        let stored = serde_json::to_value(&verdict).unwrap_or(Value::Null);
+        if !self
+            .store()
+            .save_score(run, verdict.verdict(), &stored)
+            .await?
+        {
+            return Ok(false);
+        }
+        tracing::info!(run.id = %run.id, verdict = verdict.verdict(), why = verdict.why(), "decision scored");
+        self.tell_score(&detail, outcome, &verdict, live.as_deref())
+            .await;
+        Ok(true)
+    }
+
+    /// When Sentry resolved the run's alert, if it did.
+    async fn resolved_at(&self, detail: &RunDetail) -> Result<Option<i64>, EngineError> {
+        let resource = match detail.dedup_key.contains("event_alert:") {
+            true => return Ok(None),
+            false => Resource::MetricAlert,
+        };
+        let raw = serde_json::to_vec(&detail.alert).unwrap_or_default();
+        let Ok(mut alert) = sentry::parse(resource, &raw) else {
+            return Ok(None);
+        };
+        alert.action = "resolved".into();
+        Ok(
+            match self.store().run_for_dedup_key(&alert.dedup_key()).await? {
+                Some(run) => Some(self.store().run(&run).await?.created_at_ms),
+                None => None,
+            },
+        )
+    }
+
+    /// A reply in the decision's thread once its verdict is known (dry
+    /// runs, and rollbacks a person undid).
+    async fn tell_score(
+        &self,
+        detail: &RunDetail,
+        outcome: Outcome,
+        verdict: &Score,
+        live: Option<&str>,
+    ) {
+        let text = match (outcome, verdict) {
+            (Outcome::DryRun, Score::Confirmed { minutes_saved: Some(m), .. }) => format!(
+                ":dart: Production left {} {m} min after this dry run: Backstop would have saved {m} min.",
+                live.unwrap_or("the crashing deployment")
+            ),
+            (Outcome::DryRun, Score::FalseAlarm { why }) => format!(
+                ":information_source: Scored a false alarm: {why}."
+            ),
+            (Outcome::DryRun, Score::Undetermined { why }) => {
+                format!(":grey_question: Scored undetermined: {why}.")
+            }
+            (Outcome::Rollback, Score::FalseAlarm { why }) => {
+                format!(":information_source: Scored a false alarm: {why}.")
+            }
+            _ => return,
+        };
+        let (Some(slack), Some(card)) = (
+            self.inner.providers.slack.as_ref(),
+            detail.output_of(StepName::Announce),
+        ) else {
+            return;
+        };
+        let (Some(channel), Some(ts)) = (card["channel"].as_str(), card["ts"].as_str()) else {
+            return;
+        };
+        let thread = Some(ts).filter(|t| !t.is_empty() && slack.threads());
+        let tag = format!("{}/score", detail.run.id);
+        if let Err(e) = slack
+            .post_for_run(channel, &text, &[], thread, &tag, true)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot post the score in the thread");
+        }
+    }
+}

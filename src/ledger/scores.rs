@@ -1,0 +1,99 @@
+//! Scores of dry runs and rollbacks (see `policy::score`): which runs still
+//! wait for one, and the scores themselves, for `backstop report`.
+
+use sqlx::Row;
+
+use super::records::*;
+use super::rows::{self, RUN_COLS};
+use super::{Store, StoreError};
+use crate::clock::now_ms;
+
+/// A stored score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredScore {
+    /// The run scored.
+    pub run: RunId,
+    /// Its service.
+    pub service: String,
+    /// Its outcome (`dry-run` or `rollback`).
+    pub outcome: String,
+    /// The verdict, as `policy::Score` JSON.
+    pub score: serde_json::Value,
+    /// When it was decided, Unix ms.
+    pub decided_at_ms: i64,
+}
+
+impl Store {
+    /// Dry runs and rollbacks of `service` decided since `since_ms` that
+    /// have no score yet, oldest first.
+    pub async fn unscored(
+        &self,
+        service: &str,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs r WHERE service = $1 AND outcome IN ($2, $3) AND decided_at >= $4
+               AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_id = r.id)
+             ORDER BY decided_at LIMIT $5"
+        ))
+        .bind(service)
+        .bind(Outcome::DryRun.as_str())
+        .bind(Outcome::Rollback.as_str())
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::run).collect()
+    }
+
+    /// Stores a run's score, once: true when this call stored it.
+    pub async fn save_score(
+        &self,
+        run: &Run,
+        verdict: &str,
+        score: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO scores (run_id, service, outcome, verdict, score, decided_at, scored_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING",
+        )
+        .bind(&run.id.0)
+        .bind(run.service.as_deref().unwrap_or_default())
+        .bind(run.outcome.map(|o| o.as_str()).unwrap_or_default())
+        .bind(verdict)
+        .bind(score.to_string())
+        .bind(run.decided_at_ms.unwrap_or_else(now_ms))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Scores of decisions made since `since_ms` (of one service, or all).
+    pub async fn scores(
+        &self,
+        service: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<StoredScore>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, service, outcome, score, decided_at FROM scores
+             WHERE ($1 IS NULL OR service = $1) AND decided_at >= $2 ORDER BY decided_at",
+        )
+        .bind(service)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredScore {
+                    run: RunId(r.try_get("run_id")?),
+                    service: r.try_get("service")?,
+                    outcome: r.try_get("outcome")?,
+                    score: rows::json(r, "score")?.unwrap_or_default(),
+                    decided_at_ms: r.try_get("decided_at")?,
+                })
+            })
+            .collect()
+    }
+}

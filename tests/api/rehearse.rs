@@ -1,0 +1,232 @@
+//! Rehearse, then turn it on: a sample alert to test with, a simulator
+//! config that works as it is, and dry runs scored against what people did.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use backstop::cli::{check, report, test_alert};
+use backstop::config::Settings;
+use backstop::ledger::{Outcome, RunId};
+use backstop::sim::config::{ready_config, DEMO, SENTRY_PROJECT};
+use backstop::sim::sender::{self, CrashAlert};
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::on_both;
+
+#[tokio::test]
+async fn sim_print_config_works_as_it_is_with_check() {
+    let sim = backstop::sim::config::world(&DEMO)
+        .start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("b.db").display());
+    let text = ready_config(&sim.base, &db, SocketAddr::from(([127, 0, 0, 1], 0)));
+    let settings = Settings::from_toml(&text, Vec::new()).expect("it parses");
+    settings.validate_for_serve().expect("it is ready to serve");
+    let rows = check::run(&settings).await;
+    let mut out = Vec::new();
+    let all_ok = check::print(&mut out, &rows).unwrap();
+    assert!(all_ok, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(settings.services[0].mode, backstop::policy::Mode::DryRun);
+    assert!(settings.sentry.api_configured() && settings.slack.signing_secret.is_some());
+}
+
+#[tokio::test]
+async fn a_sample_alert_rehearses_to_a_decision_for_the_service() {
+    let sim = backstop::sim::config::world(&DEMO)
+        .start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("b.db").display());
+    let settings =
+        backstop::cli::demo::demo_settings(&sim, &db, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .unwrap();
+    let store = backstop::app::open_store(&settings).await.unwrap();
+    backstop::sim::config::seed_ledger(&store, settings.services[0].bake_time)
+        .await
+        .unwrap();
+    let body = report::sample_alert(&settings, "storefront", "critical", 2 * MIN).unwrap();
+    assert_eq!(
+        body["data"]["metric_alert"]["alert_rule"]["projects"][0],
+        SENTRY_PROJECT
+    );
+    assert_eq!(
+        body["data"]["metric_alert"]["alert_rule"]["environment"],
+        "production"
+    );
+    let file = dir.path().join("alert.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&body).unwrap()).unwrap();
+    let mut out = Vec::new();
+    let opts = test_alert::Options {
+        file: &file,
+        dry_run: true,
+        yes: false,
+    };
+    test_alert::run(settings.clone(), opts, &mut out, &mut std::io::empty())
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("outcome: rollback (rule 21)"), "{text}");
+    assert!(text.contains("dry run: nothing was changed"), "{text}");
+    // Unknown service or action: a clear error.
+    let e = report::sample_alert(&settings, "nope", "critical", 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no service named `nope`") && e.contains("storefront"),
+        "{e}"
+    );
+}
+
+/// A dry-run service scoring within `window`.
+async fn scoring(db: Db, window: Duration) -> Option<SimApp> {
+    spawn_on_sim(db, move |s: &mut Settings| {
+        s.services[0].mode = backstop::policy::Mode::DryRun;
+        s.services[0].score_window = window;
+    })
+    .await
+}
+
+/// The dry run of the first alert.
+async fn dry_run(app: &SimApp, identifier: &str) -> RunId {
+    assert_eq!(app.alert(identifier, 30_000).await, 202);
+    app.until_runs_finish(Duration::from_secs(10)).await;
+    let run = app.store.list_runs(1).await.unwrap().remove(0);
+    assert_eq!(run.outcome, Some(Outcome::DryRun));
+    run.id
+}
+
+fn verdict_of(scores: &[backstop::ledger::StoredScore], run: &RunId) -> Value {
+    scores
+        .iter()
+        .find(|s| s.run == *run)
+        .map(|s| s.score.clone())
+        .unwrap_or(Value::Null)
+}
+
+async fn a_person_rolling_back_after_a_dry_run_confirms_it_with_minutes_saved(db: Db) {
+    let Some(app) = scoring(db, Duration::from_secs(3600)).await else {
+        return;
+    };
+    let run = dry_run(&app, "d1").await;
+    assert_eq!(
+        app.engine.score_due().await.unwrap(),
+        0,
+        "nothing to score yet"
+    );
+    // A person promotes the known-good deployment by hand.
+    app.promoted(SIM_GOOD, "9be1c07").await;
+    assert_eq!(app.engine.score_due().await.unwrap(), 1);
+    let scores = app.store.scores(None, 0).await.unwrap();
+    let v = verdict_of(&scores, &run);
+    assert_eq!(v["verdict"], "confirmed", "{v}");
+    assert!(v["minutes_saved"].as_f64().is_some(), "{v}");
+    // Once: a second sweep scores nothing.
+    assert_eq!(app.engine.score_due().await.unwrap(), 0);
+    assert_eq!(app.store.scores(None, 0).await.unwrap().len(), 1);
+    let w = app.sim.sim.world();
+    let card = &w.messages[0];
+    let replies: Vec<_> = w
+        .messages
+        .iter()
+        .filter(|m| {
+            m.thread_ts.as_deref() == Some(card.ts.as_str()) && m.text.contains("would have saved")
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "{:?}", w.messages);
+    assert!(replies[0].text.contains(SIM_LIVE), "{}", replies[0].text);
+}
+
+async fn an_alert_resolving_by_itself_is_a_false_alarm(db: Db) {
+    let Some(app) = scoring(db, Duration::from_secs(3600)).await else {
+        return;
+    };
+    let run = dry_run(&app, "d2").await;
+    let mut resolved =
+        CrashAlert::critical(SENTRY_PROJECT, "d2", backstop::clock::now_ms() - 30_000);
+    resolved.action = "resolved".into();
+    let url = format!("{}/webhooks/sentry", app.address);
+    let (status, _) = sender::deliver(
+        &app.http,
+        &url,
+        DEMO.sentry_secret,
+        "metric_alert",
+        &resolved.body(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    app.until_runs_finish(Duration::from_secs(10)).await;
+    app.engine.score_due().await.unwrap();
+    let v = verdict_of(&app.store.scores(None, 0).await.unwrap(), &run);
+    assert_eq!(v["verdict"], "false-alarm", "{v}");
+    assert!(
+        v["why"].as_str().unwrap().contains("resolved by itself"),
+        "{v}"
+    );
+}
+
+async fn neither_within_the_window_is_undetermined_and_a_restart_loses_nothing(db: Db) {
+    let Some(mut app) = scoring(db, Duration::from_millis(400)).await else {
+        return;
+    };
+    let run = dry_run(&app, "d3").await;
+    // Restarted before the window ends: the verdict still comes.
+    app.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        app.engine.score_due().await.unwrap();
+        if !app.store.scores(None, 0).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never scored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = verdict_of(&app.store.scores(None, 0).await.unwrap(), &run);
+    assert_eq!(v["verdict"], "undetermined", "{v}");
+}
+
+async fn the_report_tallies_per_service(db: Db) {
+    let Some(app) = scoring(db, Duration::from_secs(3600)).await else {
+        return;
+    };
+    dry_run(&app, "r1").await;
+    app.promoted(SIM_GOOD, "9be1c07").await;
+    app.engine.score_due().await.unwrap();
+    let reports = report::reports(&app.store, &app.settings, None, 0)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    report::print(&mut out, &reports, true).unwrap();
+    let json: Value = serde_json::from_slice(&out).unwrap();
+    let r = &json[0];
+    assert_eq!(r["service"], "storefront");
+    assert_eq!(
+        (r["decisions"].as_u64(), r["confirmed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (r["false_alarms"].as_u64(), r["undetermined"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(r["precision"].as_f64(), Some(1.0));
+    assert!(r["median_minutes_saved"].is_number());
+    assert_eq!(r["recommendation"], "1 decisions: too few decisions to say");
+    let mut table = Vec::new();
+    report::print(&mut table, &reports, false).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(
+        table.contains("storefront") && table.contains("100%"),
+        "{table}"
+    );
+}
+
+on_both!(
+    a_person_rolling_back_after_a_dry_run_confirms_it_with_minutes_saved,
+    an_alert_resolving_by_itself_is_a_false_alarm,
+    neither_within_the_window_is_undetermined_and_a_restart_loses_nothing,
+    the_report_tallies_per_service,
+);
