@@ -183,7 +183,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let dispatcher = tokio::spawn(self.state.engine.clone().dispatch(stop_rx));
+        let dispatcher = tokio::spawn(self.state.engine.clone().dispatch(stop_rx.clone()));
+        let pruner = tokio::spawn(self.state.engine.clone().prune_forever(stop_rx));
         tracing::info!(
             port = self.port,
             max_concurrent_runs = self.state.settings.engine.max_concurrent_runs,
@@ -223,6 +224,7 @@ impl Application {
         tracing::info!("shutting down: finishing runs in hand");
         let _ = stop_tx.send(true);
         let _ = dispatcher.await;
+        let _ = pruner.await;
         self.state.engine.store().close().await;
         Ok(())
     }

@@ -114,6 +114,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prune the ledger once now, as `[retention]` says; print what went.
+    Prune {
+        /// Count what would go; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write a consistent copy of an SQLite ledger (while `serve` runs).
+    Backup {
+        /// Where (must not exist).
+        file: PathBuf,
+    },
     /// Print a Sentry metric-alert webhook body for a service, to rehearse
     /// with `backstop test-alert FILE --dry-run`.
     SampleAlert {
@@ -212,6 +223,12 @@ pub enum DeploymentsCommand {
         /// Only this service.
         #[arg(long)]
         service: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only deployments older than this one (the next page).
+        #[arg(long)]
+        before: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -380,6 +397,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let from = crate::clock::now_ms() - since.as_millis() as i64;
             let reports = report::reports(&store, &settings, service.as_deref(), from).await?;
             report::print(&mut std::io::stdout(), &reports, json)
+        }
+        Command::Prune { dry_run } => {
+            let store = app::open_store(&settings).await?;
+            let engine = crate::engine::Engine::new(
+                store,
+                std::sync::Arc::new(settings),
+                crate::engine::Providers::default(),
+            )?;
+            match engine.prune(dry_run).await? {
+                Some(p) => println!(
+                    "{} {} runs (with their alerts, steps, attempts, notes) and {} delivery ids",
+                    if dry_run { "would remove" } else { "removed" },
+                    p.runs,
+                    p.deliveries
+                ),
+                None => println!("another instance is pruning now; nothing done"),
+            }
+            Ok(())
+        }
+        Command::Backup { file } => {
+            let store = app::open_store(&settings).await?;
+            store.backup(&file).await?;
+            println!(
+                "wrote a consistent copy of the ledger to {}",
+                file.display()
+            );
+            Ok(())
         }
         Command::SampleAlert {
             service,
@@ -562,10 +606,24 @@ async fn sync(settings: &Settings, only: Option<&str>, limit: usize) -> anyhow::
 async fn deployments(settings: &Settings, cmd: DeploymentsCommand) -> anyhow::Result<()> {
     let store = app::open_store(settings).await?;
     match cmd {
-        DeploymentsCommand::List { service, json } => {
+        DeploymentsCommand::List {
+            service,
+            limit,
+            before,
+            json,
+        } => {
             let mut pauses = store.pauses().await?;
             pauses.retain(|p| service.as_ref().is_none_or(|s| *s == p.service));
-            show::deployments(&store.deployments(service.as_deref()).await?, &pauses, json)
+            let page = store
+                .deployments_page(service.as_deref(), before.as_deref(), limit)
+                .await?;
+            show::deployments(&page, &pauses, json)?;
+            if !json && page.len() as i64 == limit {
+                if let Some(last) = page.last() {
+                    println!("(more: --before {})", last.id);
+                }
+            }
+            Ok(())
         }
         DeploymentsCommand::Record {
             service,

@@ -33,6 +33,9 @@ pub struct Settings {
     /// The console and metrics listener.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// How long finished runs are kept.
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// The ledger database.
     #[serde(default)]
     pub database: DatabaseSettings,

@@ -42,6 +42,31 @@ fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr
     }
 }
 
+/// `[retention]`: how long finished runs are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Finished runs, with their steps, attempts and alert bodies.
+    #[serde(deserialize_with = "de_duration")]
+    pub runs: Duration,
+    /// Alerts the alert alone settled (unmapped, warnings, not a crash rule).
+    #[serde(deserialize_with = "de_duration")]
+    pub settled_alerts: Duration,
+    /// How often to prune; 0: never in the background (`backstop prune`).
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            runs: Duration::from_secs(90 * 86_400),
+            settled_alerts: Duration::from_secs(7 * 86_400),
+            interval: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -107,7 +107,9 @@ pub async fn services(state: &AppState) -> Result<String, StoreError> {
     let scores = store.scores(None, now - 30 * DAY_MS).await?;
     let mut body = String::from("<h1>Services</h1><table id=services><tr><th>Service</th><th>Mode</th><th>Live</th><th>State</th><th>Rollbacks today</th><th>Last rollback</th><th>Decisions scored (30 days)</th></tr>");
     for svc in &state.settings.services {
-        let h = store.history(&svc.name, &RunId(String::new()), now).await?;
+        let h = store
+            .history(&svc.name, &RunId(String::new()), now, svc.bake_time)
+            .await?;
         let live = h.deployments.iter().find(|d| d.live);
         let live_cell = match live {
             Some(d) => format!(
@@ -171,7 +173,7 @@ pub async fn service(
     let store = state.engine.store();
     let now = now_ms();
     let start = now - days * DAY_MS;
-    let deployments: Vec<Deployment> = store.deployments(Some(&svc.name)).await?;
+    let deployments: Vec<Deployment> = store.deployments_since(&svc.name, start).await?;
     let runs = store
         .runs_page(&RunFilter {
             service: Some(svc.name.clone()),

@@ -41,7 +41,15 @@ impl Engine {
                 let live = match &ctx.claimed.run.service {
                     Some(service) => self
                         .store()
-                        .history(service, &ctx.claimed.run.id, now_ms())
+                        .history(
+                            service,
+                            &ctx.claimed.run.id,
+                            now_ms(),
+                            self.settings()
+                                .service(service)
+                                .map(|s| s.bake_time)
+                                .unwrap_or_default(),
+                        )
                         .await
                         .ok()
                         .and_then(|h| h.deployments.iter().find(|x| x.live).map(Into::into)),
@@ -141,12 +149,17 @@ impl Engine {
         let (history, production) = match svc {
             Some(svc) if alert.is_critical() => {
                 let (h, p) = tokio::join!(
-                    self.store().history(&svc.name, run, now),
+                    self.store().history(&svc.name, run, now, svc.bake_time),
                     self.production_state(svc)
                 );
                 (h, Some(p))
             }
-            Some(svc) => (self.store().history(&svc.name, run, now).await, None),
+            Some(svc) => (
+                self.store()
+                    .history(&svc.name, run, now, svc.bake_time)
+                    .await,
+                None,
+            ),
             None => (Ok(History::default()), None),
         };
         let history = history.map_err(|e| StepError::retryable("store", e.to_string()))?;

@@ -19,6 +19,7 @@ mod facts;
 mod page;
 mod record;
 mod resync;
+mod retention;
 mod rollback;
 mod score;
 mod steer;

@@ -217,7 +217,10 @@ impl Engine {
         let svc = self.service(&service)?.clone();
         // Production must still be where the rollback put it: a newer
         // deployment live, or a person's move, is not undone by a button.
-        let history = self.store().history(&service, run, now_ms()).await?;
+        let history = self
+            .store()
+            .history(&service, run, now_ms(), svc.bake_time)
+            .await?;
         let live = history
             .deployments
             .iter()

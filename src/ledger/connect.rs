@@ -37,9 +37,36 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "scores",
         include_str!("../../migrations/0006_scores.sql"),
     ),
+    (
+        7,
+        "retention",
+        include_str!("../../migrations/0007_retention.sql"),
+    ),
 ];
 
 impl Store {
+    /// A consistent copy of an SQLite ledger at `path` while it is in use
+    /// (`VACUUM INTO`: one read transaction, writers carry on). Postgres has
+    /// `pg_dump` for this, and says so.
+    pub async fn backup(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.backend != super::Backend::Sqlite {
+            return Err(StoreError::Conflict(
+                "the ledger is on Postgres: back it up with pg_dump (see the README)".into(),
+            ));
+        }
+        if path.exists() {
+            return Err(StoreError::Conflict(format!(
+                "{} already exists; a backup never overwrites",
+                path.display()
+            )));
+        }
+        let target = path.to_string_lossy().replace('\'', "''");
+        sqlx::query(&format!("VACUUM INTO '{target}'"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Connects (creating an SQLite file if needed). Does not migrate.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
         Self::connect_with(url, max_connections, Duration::from_secs(5), false).await

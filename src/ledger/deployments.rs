@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::dialect::Sql;
 use super::records::*;
 use super::rows::{self, DEPLOYMENT_COLS};
 use super::{Backend, Store, StoreError};
@@ -253,41 +254,132 @@ impl Store {
         .transpose()
     }
 
-    /// Deployments, newest first, optionally of one service.
+    /// Deployments, newest first, optionally of one service (the newest
+    /// 500; see [`Store::deployments_page`] to page).
     pub async fn deployments(&self, service: Option<&str>) -> Result<Vec<Deployment>, StoreError> {
-        let order = "ORDER BY COALESCE(promoted_at, created_at, 0) DESC, id DESC LIMIT 500";
-        let rows = match service {
-            Some(service) => {
-                sqlx::query(&format!(
-                    "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 {order}"
-                ))
-                .bind(service)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {DEPLOYMENT_COLS} FROM deployments {order}"
-                ))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+        self.deployments_page(service, None, 500).await
+    }
+
+    /// A page of deployments, newest first (by time live, else created):
+    /// at most `limit`, older than the deployment `before` when given.
+    pub async fn deployments_page(
+        &self,
+        service: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let key = "COALESCE(promoted_at, created_at, 0)";
+        let mut sql = Sql::new(format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments d WHERE 1 = 1"
+        ));
+        if let Some(service) = service {
+            sql.push(" AND service = ").bind(service.to_string());
+        }
+        if let Some(before) = before {
+            // Strictly older than `before` in the same order (ties by id).
+            sql.push(&format!(
+                " AND ({key}, id) < (SELECT {key}, id FROM deployments WHERE id = "
+            ))
+            .bind(before.to_string())
+            .push(")");
+        }
+        sql.push(&format!(" ORDER BY {key} DESC, id DESC LIMIT "))
+            .bind(limit.clamp(1, 10_000));
+        let (text, args) = sql.build()?;
+        let rows = sqlx::query_with(&text, args).fetch_all(&self.pool).await?;
         rows.iter().map(rows::deployment).collect()
     }
 
+    /// A service's deployments live at some point since `since_ms` (and the
+    /// live one), newest first: what a timeline of that window shows.
+    pub async fn deployments_since(
+        &self,
+        service: &str,
+        since_ms: i64,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1
+               AND (live = 1 OR promoted_at >= $2 OR superseded_at >= $2)
+             ORDER BY COALESCE(promoted_at, created_at, 0) DESC, id DESC LIMIT 1000"
+        ))
+        .bind(service)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::deployment).collect()
+    }
+
+    /// What the decision reads of a service's deployments, at the same cost
+    /// on day 400 as on day 1: the live one, and the newest known-good one
+    /// older than it (marked good, or served at least `bake` without a
+    /// critical alert), found by an indexed query however old it is.
+    async fn decision_deployments(
+        &self,
+        service: &str,
+        bake: Duration,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let live = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 AND live = 1"
+        ))
+        .bind(service)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| rows::deployment(&r))
+        .transpose()?;
+        let Some(live) = live else {
+            return Ok(Vec::new());
+        };
+        let live_at = live
+            .promoted_at_ms
+            .or(live.created_at_ms)
+            .unwrap_or(i64::MAX);
+        let (good, unproven) = (Verdict::Good.as_str(), Verdict::Unproven.as_str());
+        let promoted = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 AND live = 0 AND id <> $2
+               AND promoted_at < $3
+               AND (verdict = '{good}' OR (verdict = '{unproven}' AND superseded_at IS NOT NULL
+                    AND alerted_at IS NULL AND superseded_at - promoted_at >= $4))
+             ORDER BY promoted_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(service)
+        .bind(&live.id)
+        .bind(live_at)
+        .bind(bake.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        // Marked good by a person without ever being promoted here.
+        let marked = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE service = $1 AND live = 0 AND id <> $2
+               AND promoted_at IS NULL AND verdict = '{good}' AND created_at < $3
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(service)
+        .bind(&live.id)
+        .bind(live_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        let mut out = vec![live];
+        for r in [promoted, marked].into_iter().flatten() {
+            out.push(rows::deployment(&r)?);
+        }
+        Ok(out)
+    }
+
     /// What the decision needs to know about a service; `run` is excluded
-    /// from the rollback counts.
+    /// from the rollback counts. Its `deployments` are the live one and the
+    /// target candidates (see `decision_deployments`), not the whole
+    /// history: the cost is the same however long the ledger is.
     pub async fn history(
         &self,
         service: &str,
         run: &RunId,
         now_ms: i64,
+        bake: Duration,
     ) -> Result<History, StoreError> {
         // The live deployment's id comes from the same query, so the two
         // reads can go out together.
         let (deployments, stats) = tokio::join!(
-            self.deployments(Some(service)),
+            self.decision_deployments(service, bake),
             self.stats(service, run, now_ms)
         );
         let (deployments, stats) = (deployments?, stats?);

@@ -487,10 +487,11 @@ impl Store {
         }
     }
 
-    /// The newest runs first.
+    /// The newest runs first (run ids are time-ordered: the primary key
+    /// serves the order).
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<Run>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1"
+            "SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT $1"
         ))
         .bind(limit)
         .fetch_all(&self.pool)

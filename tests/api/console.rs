@@ -513,8 +513,8 @@ async fn without_the_token_the_console_shows_only_a_login() {
         .click()
         .await
         .unwrap();
-    eventually(c, "form#login").await;
-    assert!(c.source().await.unwrap().contains("That is not the token"));
+    let said = eventually(c, "form#login ~ p.stop, p.stop").await;
+    assert!(said.text().await.unwrap().contains("That is not the token"));
     let field = c
         .find(Locator::Css("form#login input[name=token]"))
         .await

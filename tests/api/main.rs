@@ -20,6 +20,7 @@ mod notify;
 mod pipeline;
 mod process;
 mod rehearse;
+mod retention;
 mod right_call;
 mod sentry_shapes;
 mod sim;

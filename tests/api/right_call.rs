@@ -263,7 +263,12 @@ async fn a_failed_rollback_is_not_the_last_automatic_rollback(db: Db) {
     assert_eq!(vercel.serving(), ["dpl_old", "dpl_old"]);
     let h = app
         .store
-        .history("storefront", &backstop::ledger::RunId::generate(), now_ms())
+        .history(
+            "storefront",
+            &backstop::ledger::RunId::generate(),
+            now_ms(),
+            std::time::Duration::from_secs(1800),
+        )
         .await
         .unwrap();
     assert_eq!(h.rollbacks_last_day, 1, "only the verified rollback counts");

@@ -19,7 +19,82 @@ crate::on_both!(
     completed_rollback_marks_the_source_bad_and_the_target_live_and_good,
     marking_sets_the_verdict_and_reason_by_hand,
     marking_an_unknown_deployment_is_not_found,
+    the_decision_finds_a_target_older_than_a_thousand_newer_deployments,
+    deployments_are_listed_a_page_at_a_time,
 );
+
+/// 1,200 deployments, each live a minute (never baked), the oldest marked
+/// good: the decision still finds it, reading two rows, not 1,200.
+async fn the_decision_finds_a_target_older_than_a_thousand_newer_deployments(db: Db) {
+    let Some((_db, store)) = fresh(db).await else {
+        return;
+    };
+    let ids: Vec<String> = (0..1200).map(|i| format!("dpl_{i:05}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    record(&store, &refs).await;
+    let now = now_ms();
+    for (i, id) in ids.iter().enumerate() {
+        let at = now - (1200 - i as i64) * MIN;
+        store.promote(SERVICE, id, at, BAKE).await.unwrap();
+    }
+    store
+        .mark("dpl_00000", Verdict::Good, "the last release we trust")
+        .await
+        .unwrap();
+    let h = store
+        .history(SERVICE, &RunId::generate(), now_ms(), BAKE)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = h.deployments.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["dpl_01199", "dpl_00000"],
+        "the live one and the target"
+    );
+    // The policy picks it as the target.
+    let target = h
+        .deployments
+        .iter()
+        .filter(|d| !d.live && backstop::policy::is_known_good(d, BAKE.as_millis() as i64))
+        .max_by_key(|d| d.promoted_at_ms);
+    assert_eq!(target.map(|d| d.id.as_str()), Some("dpl_00000"));
+}
+
+async fn deployments_are_listed_a_page_at_a_time(db: Db) {
+    let Some((_db, store)) = fresh(db).await else {
+        return;
+    };
+    record(&store, &["dpl_a", "dpl_b", "dpl_c", "dpl_d", "dpl_e"]).await;
+    promote_in_order(
+        &store,
+        &[
+            ("dpl_a", 50 * MIN),
+            ("dpl_b", 40 * MIN),
+            ("dpl_c", 30 * MIN),
+            ("dpl_d", 20 * MIN),
+            ("dpl_e", 10 * MIN),
+        ],
+    )
+    .await;
+    let page = |before: Option<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .deployments_page(Some(SERVICE), before.as_deref(), 2)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = page(None).await;
+    assert_eq!(first, vec!["dpl_e", "dpl_d"]);
+    let second = page(Some("dpl_d".into())).await;
+    assert_eq!(second, vec!["dpl_c", "dpl_b"]);
+    let last = page(Some("dpl_b".into())).await;
+    assert_eq!(last, vec!["dpl_a"]);
+}
 
 async fn recording_a_deployment_again_fills_unknown_fields_without_clobbering_known_ones(db: Db) {
     let Some((_db, store)) = fresh(db).await else {

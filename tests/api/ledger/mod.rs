@@ -5,6 +5,7 @@
 
 mod claims;
 mod deployments;
+mod retention;
 mod runs;
 
 use std::time::Duration;

@@ -110,7 +110,12 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
     .await;
 
     let empty = store
-        .history(SERVICE, &RunId::generate(), now_ms())
+        .history(
+            SERVICE,
+            &RunId::generate(),
+            now_ms(),
+            std::time::Duration::from_secs(1800),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -151,7 +156,12 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
         .unwrap();
 
     let h = store
-        .history(SERVICE, &RunId::generate(), now_ms())
+        .history(
+            SERVICE,
+            &RunId::generate(),
+            now_ms(),
+            std::time::Duration::from_secs(1800),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -167,12 +177,19 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
         !h.live_rolled_back,
         "no rollback away from the live dpl_c yet"
     );
+    // The live deployment and the newest known-good one before it: what
+    // the decision reads, not the whole history.
     let ids: Vec<_> = h.deployments.iter().map(|d| d.id.as_str()).collect();
-    assert_eq!(ids, vec!["dpl_c", "dpl_b", "dpl_a"]);
+    assert_eq!(ids, vec!["dpl_c", "dpl_b"]);
 
     let latest = decided_run(&store, "alert-4", &rollback("dpl_c", "dpl_a")).await;
     let h = store
-        .history(SERVICE, &RunId::generate(), now_ms())
+        .history(
+            SERVICE,
+            &RunId::generate(),
+            now_ms(),
+            std::time::Duration::from_secs(1800),
+        )
         .await
         .unwrap();
     assert!(
@@ -182,21 +199,39 @@ async fn history_counts_rollbacks_of_the_last_day_and_the_last_rollback_time(db:
     assert_eq!(h.rollbacks_last_day, 1, "not verified yet");
     let latest_at = verified(&store, &latest).await;
     let h = store
-        .history(SERVICE, &RunId::generate(), now_ms())
+        .history(
+            SERVICE,
+            &RunId::generate(),
+            now_ms(),
+            std::time::Duration::from_secs(1800),
+        )
         .await
         .unwrap();
     assert_eq!(h.rollbacks_last_day, 2);
     assert_eq!(h.last_rollback_at_ms, Some(latest_at));
 
     // The run being decided does not count against itself.
-    let own = store.history(SERVICE, &latest.run, now_ms()).await.unwrap();
+    let own = store
+        .history(
+            SERVICE,
+            &latest.run,
+            now_ms(),
+            std::time::Duration::from_secs(1800),
+        )
+        .await
+        .unwrap();
     assert_eq!(own.rollbacks_last_day, 1);
     assert_eq!(own.last_rollback_at_ms, Some(earlier_at));
     assert!(!own.live_rolled_back);
 
     // A day later the rollbacks no longer count towards the daily limit.
     let tomorrow = store
-        .history(SERVICE, &RunId::generate(), now_ms() + 25 * 60 * MIN)
+        .history(
+            SERVICE,
+            &RunId::generate(),
+            now_ms() + 25 * 60 * MIN,
+            std::time::Duration::from_secs(1800),
+        )
         .await
         .unwrap();
     assert_eq!(tomorrow.rollbacks_last_day, 0);
@@ -226,7 +261,16 @@ async fn pausing_and_resuming_a_service_shows_in_history(db: Db) {
     };
     let run = RunId::generate();
     assert_eq!(
-        store.history(SERVICE, &run, now_ms()).await.unwrap().paused,
+        store
+            .history(
+                SERVICE,
+                &run,
+                now_ms(),
+                std::time::Duration::from_secs(1800)
+            )
+            .await
+            .unwrap()
+            .paused,
         None
     );
 
@@ -236,7 +280,12 @@ async fn pausing_and_resuming_a_service_shows_in_history(db: Db) {
         .unwrap();
     assert_eq!(
         store
-            .history(SERVICE, &run, now_ms())
+            .history(
+                SERVICE,
+                &run,
+                now_ms(),
+                std::time::Duration::from_secs(1800)
+            )
             .await
             .unwrap()
             .paused
@@ -245,7 +294,12 @@ async fn pausing_and_resuming_a_service_shows_in_history(db: Db) {
     );
     assert_eq!(
         store
-            .history("billing", &run, now_ms())
+            .history(
+                "billing",
+                &run,
+                now_ms(),
+                std::time::Duration::from_secs(1800)
+            )
             .await
             .unwrap()
             .paused,
@@ -259,7 +313,12 @@ async fn pausing_and_resuming_a_service_shows_in_history(db: Db) {
         .unwrap();
     assert_eq!(
         store
-            .history(SERVICE, &run, now_ms())
+            .history(
+                SERVICE,
+                &run,
+                now_ms(),
+                std::time::Duration::from_secs(1800)
+            )
             .await
             .unwrap()
             .paused
@@ -269,7 +328,16 @@ async fn pausing_and_resuming_a_service_shows_in_history(db: Db) {
 
     store.set_paused(SERVICE, None).await.unwrap();
     assert_eq!(
-        store.history(SERVICE, &run, now_ms()).await.unwrap().paused,
+        store
+            .history(
+                SERVICE,
+                &run,
+                now_ms(),
+                std::time::Duration::from_secs(1800)
+            )
+            .await
+            .unwrap()
+            .paused,
         None,
         "resumed"
     );
