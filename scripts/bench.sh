@@ -16,6 +16,7 @@ for db in sqlite postgres; do
     "$bin" bench --scenario storm --requests 10000 --concurrency 32 "${extra[@]}"
     "$bin" bench --scenario rollback --requests 200 "${extra[@]}"
     "$bin" bench --scenario cold-start --requests 20 "${extra[@]}"
+    "$bin" bench --scenario growth --deployments 20000 --runs 1000000 --requests 100 "${extra[@]}"
     for n in 1 20 100; do
         "$bin" bench --scenario fleet --services "$n" --domains 3 --latency-ms 100 "${extra[@]}"
     done

@@ -111,6 +111,17 @@ pub fn providers(settings: &Settings) -> anyhow::Result<Providers> {
             .transpose()
             .context("cannot build the Slack client")?,
         sentry: sentry_client(settings)?,
+        ai: match &settings.ai.base_url {
+            Some(base) => Some(
+                crate::providers::ai::AiClient::new(
+                    base,
+                    settings.ai.api_key.clone(),
+                    settings.ai.timeout,
+                )
+                .context("cannot build the AI client")?,
+            ),
+            None => None,
+        },
     })
 }
 

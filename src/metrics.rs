@@ -100,6 +100,8 @@ pub struct Metrics {
     /// `backstop_deployments{service,verdict}`.
     pub deployments: Family<VerdictLabels, Gauge>,
     registry: Registry,
+    /// One scrape at a time: the ledger gauges are cleared and refilled.
+    rendering: tokio::sync::Mutex<()>,
 }
 
 fn rollback_histogram() -> Histogram {
@@ -186,6 +188,7 @@ impl Metrics {
             paused: Family::default(),
             deployments: Family::default(),
             registry: Registry::default(),
+            rendering: tokio::sync::Mutex::new(()),
         };
         registry.register(
             "webhooks",
@@ -286,6 +289,7 @@ impl Metrics {
     /// Reads what the ledger knows into the gauges, then encodes every
     /// metric in the OpenMetrics text format.
     pub async fn render(&self, store: &Store, settings: &Settings) -> Result<String, StoreError> {
+        let _one_at_a_time = self.rendering.lock().await;
         let snap = store.metrics_snapshot(crate::clock::now_ms()).await?;
         self.runs_in_flight.set(snap.unfinished);
         self.oldest_unfinished.set(

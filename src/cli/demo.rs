@@ -71,13 +71,36 @@ pub fn demo_settings(sim: &Running, db_url: &str, listen: SocketAddr) -> anyhow:
 /// Runs the demo, printing the timeline to `out`. With `keep`, leaves
 /// everything running until Ctrl-C.
 pub async fn run(out: &mut (dyn Write + Send), keep: bool) -> anyhow::Result<DemoReport> {
+    run_with(out, Options { keep, ai: false }).await
+}
+
+/// How the demo runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Leave everything running afterwards.
+    pub keep: bool,
+    /// Turn the agents on, against the simulator's OpenAI-compatible server.
+    pub ai: bool,
+}
+
+/// Runs the demo with `opts`.
+pub async fn run_with(out: &mut (dyn Write + Send), opts: Options) -> anyhow::Result<DemoReport> {
+    let keep = opts.keep;
     let dir = tempfile_dir()?;
     let db_url = format!("sqlite://{}", dir.join("backstop-demo.db").display());
     let sim = world(&DEMO)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("cannot start the simulator")?;
-    let settings = demo_settings(&sim, &db_url, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let mut settings = demo_settings(&sim, &db_url, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    if opts.ai {
+        settings.ai.base_url = Some(sim.api_base(crate::sim::Provider::Ai));
+        settings.ai.model = Some("sim-small".into());
+        writeln!(
+            out,
+            "Agents on, against the simulator's OpenAI-compatible server (model sim-small). For a real one: [ai] base_url = \"https://api.openai.com/v1\" (or a local Ollama: http://localhost:11434/v1), api_key, model.\n"
+        )?;
+    }
     let app = Application::build(settings).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let console = app.admin_port().map(|p| format!("http://127.0.0.1:{p}/"));
@@ -422,7 +445,9 @@ fn message_lines(out: &mut (dyn Write + Send), m: &crate::sim::Message) -> anyho
     match &m.thread_ts {
         Some(parent) => {
             writeln!(out, "  Slack {} reply in thread {parent}:", m.channel)?;
-            writeln!(out, "    | {}", m.text)?;
+            for l in m.text.lines() {
+                writeln!(out, "    | {l}")?;
+            }
         }
         None => {
             writeln!(out, "  Slack {} ts {}:", m.channel, m.ts)?;

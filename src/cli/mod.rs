@@ -43,6 +43,10 @@ pub enum Command {
         /// Leave Backstop and the simulator running afterwards.
         #[arg(long)]
         keep: bool,
+        /// Turn the agents on (the simulator's OpenAI-compatible server):
+        /// the brief and the recap appear in the card's thread.
+        #[arg(long)]
+        ai: bool,
     },
     /// Validate the config and make one harmless call to every provider.
     Check,
@@ -298,9 +302,9 @@ pub fn load_settings(path: Option<PathBuf>) -> anyhow::Result<Settings> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // These need no configuration.
     match cli.command {
-        Command::Demo { keep } => {
+        Command::Demo { keep, ai } => {
             let mut out = std::io::stdout();
-            demo::run(&mut out, keep).await?;
+            demo::run_with(&mut out, demo::Options { keep, ai }).await?;
             return Ok(());
         }
         Command::Sim {

@@ -36,6 +36,9 @@ pub struct Settings {
     /// How long finished runs are kept.
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// Optional agents writing for people (an OpenAI-compatible endpoint).
+    #[serde(default)]
+    pub ai: AiSettings,
     /// The ledger database.
     #[serde(default)]
     pub database: DatabaseSettings,

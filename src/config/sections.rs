@@ -1,5 +1,6 @@
 //! One struct per `[section]` of the configuration, with its defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -40,6 +41,68 @@ fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr
             ))
         }),
     }
+}
+
+/// `[ai]`: agents that write for people on a model the team picks, through
+/// any OpenAI-compatible endpoint. Off unless `base_url` is set. No model
+/// ever decides anything.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AiSettings {
+    /// An OpenAI-compatible `/v1` base URL; unset: off.
+    pub base_url: Option<String>,
+    /// API key (optional for a local server).
+    pub api_key: Option<SecretString>,
+    /// Every agent's model unless it names its own.
+    pub model: Option<String>,
+    /// Longest one completion may take.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// `max_tokens` of every completion.
+    #[serde(deserialize_with = "de_u64")]
+    pub max_tokens: u64,
+    /// Per agent (`brief`, `recap`): its model, prompt, on or off.
+    pub agents: BTreeMap<String, AgentSettings>,
+}
+
+impl Default for AiSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_key: None,
+            model: None,
+            timeout: Duration::from_secs(20),
+            max_tokens: 400,
+            agents: BTreeMap::new(),
+        }
+    }
+}
+
+/// One agent's settings (globally, or a service's override).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Its model (overrides `ai.model`).
+    pub model: Option<String>,
+    /// Its prompt: a minijinja template (the default is in the README).
+    pub prompt: Option<String>,
+    /// Off when false.
+    #[serde(deserialize_with = "de_opt_bool")]
+    pub enabled: Option<bool>,
+}
+
+/// The agents there are.
+pub const AGENTS: [&str; 2] = ["brief", "recap"];
+
+impl AiSettings {
+    /// True when an endpoint is configured.
+    pub fn on(&self) -> bool {
+        self.base_url.is_some()
+    }
+}
+
+fn de_opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    de_bool(d).map(Some)
 }
 
 /// `[retention]`: how long finished runs are kept.

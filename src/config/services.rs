@@ -102,6 +102,9 @@ pub struct ServiceSettings {
     /// Per-service template overrides.
     #[serde(default)]
     pub templates: BTreeMap<String, String>,
+    /// Per-agent overrides (`[services.ai.brief]`): model, prompt, enabled.
+    #[serde(default)]
+    pub ai: BTreeMap<String, super::AgentSettings>,
 }
 
 fn default_environment() -> String {
@@ -177,6 +180,7 @@ impl ServiceSettings {
             page_on_dry_run: false,
             announce_skips: true,
             templates: BTreeMap::new(),
+            ai: BTreeMap::new(),
         }
     }
 
@@ -220,6 +224,8 @@ impl ServiceSettings {
             announcing,
             record,
             watch: sentry && !self.watch_window.is_zero(),
+            brief: false,
+            recap: false,
             page_on_dry_run: self.page_on_dry_run,
             resolve_on_recovery: self.resolve_on_recovery,
             announce_skips: self.announce_skips,

@@ -86,6 +86,39 @@ impl Settings {
                 ));
             }
         }
+        // An empty secret would let anyone sign (or sign in).
+        let secrets = [
+            ("sentry.client_secret", self.sentry.client_secret.as_ref()),
+            ("sentry.token", self.sentry.token.as_ref()),
+            ("vercel.token", self.vercel.token.as_ref()),
+            ("vercel.webhook_secret", self.vercel.webhook_secret.as_ref()),
+            ("pagerduty.routing_key", self.pagerduty.routing_key.as_ref()),
+            ("pagerduty.api_token", self.pagerduty.api_token.as_ref()),
+            (
+                "pagerduty.webhook_secret",
+                self.pagerduty.webhook_secret.as_ref(),
+            ),
+            ("slack.bot_token", self.slack.bot_token.as_ref()),
+            ("slack.signing_secret", self.slack.signing_secret.as_ref()),
+            ("admin.token", self.admin.token.as_ref()),
+            ("ai.api_key", self.ai.api_key.as_ref()),
+        ];
+        for (key, secret) in secrets {
+            if secret.is_some_and(|s| s.expose_secret().trim().is_empty()) {
+                return Err(invalid(key, "is empty: set it, or remove the key"));
+            }
+        }
+        if self
+            .admin
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().trim().len() < 16)
+        {
+            return Err(invalid(
+                "admin.token",
+                "must be at least 16 characters (it guards the console and /metrics)",
+            ));
+        }
         let slack = &self.slack;
         if slack.bot_token.is_none() {
             if slack.signing_secret.is_some() {
@@ -110,6 +143,7 @@ impl Settings {
             }
         }
         self.validate_templates()?;
+        self.validate_ai()?;
         for (i, a) in self.services.iter().enumerate() {
             for b in &self.services[i + 1..] {
                 let overlap = a
@@ -194,6 +228,57 @@ impl Settings {
 
     /// Every configured template has a known name and parses (rendering
     /// is checked when it happens: a failure falls back to the default).
+    fn validate_ai(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
+        let env = minijinja::Environment::new();
+        let global = self
+            .ai
+            .agents
+            .iter()
+            .map(|(k, a)| (format!("ai.agents.{k}"), k, a));
+        let per_service = self.services.iter().enumerate().flat_map(|(i, s)| {
+            s.ai.iter()
+                .map(move |(k, a)| (format!("services[{i}].ai.{k}"), k, a))
+        });
+        for (key, name, agent) in global.chain(per_service) {
+            if !super::AGENTS.contains(&name.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "unknown agent `{name}`; known: {}",
+                        super::AGENTS.join(", ")
+                    ),
+                ));
+            }
+            if let Some(prompt) = &agent.prompt {
+                if let Err(e) = env.template_from_str(prompt) {
+                    return Err(invalid(
+                        format!("{key}.prompt"),
+                        format!("does not parse: {e}"),
+                    ));
+                }
+            }
+        }
+        if let Some(base) = &self.ai.base_url {
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(invalid(
+                    "ai.base_url".into(),
+                    "must be an http(s) URL ending in /v1".into(),
+                ));
+            }
+            for agent in super::AGENTS {
+                let named = self.ai.agents.get(agent).and_then(|a| a.model.as_ref());
+                if named.is_none() && self.ai.model.is_none() {
+                    return Err(invalid(
+                        "ai.model".into(),
+                        format!("set a model for every agent (agent `{agent}` has none)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_templates(&self) -> Result<(), ConfigError> {
         let env = minijinja::Environment::new();
         let global = self

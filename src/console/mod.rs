@@ -248,7 +248,7 @@ async fn login(State(state): State<AppState>, Form(form): Form<Login>) -> Respon
             .into_response();
     }
     let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200",
         session(token.expose_secret())
     );
     (

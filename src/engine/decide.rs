@@ -361,6 +361,13 @@ impl Engine {
                 | StepName::Undo
                 | StepName::Hold
                 | StepName::Resume => {}
+                StepName::Brief | StepName::Recap => {
+                    calls.push(format!(
+                        "POST {}/chat/completions ({} agent; after the rollback, the page and the card)",
+                        settings.ai.base_url.as_deref().unwrap_or("?"),
+                        step
+                    ));
+                }
             }
         }
         calls
@@ -393,7 +400,11 @@ impl Engine {
                 && settings.pagerduty.mode == PagerDutyMode::Events
                 && paging);
         let ctx = match d.service.as_deref().and_then(|s| settings.service(s)) {
-            Some(svc) => svc.plan_context(paging, announcing, record, sentry),
+            Some(svc) => policy::PlanContext {
+                brief: self.agent(svc, "brief").is_some(),
+                recap: self.agent(svc, "recap").is_some(),
+                ..svc.plan_context(paging, announcing, record, sentry)
+            },
             None => policy::PlanContext {
                 paging,
                 announcing,

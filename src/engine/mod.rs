@@ -12,6 +12,7 @@
 //! Adding a step: a variant of [`StepName`] (with its phase), a line in
 //! `policy::plan`, its own file here, and its arm in [`Engine::run_step`].
 
+mod agents;
 mod announce;
 mod decide;
 mod dispatch;
@@ -59,6 +60,8 @@ pub struct Providers {
     /// Sentry's API (release health, deploys), when a token and an
     /// organization are configured.
     pub sentry: Option<SentryClient>,
+    /// The OpenAI-compatible endpoint of the agents, when `[ai]` is on.
+    pub ai: Option<crate::providers::ai::AiClient>,
 }
 
 /// Why a run could not be worked on now.
@@ -392,13 +395,12 @@ impl Engine {
             self.store().release_service(s, claim).await?;
         }
         self.failpoint("before-finish").await;
+        // An agent that could not write does not fail the run: it only adds.
         let failed = !ok
-            || self
-                .store()
-                .steps(&claim.run)
-                .await?
-                .iter()
-                .any(|s| s.status == StepStatus::Failed);
+            || self.store().steps(&claim.run).await?.iter().any(|s| {
+                s.status == StepStatus::Failed
+                    && !matches!(s.name, StepName::Brief | StepName::Recap)
+            });
         let status = match failed {
             true => RunStatus::Failed,
             false => RunStatus::Done,
@@ -422,6 +424,8 @@ impl Engine {
             StepName::Undo => self.undo(ctx).await,
             StepName::Hold => self.hold(ctx).await,
             StepName::Resume => self.resume(ctx).await,
+            StepName::Brief => self.brief(ctx).await,
+            StepName::Recap => self.recap(ctx).await,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::clock::now_ms;
 use crate::ledger::{Keep, Pruned};
 
 /// Runs per batch (one short transaction each).
-pub const BATCH: i64 = 500;
+pub const BATCH: i64 = 100;
 const JOB: &str = "retention";
 
 impl Engine {
@@ -46,15 +46,21 @@ impl Engine {
             return Ok(None);
         }
         let mut pruned = Pruned::default();
+        let mut after = String::new();
         loop {
-            let n = store.prune_batch(&keep, now_ms(), BATCH).await?;
+            let (n, next) = store.prune_after(&keep, now_ms(), &after, BATCH).await?;
+            after = next;
             pruned.runs += n;
             if n < BATCH as u64 {
                 break;
             }
-            // Keep the job while working, and let ingest breathe.
-            store.take_job(JOB, self.worker_id(), lease).await?;
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Keep the job while working (or stop: another instance has
+            // it now), and let ingest breathe.
+            if !store.take_job(JOB, self.worker_id(), lease).await? {
+                tracing::warn!("lost the pruning job to another instance; stopping this pass");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         pruned.deliveries = store.prune_deliveries(now_ms(), false).await?;
         store.release_job(JOB, self.worker_id()).await?;

@@ -57,11 +57,27 @@ impl Engine {
                 .and_then(|d| d.superseded_at_ms),
             _ => None,
         };
-        let undone_at_ms = detail
+        let button = detail
             .step(StepName::Undo)
             .filter(|s| s.status == StepStatus::Succeeded)
             .filter(|s| s.output.as_ref().is_some_and(|o| o["undone"] == true))
             .and_then(|s| s.finished_at_ms);
+        let rollback = detail.step(StepName::Rollback);
+        let rolled_back = rollback.is_some_and(|s| s.status == StepStatus::Succeeded);
+        // By hand: the deployment rolled back from was promoted again.
+        let by_hand = match (&run.rollback_from, rollback.and_then(|s| s.finished_at_ms)) {
+            (Some(from), Some(at)) if outcome == Outcome::Rollback => self
+                .store()
+                .deployment(from)
+                .await?
+                .and_then(|d| d.promoted_at_ms)
+                .filter(|p| *p > at),
+            _ => None,
+        };
+        let undone_at_ms = match (button, by_hand) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let facts = ScoreFacts {
             outcome,
             decided_at_ms: decided_at,
@@ -70,6 +86,7 @@ impl Engine {
             left_production_at_ms,
             resolved_at_ms: self.resolved_at(&detail).await?,
             undone_at_ms,
+            rolled_back,
         };
         let Some(verdict) = score(&facts) else {
             return Ok(false);

@@ -233,7 +233,16 @@ impl Engine {
             );
             return self.refuse(ctx, StepName::Undo, &asker, &why).await;
         }
+        // A resumed undo (an attempt was made before a crash) may find
+        // production already partly back: its attempts accept that.
+        let resumed = self
+            .store()
+            .steps(run)
+            .await?
+            .iter()
+            .any(|s| s.name == StepName::Undo && s.attempts > 0);
         match self.production_state(&svc).await {
+            Ok(_) if resumed => {}
             Ok(p) => {
                 let elsewhere = crate::policy::serving_other(&p, &to);
                 if !elsewhere.is_empty() {

@@ -242,7 +242,7 @@ async fn pagerduty_delivery(state: &AppState, req: Request) -> Result<Response, 
         if state
             .engine
             .store()
-            .provider_event_seen("pagerduty", id)
+            .provider_event_known("pagerduty", id)
             .await?
         {
             return Ok((StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response());
@@ -256,7 +256,16 @@ async fn pagerduty_delivery(state: &AppState, req: Request) -> Result<Response, 
     let Some(run) = run else {
         return Ok(ignored("not an incident Backstop opened"));
     };
+    // Noted first (once per kind); the delivery id only once that worked,
+    // so a failure here is retried by PagerDuty instead of called a duplicate.
     state.engine.incident_event(&run, &event).await?;
+    if let Some(id) = &webhook_id {
+        state
+            .engine
+            .store()
+            .provider_event_seen("pagerduty", id)
+            .await?;
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": "accepted", "run": run})),

@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention",
         include_str!("../../migrations/0007_retention.sql"),
     ),
+    (
+        8,
+        "runs_by_alert",
+        include_str!("../../migrations/0008_runs_by_alert.sql"),
+    ),
 ];
 
 impl Store {

@@ -18,6 +18,7 @@ mod connect;
 mod console;
 mod deployments;
 pub mod dialect;
+mod fill;
 mod records;
 mod retention;
 mod rows;

@@ -125,6 +125,10 @@ stored_enum!(
         Hold = "hold",
         /// A person pressed Resume: the service's pause or freeze lifted.
         Resume = "resume",
+        /// The brief agent: what probably broke, for the on-call.
+        Brief = "brief",
+        /// The recap agent: a timeline draft once the run ends.
+        Recap = "recap",
     }
 );
 
@@ -137,8 +141,9 @@ impl StepName {
             StepName::Decide => Phase::Decide,
             StepName::Rollback | StepName::Resync => Phase::Act,
             StepName::Page | StepName::Announce => Phase::Tell,
-            StepName::Followup | StepName::Record => Phase::FollowUp,
+            StepName::Followup | StepName::Record | StepName::Brief => Phase::FollowUp,
             StepName::Watch => Phase::Watch,
+            StepName::Recap => Phase::Recap,
             // A person's word comes before anything the run still had to
             // tell; it changes what the service may do, so it holds the
             // service (undoing moves production).
@@ -160,6 +165,8 @@ pub enum Phase {
     FollowUp,
     /// Watching the rollback recover (it may take many looks).
     Watch,
+    /// Writing the recap, once everything else is done.
+    Recap,
 }
 
 impl Phase {

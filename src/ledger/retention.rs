@@ -50,17 +50,22 @@ pub struct Pruned {
 }
 
 impl Store {
-    /// The next `batch` runs that may go, oldest first.
+    /// The next `batch` runs that may go, oldest first, after the run
+    /// `after`: walked in primary-key order (run ids are time-ordered), so
+    /// a batch costs the same at the millionth run as at the first. (The
+    /// status test is written so no planner prefers the status index and
+    /// sorts every run.)
     async fn prunable(
         &self,
         keep: &Keep,
         now_ms: i64,
+        after: &str,
         batch: i64,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let (runs_cut, settled_cut) = keep.cutoffs(now_ms);
         let rows = sqlx::query(
             "SELECT r.id, r.alert_id FROM runs r
-             WHERE r.status IN ($1, $2)
+             WHERE r.id > $7 AND (r.status || '') IN ($1, $2)
                AND (r.created_at < $3
                     OR (r.created_at < $4 AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.name <> $5)))
                AND NOT EXISTS (SELECT 1 FROM service_pauses p WHERE p.frozen_by_run = r.id)
@@ -73,6 +78,7 @@ impl Store {
         .bind(settled_cut)
         .bind(StepName::Decide.as_str())
         .bind(batch)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -88,12 +94,23 @@ impl Store {
         now_ms: i64,
         batch: i64,
     ) -> Result<u64, StoreError> {
-        let victims = self.prunable(keep, now_ms, batch).await?;
-        if victims.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<&str> = victims.iter().map(|(r, _)| r.as_str()).collect();
-        let alerts: Vec<&str> = victims.iter().map(|(_, a)| a.as_str()).collect();
+        Ok(self.prune_after(keep, now_ms, "", batch).await?.0)
+    }
+
+    /// One batch of the runs after `after` (in id order): how many went,
+    /// and where the next batch starts.
+    pub async fn prune_after(
+        &self,
+        keep: &Keep,
+        now_ms: i64,
+        after: &str,
+        batch: i64,
+    ) -> Result<(u64, String), StoreError> {
+        let victims = self.prunable(keep, now_ms, after, batch).await?;
+        let Some((last, _)) = victims.last() else {
+            return Ok((0, after.to_string()));
+        };
+        let last = last.clone();
         let list = |n: usize, from: usize| {
             (0..n)
                 .map(|i| format!("${}", from + i))
@@ -101,6 +118,37 @@ impl Store {
                 .join(", ")
         };
         let mut tx = self.pool.begin().await?;
+        // Still finished now, inside the transaction (and locked by this
+        // write): a run a button press reopened meanwhile stays.
+        let all: Vec<&str> = victims.iter().map(|(r, _)| r.as_str()).collect();
+        let sql = format!(
+            "UPDATE runs SET status = status WHERE id IN ({}) AND status IN (${}, ${}) RETURNING id",
+            list(all.len(), 1),
+            all.len() + 1,
+            all.len() + 2
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for id in &all {
+            q = q.bind(*id);
+        }
+        let still: Vec<String> = q
+            .bind(RunStatus::Done.as_str())
+            .bind(RunStatus::Failed.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let ids: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|id| still.iter().any(|s| s == id))
+            .collect();
+        let alerts: Vec<&str> = victims
+            .iter()
+            .filter(|(r, _)| ids.contains(&r.as_str()))
+            .map(|(_, a)| a.as_str())
+            .collect();
+        if ids.is_empty() {
+            return Ok((0, last));
+        }
         for (table, col) in [
             ("attempts", "run_id"),
             ("steps", "run_id"),
@@ -126,7 +174,7 @@ impl Store {
         }
         q.execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(ids.len() as u64)
+        Ok((ids.len() as u64, last))
     }
 
     /// How many runs one pass would remove now.
@@ -134,7 +182,7 @@ impl Store {
         let (runs_cut, settled_cut) = keep.cutoffs(now_ms);
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM runs r
-             WHERE r.status IN ($1, $2)
+             WHERE (r.status || '') IN ($1, $2)
                AND (r.created_at < $3
                     OR (r.created_at < $4 AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.name <> $5)))
                AND NOT EXISTS (SELECT 1 FROM service_pauses p WHERE p.frozen_by_run = r.id)

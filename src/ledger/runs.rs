@@ -174,11 +174,12 @@ impl Store {
         status: RunStatus,
     ) -> Result<(), StoreError> {
         let now = self.backend.now();
-        // A watching run: a step a person asked for meanwhile (anything but
-        // the next look) is not kept waiting until that look.
+        // A watching run: a step a person asked for meanwhile (an undo, a
+        // hold, a resume) is not kept waiting until the next look. (Steps of
+        // a later phase, such as the recap, wait: they run after the watch.)
         let other_step = match status {
-            RunStatus::Watching => "EXISTS (SELECT 1 FROM steps WHERE steps.run_id = $2 AND steps.status = $5 AND steps.name <> $6)",
-            _ => "1 = 0 AND $5 <> $6",
+            RunStatus::Watching => "EXISTS (SELECT 1 FROM steps WHERE steps.run_id = $2 AND steps.status = $5 AND steps.name IN ($6, $7, $8))",
+            _ => "1 = 0 AND $5 <> $6 AND $7 <> $8",
         };
         let done = sqlx::query(&format!(
             "UPDATE runs SET lease_until = NULL, claimed_by = NULL, status = $4,
@@ -190,7 +191,9 @@ impl Store {
         .bind(claim.fence)
         .bind(status.as_str())
         .bind(StepStatus::Pending.as_str())
-        .bind(StepName::Watch.as_str())
+        .bind(StepName::Undo.as_str())
+        .bind(StepName::Hold.as_str())
+        .bind(StepName::Resume.as_str())
         .execute(&self.pool)
         .await?;
         match done.rows_affected() {

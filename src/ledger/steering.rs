@@ -217,6 +217,15 @@ impl Store {
         })
     }
 
+    /// True when this delivery (`source`, `id`) was handled before.
+    pub async fn provider_event_known(&self, source: &str, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM provider_events WHERE id = $1")
+            .bind(format!("{source}:{id}"))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
     /// True when this delivery (`source`, `id`) was handled before;
     /// otherwise records it.
     pub async fn provider_event_seen(&self, source: &str, id: &str) -> Result<bool, StoreError> {

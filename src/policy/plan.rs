@@ -21,6 +21,10 @@ pub struct PlanContext {
     pub record: bool,
     /// A rollback is watched until it recovers (or the window ends).
     pub watch: bool,
+    /// The brief agent writes after a rollback or an escalation.
+    pub brief: bool,
+    /// The recap agent writes when a rollback's run ends.
+    pub recap: bool,
 }
 
 /// The steps after `decide`, in order. An alert no service can be found
@@ -63,6 +67,16 @@ pub fn plan(d: &Decision, ctx: &PlanContext) -> Vec<StepName> {
             steps.push(StepName::Watch);
         }
     }
+    // The agents write after everything else, and only add.
+    if ctx.brief
+        && d.service.is_some()
+        && matches!(d.outcome, Outcome::Rollback | Outcome::Escalate)
+    {
+        steps.push(StepName::Brief);
+    }
+    if ctx.recap && d.outcome == Outcome::Rollback {
+        steps.push(StepName::Recap);
+    }
     steps
 }
 
@@ -94,6 +108,8 @@ mod tests {
         announce_skips: true,
         record: false,
         watch: false,
+        brief: false,
+        recap: false,
     };
 
     #[test]
@@ -115,6 +131,19 @@ mod tests {
             plan(&d, &closed_loop),
             vec![Rollback, Page, Announce, Followup, Record, Watch]
         );
+        let agents = PlanContext {
+            brief: true,
+            recap: true,
+            ..closed_loop
+        };
+        assert_eq!(
+            plan(&d, &agents),
+            vec![Rollback, Page, Announce, Followup, Record, Watch, Brief, Recap]
+        );
+        let e = decision(Outcome::Escalate, Rule::OutsideCooldown);
+        assert_eq!(plan(&e, &agents), vec![Page, Announce, Followup, Brief]);
+        let skip = decision(Outcome::Skip, Rule::Fresh);
+        assert_eq!(plan(&skip, &agents), vec![Announce], "no brief for a skip");
         // Only a rollback is recorded and watched.
         let e = decision(Outcome::Escalate, Rule::EnoughData);
         assert_eq!(plan(&e, &closed_loop), vec![Page, Announce, Followup]);

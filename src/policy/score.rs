@@ -26,8 +26,11 @@ pub struct ScoreFacts {
     pub left_production_at_ms: Option<i64>,
     /// When Sentry resolved the alert, if it did.
     pub resolved_at_ms: Option<i64>,
-    /// When a person undid the rollback, if they did.
+    /// When a person undid the rollback, if they did (with the button, or
+    /// by putting the rolled-back deployment live again by hand).
     pub undone_at_ms: Option<i64>,
+    /// The rollback was verified (a failed one moved nothing to score).
+    pub rolled_back: bool,
 }
 
 /// The verdict on a decision.
@@ -90,6 +93,9 @@ pub fn score(f: &ScoreFacts) -> Option<Score> {
                 _ => None,
             }
         }
+        Outcome::Rollback if !f.rolled_back => Some(Score::Undetermined {
+            why: "the rollback failed: production did not move".into(),
+        }),
         Outcome::Rollback => match within(f.undone_at_ms) {
             Some(u) => Some(Score::FalseAlarm {
                 why: format!(
@@ -216,6 +222,7 @@ mod tests {
             left_production_at_ms: None,
             resolved_at_ms: None,
             undone_at_ms: None,
+            rolled_back: true,
         }
     }
 
@@ -261,6 +268,9 @@ mod tests {
         f.undone_at_ms = None;
         f.now_ms = T + 60 * MIN;
         assert_eq!(score(&f).unwrap().verdict(), "confirmed");
+        // A rollback that failed moved nothing: nothing to confirm.
+        f.rolled_back = false;
+        assert_eq!(score(&f).unwrap().verdict(), "undetermined");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! jittered exponential backoff that honours `Retry-After` and rate-limit
 //! reset headers. Longer outages are retried durably by the engine.
 
+pub mod ai;
 pub mod pagerduty;
 pub mod sentry;
 pub mod slack;

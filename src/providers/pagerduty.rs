@@ -217,6 +217,19 @@ impl PagerDutyClient {
         })
     }
 
+    /// REST: adds a note to incident `id` (`POST /incidents/{id}/notes`).
+    pub async fn note(&self, id: &str, content: &str) -> Result<(), ProviderError> {
+        let body = json!({"note": {"content": truncate(content, 25_000)}});
+        let path = format!("/incidents/{}/notes", super::path_segment(id));
+        self.api
+            .retry(|| async {
+                rest_json(self.rest(Method::POST, &path).json(&body))
+                    .await
+                    .map(|_| ())
+            })
+            .await
+    }
+
     /// A harmless authenticated call: reads the REST service; for the
     /// Events API (which has no read call) only checks the key's shape.
     pub async fn check(&self) -> Result<String, ProviderError> {

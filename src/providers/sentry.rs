@@ -134,6 +134,47 @@ impl SentryClient {
             .collect())
     }
 
+    /// The most frequent unresolved issues seen in `release` over the last
+    /// day (`GET /api/0/organizations/{org}/issues/`, scope `event:read`):
+    /// title, culprit, count, first seen and link of each.
+    pub async fn top_issues(
+        &self,
+        projects: &[String],
+        environment: &str,
+        release: &str,
+        limit: usize,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let mut query: Vec<(&str, String)> = vec![
+            ("query", format!("release:\"{release}\" is:unresolved")),
+            ("sort", "freq".into()),
+            ("statsPeriod", "24h".into()),
+            ("environment", environment.into()),
+            ("limit", limit.to_string()),
+        ];
+        for slug in projects {
+            query.push(("project", self.project_id(slug).await?.to_string()));
+        }
+        let path = format!("/api/0/organizations/{}/issues/", self.org);
+        let v = self.call(Method::GET, &path, &query, None).await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .take(limit)
+            .map(|i| {
+                json!({
+                    "title": i["title"],
+                    "culprit": i["culprit"],
+                    "count": match &i["count"] {
+                        Value::String(s) => s.parse::<u64>().map(Value::from).unwrap_or(Value::Null),
+                        other => other.clone(),
+                    },
+                    "first_seen": i["firstSeen"],
+                    "link": i["permalink"],
+                })
+            })
+            .collect())
+    }
+
     /// Records a deploy of `version` to `environment`
     /// (`POST /api/0/organizations/{org}/releases/{version}/deploys/`);
     /// returns the deploy's id.

@@ -95,6 +95,15 @@ impl VercelClient {
             .map(|_| ())
     }
 
+    /// A deployment's `meta` (`GET /v13/deployments/{id}`): the git facts
+    /// Vercel keeps (`githubCommitMessage`, `githubCommitRef`,
+    /// `githubCommitAuthorName`, ...).
+    pub async fn deployment_meta(&self, id: &str) -> Result<Value, ProviderError> {
+        let path = format!("/v13/deployments/{}", super::path_segment(id));
+        let v = self.call(Method::GET, &path, &[], None).await?;
+        Ok(v["meta"].clone())
+    }
+
     /// The deployment a domain serves (`GET /v4/aliases/{domain}`); `None` on 404.
     /// Accepts both the object and the array response shapes.
     pub async fn alias_target(&self, domain: &str) -> Result<Option<String>, ProviderError> {

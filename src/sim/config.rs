@@ -98,6 +98,18 @@ pub fn world(creds: &Creds) -> Sim {
         w.set_health(SENTRY_PROJECT, "production", "3f2c1a9", 0.921, 2140);
         w.set_health(SENTRY_PROJECT, "production", "9be1c07", 0.998, 48_200);
         w.set_health(SENTRY_PROJECT, "production", "a1b2c3d", 0.997, 51_800);
+        if let Some(d) = w.deployments.get_mut(LIVE) {
+            d.message = "checkout: compute cart totals on the client".into();
+        }
+        w.issues.insert(
+            "3f2c1a9".into(),
+            vec![serde_json::json!({
+                "id": "4501", "shortId": "STOREFRONT-WEB-1A", "title": "TypeError: Cannot read properties of undefined (reading 'total')",
+                "culprit": "app/checkout/CartSummary", "count": "1834", "userCount": 412, "firstSeen": crate::clock::format_time(now - 90_000),
+                "lastSeen": crate::clock::format_time(now), "level": "error", "status": "unresolved",
+                "permalink": "https://acme.sentry.io/issues/4501/", "project": {"id": "4505676595200000", "slug": SENTRY_PROJECT}
+            })],
+        );
         w.sentry_projects
             .insert(SENTRY_PROJECT.into(), 4505676595200000);
     }

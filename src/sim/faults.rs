@@ -144,6 +144,9 @@ fn server_error(provider: Provider) -> Response {
         }
         Provider::Slack => json!({"ok": false, "error": "internal_error"}),
         Provider::Sentry => json!({"detail": "Internal Error"}),
+        Provider::Ai => {
+            json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}})
+        }
     };
     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
@@ -174,6 +177,13 @@ fn rate_limited(provider: Provider) -> Response {
         Provider::Sentry => (
             json!({"detail": "You are attempting to use this endpoint too frequently."}),
             vec![("retry-after", "1".into())],
+        ),
+        Provider::Ai => (
+            json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+            vec![
+                ("retry-after-ms", "300".into()),
+                ("x-ratelimit-reset-requests", "1s".into()),
+            ],
         ),
     };
     let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();

@@ -11,6 +11,7 @@
 
 pub mod config;
 mod faults;
+mod openai;
 mod pagerduty;
 pub mod sender;
 mod sentry;
@@ -43,6 +44,8 @@ pub enum Provider {
     Slack,
     /// Sentry REST API.
     Sentry,
+    /// An OpenAI-compatible chat-completions server (the agents).
+    Ai,
 }
 
 /// Shared simulator state.
@@ -105,6 +108,10 @@ impl Sim {
                 "/sentry",
                 faults::layer(sentry::routes(), self.clone(), Provider::Sentry),
             )
+            .nest(
+                "/openai",
+                faults::layer(openai::routes(), self.clone(), Provider::Ai),
+            )
             .route("/_sim/state", get(state))
             .route("/_sim/faults", post(set_faults))
             .route("/_sim/health", post(set_health))
@@ -145,6 +152,7 @@ impl Running {
             Provider::Pagerduty => "pagerduty",
             Provider::Slack => "slack",
             Provider::Sentry => "sentry",
+            Provider::Ai => "openai/v1",
         };
         format!("{}/{prefix}", self.base)
     }

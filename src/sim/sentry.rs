@@ -21,6 +21,7 @@ pub fn routes() -> Router<Sim> {
             post(create_deploy),
         )
         .route("/api/0/projects/{org}/{project}/", get(project))
+        .route("/api/0/organizations/{org}/issues/", get(issues))
 }
 
 /// The rejection for a request without the right credentials.
@@ -248,4 +249,35 @@ async fn project(
             "The requested resource does not exist",
         ),
     }
+}
+
+/// The issues API: the world's unresolved issues of the release named in
+/// `query=release:"..."`, in Sentry's issue shape.
+async fn issues(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(_org): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Some(r) = auth(&sim, &headers) {
+        return r;
+    }
+    let q = pairs(raw);
+    let query = q
+        .iter()
+        .find(|(k, _)| k == "query")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let release = query
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("release:"))
+        .map(|r| r.trim_matches('"').to_string())
+        .unwrap_or_default();
+    let found = sim
+        .world()
+        .issues
+        .get(&release)
+        .cloned()
+        .unwrap_or_default();
+    (StatusCode::OK, Json(Value::Array(found))).into_response()
 }

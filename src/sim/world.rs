@@ -31,6 +31,8 @@ pub struct SimDeployment {
     pub url: String,
     /// Git commit sha (`meta.githubCommitSha`).
     pub sha: String,
+    /// Commit message (`meta.githubCommitMessage`).
+    pub message: String,
     /// Created, Unix ms.
     pub created_at: i64,
     /// Ready, Unix ms.
@@ -194,6 +196,10 @@ pub struct World {
     pub sentry_deploys: Vec<SimDeploy>,
     /// PagerDuty: change events received, bodies in order.
     pub change_events: Vec<Value>,
+    /// Sentry: unresolved issues per release (the issues API).
+    pub issues: BTreeMap<String, Vec<Value>>,
+    /// The OpenAI-compatible server: every request (body and Authorization).
+    pub ai_requests: Vec<Value>,
     /// Sentry projects: slug → numeric id.
     pub sentry_projects: BTreeMap<String, u64>,
     /// Every request answered, by every provider, in order.
@@ -223,6 +229,7 @@ impl World {
                 project: project.into(),
                 url,
                 sha: sha.into(),
+                message: format!("Release {sha}"),
                 created_at: ready_at - 60_000,
                 ready_at,
             },
@@ -324,7 +331,7 @@ impl World {
             "uid": d.id, "id": d.id, "name": d.project.trim_start_matches("prj_"), "projectId": d.project, "url": d.url,
             "created": d.created_at, "createdAt": d.created_at, "buildingAt": d.created_at, "ready": d.ready_at,
             "state": "READY", "readyState": "READY", "readySubstate": "PROMOTED", "target": "production", "type": "LAMBDAS",
-            "source": "git", "meta": {"githubCommitSha": d.sha, "githubCommitRef": "main"}, "isRollbackCandidate": true
+            "source": "git", "meta": {"githubCommitSha": d.sha, "githubCommitRef": "main", "githubCommitMessage": d.message, "githubCommitAuthorName": "Sam Dev", "githubCommitAuthorLogin": "samdev"}, "isRollbackCandidate": true
         })
     }
 }

@@ -1,6 +1,7 @@
 //! One integration binary: the real app on port 0, a fresh database per test,
 //! providers faked at the HTTP boundary.
 
+mod agents;
 mod cli;
 mod clients;
 mod closed_loop;

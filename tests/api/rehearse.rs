@@ -112,15 +112,18 @@ async fn a_person_rolling_back_after_a_dry_run_confirms_it_with_minutes_saved(db
         return;
     };
     let run = dry_run(&app, "d1").await;
-    assert_eq!(
-        app.engine.score_due().await.unwrap(),
-        0,
+    // (The instance's own sweep runs every few seconds too: what a sweep
+    // returns is not asserted, what is stored is.)
+    app.engine.score_due().await.unwrap();
+    assert!(
+        app.store.scores(None, 0).await.unwrap().is_empty(),
         "nothing to score yet"
     );
     // A person promotes the known-good deployment by hand.
     app.promoted(SIM_GOOD, "9be1c07").await;
-    assert_eq!(app.engine.score_due().await.unwrap(), 1);
+    app.engine.score_due().await.unwrap();
     let scores = app.store.scores(None, 0).await.unwrap();
+    assert_eq!(scores.len(), 1);
     let v = verdict_of(&scores, &run);
     assert_eq!(v["verdict"], "confirmed", "{v}");
     assert!(v["minutes_saved"].as_f64().is_some(), "{v}");

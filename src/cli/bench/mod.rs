@@ -12,9 +12,12 @@
 //!   connections and a flood of bad signatures hits the port;
 //! - `fleet`: many services' alerts at once against a slow simulator: time
 //!   to the last verified rollback, page and post, against the floor of
-//!   three provider round trips.
+//!   three provider round trips;
+//! - `growth`: alert → first alias write on an empty ledger and on one
+//!   grown by years of history, and ingest while that history is pruned.
 
 mod fleet;
+mod growth;
 mod hostile;
 mod load;
 mod rollback;
@@ -54,6 +57,10 @@ pub enum Scenario {
     /// `--services` services' alerts at once, every provider answering in
     /// `--latency-ms`: time to the last verified rollback, page and post.
     Fleet,
+    /// Alert → first alias write on an empty ledger, then on one with
+    /// `--deployments` deployments and `--runs` finished runs; and ingest at
+    /// a fixed rate while those runs are pruned.
+    Growth,
 }
 
 /// Options of `backstop bench`.
@@ -93,6 +100,12 @@ pub struct BenchOpts {
     /// Latency of every simulated provider call, ms (fleet).
     #[arg(long, default_value_t = 100)]
     pub latency_ms: u64,
+    /// Deployments of the service to grow the ledger by (growth).
+    #[arg(long, default_value_t = 20_000)]
+    pub deployments: usize,
+    /// Finished runs to grow the ledger by (growth).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub runs: usize,
 }
 
 /// One line of results.
@@ -173,6 +186,7 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Report> {
         Scenario::Ingest | Scenario::Storm => load::load(&opts, &exe, &dir, &db).await,
         Scenario::Hostile => hostile::hostile(&opts, &exe, &dir, &db).await,
         Scenario::Fleet => fleet::fleet(&opts, &exe, &dir, &db).await,
+        Scenario::Growth => growth::growth(&opts, &exe, &dir, &db).await,
         Scenario::Rollback => rollback::rollback(&opts, &exe, &dir, &db).await,
         Scenario::ColdStart => rollback::cold_start(&opts, &exe, &dir, &db).await,
     };

@@ -28,39 +28,9 @@ pub(super) async fn rollback(
         promote(&http, &hook, id, sha, at).await?;
     }
     let store = Store::connect(&SecretString::from(db.to_string()), 1).await?;
-    let mut first_write = Vec::new();
-    let mut verified = Vec::new();
     let reps = opts.requests.min(1000);
-    for i in 0..reps {
-        if i > 0 {
-            // A new release goes live, and it crashes too.
-            let id = format!("dpl_bench{i}");
-            let at = now_ms();
-            {
-                let mut w = sim.sim.world();
-                w.add_deployment("prj_storefront", &id, &format!("b{i:06}"), at);
-                w.serve("prj_storefront", &id);
-            }
-            promote(&http, &hook, &id, &format!("b{i:06}"), at).await?;
-        }
-        let writes_before = sim.sim.world().alias_writes.len();
-        let request = signed(&CrashAlert::critical(
-            "storefront-web",
-            &format!("r{i}"),
-            now_ms(),
-        ));
-        let sent = now_us();
-        let status = post(&http, &server.url(), &request).await?;
-        if status != 202 {
-            bail!("alert {i} answered {status}");
-        }
-        let (first, done) = wait_rollback(&sim, writes_before, sent).await?;
-        // The ledger records the rollback just after the read-back; the next
-        // release is promoted only then, as it would be in life.
-        wait_idle(&store).await?;
-        first_write.push((first - sent) as f64 / 1000.0);
-        verified.push((done - sent) as f64 / 1000.0);
-    }
+    let (first_write, verified) =
+        rollbacks(&sim, &http, &server.url(), &hook, &store, 0..reps).await?;
     let rss = server.peak_rss_mib();
     let name = format!("rollback {} → first alias write", backend(db));
     let mut r = report(name, first_write, None, rss, String::new());
@@ -70,6 +40,51 @@ pub(super) async fn rollback(
         v.p50, v.p99, v.max
     );
     Ok(r)
+}
+
+/// Alert → first alias write and → verified read-back (ms), once per
+/// `reps` index: each after the first promotes a new crashing release.
+pub(super) async fn rollbacks(
+    sim: &Running,
+    http: &reqwest::Client,
+    url: &str,
+    hook: &str,
+    store: &Store,
+    reps: std::ops::Range<usize>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let mut first_write = Vec::new();
+    let mut verified = Vec::new();
+    for i in reps {
+        if i > 0 {
+            // A new release goes live, and it crashes too.
+            let id = format!("dpl_bench{i}");
+            let at = now_ms();
+            {
+                let mut w = sim.sim.world();
+                w.add_deployment("prj_storefront", &id, &format!("b{i:06}"), at);
+                w.serve("prj_storefront", &id);
+            }
+            promote(http, hook, &id, &format!("b{i:06}"), at).await?;
+        }
+        let writes_before = sim.sim.world().alias_writes.len();
+        let request = signed(&CrashAlert::critical(
+            "storefront-web",
+            &format!("r{i}"),
+            now_ms(),
+        ));
+        let sent = now_us();
+        let status = post(http, url, &request).await?;
+        if status != 202 {
+            bail!("alert {i} answered {status}");
+        }
+        let (first, done) = wait_rollback(sim, writes_before, sent).await?;
+        // The ledger records the rollback just after the read-back; the next
+        // release is promoted only then, as it would be in life.
+        wait_idle(store).await?;
+        first_write.push((first - sent) as f64 / 1000.0);
+        verified.push((done - sent) as f64 / 1000.0);
+    }
+    Ok((first_write, verified))
 }
 
 pub(super) async fn promote(
