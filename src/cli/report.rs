@@ -6,7 +6,7 @@ use std::io::Write;
 
 use crate::config::Settings;
 use crate::ledger::Store;
-use crate::policy::{Report, Score};
+use crate::policy::Report;
 
 /// Every service's record since `since_ms` (one service, or all configured).
 pub async fn reports(
@@ -23,10 +23,10 @@ pub async fn reports(
     Ok(names
         .into_iter()
         .map(|name| {
-            let of: Vec<Score> = scores
+            let of: Vec<_> = scores
                 .iter()
                 .filter(|s| s.service == name)
-                .filter_map(|s| serde_json::from_value(s.score.clone()).ok())
+                .filter_map(|s| s.parsed())
                 .collect();
             Report::of(name, &of)
         })
@@ -41,9 +41,11 @@ pub fn print(out: &mut dyn Write, reports: &[Report], json: bool) -> anyhow::Res
     }
     writeln!(
         out,
-        "{:<16} {:>9} {:>9} {:>12} {:>12} {:>9} {:>13}  RECOMMENDATION",
+        "{:<16} {:>9} {:>8} {:>9} {:>9} {:>12} {:>12} {:>9} {:>13}  RECOMMENDATION",
         "SERVICE",
         "DECISIONS",
+        "DRY RUNS",
+        "ROLLBACKS",
         "CONFIRMED",
         "FALSE ALARMS",
         "UNDETERMINED",
@@ -53,9 +55,11 @@ pub fn print(out: &mut dyn Write, reports: &[Report], json: bool) -> anyhow::Res
     for r in reports {
         writeln!(
             out,
-            "{:<16} {:>9} {:>9} {:>12} {:>12} {:>9} {:>13}  {}",
+            "{:<16} {:>9} {:>8} {:>9} {:>9} {:>12} {:>12} {:>9} {:>13}  {}",
             r.service,
             r.decisions,
+            r.dry_runs,
+            r.rollbacks,
             r.confirmed,
             r.false_alarms,
             r.undetermined,

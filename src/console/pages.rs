@@ -133,10 +133,10 @@ pub async fn services(state: &AppState) -> Result<String, StoreError> {
             ),
             None => "<span class=ok>acting</span>".into(),
         };
-        let of: Vec<crate::policy::Score> = scores
+        let of: Vec<_> = scores
             .iter()
             .filter(|s| s.service == svc.name)
-            .filter_map(|s| serde_json::from_value(s.score.clone()).ok())
+            .filter_map(|s| s.parsed())
             .collect();
         let record = crate::policy::Report::of(&svc.name, &of);
         let _ = write!(
@@ -145,7 +145,7 @@ pub async fn services(state: &AppState) -> Result<String, StoreError> {
             score = esc(&record.recommendation),
             n = esc(&svc.name),
             u = url_part(&svc.name),
-            mode = esc(&format!("{:?}", svc.mode).to_lowercase()),
+            mode = esc(svc.mode.as_str()),
             used = h.rollbacks_last_day,
             max = svc.max_rollbacks_per_day,
             last = esc(&time(h.last_rollback_at_ms)),

@@ -63,6 +63,12 @@ impl Engine {
             .filter(|s| s.output.as_ref().is_some_and(|o| o["undone"] == true))
             .and_then(|s| s.finished_at_ms);
         let rollback = detail.step(StepName::Rollback);
+        // A rollback still in flight (pending, or its instance's lease not
+        // yet lapsed) is scored once its step has finished, not before.
+        if outcome == Outcome::Rollback && rollback.is_none_or(|s| s.status == StepStatus::Pending)
+        {
+            return Ok(false);
+        }
         let rolled_back = rollback.is_some_and(|s| s.status == StepStatus::Succeeded);
         // By hand: the deployment rolled back from was promoted again.
         let by_hand = match (&run.rollback_from, rollback.and_then(|s| s.finished_at_ms)) {

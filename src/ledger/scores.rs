@@ -23,6 +23,14 @@ pub struct StoredScore {
     pub decided_at_ms: i64,
 }
 
+impl StoredScore {
+    /// The decision's outcome and its verdict, when both read back.
+    pub fn parsed(&self) -> Option<(Outcome, crate::policy::Score)> {
+        let outcome = Outcome::parse(&self.outcome)?;
+        Some((outcome, serde_json::from_value(self.score.clone()).ok()?))
+    }
+}
+
 impl Store {
     /// Dry runs and rollbacks of `service` decided since `since_ms` that
     /// have no score yet, oldest first.

@@ -34,6 +34,17 @@ pub enum Mode {
     Off,
 }
 
+impl Mode {
+    /// The config's spelling: `auto`, `dry-run`, `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::DryRun => "dry-run",
+            Mode::Off => "off",
+        }
+    }
+}
+
 /// What the decision needs to know about a service: a view of its settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServicePolicy<'a> {

@@ -142,6 +142,10 @@ pub struct Report {
     pub service: String,
     /// Dry runs and rollbacks scored.
     pub decisions: u64,
+    /// Of which dry runs.
+    pub dry_runs: u64,
+    /// Of which real rollbacks.
+    pub rollbacks: u64,
     /// Confirmed.
     pub confirmed: u64,
     /// False alarms.
@@ -160,15 +164,19 @@ pub struct Report {
 pub const ENOUGH: u64 = 5;
 
 impl Report {
-    /// Tallies `scores` of `service`.
-    pub fn of(service: &str, scores: &[Score]) -> Self {
+    /// Tallies `scores` of `service`, each with its decision's outcome.
+    pub fn of(service: &str, scores: &[(Outcome, Score)]) -> Self {
         let mut r = Report {
             service: service.into(),
             decisions: scores.len() as u64,
             ..Default::default()
         };
         let mut saved = Vec::new();
-        for s in scores {
+        for (outcome, s) in scores {
+            match outcome {
+                Outcome::DryRun => r.dry_runs += 1,
+                _ => r.rollbacks += 1,
+            }
             match s {
                 Score::Confirmed { minutes_saved, .. } => {
                     r.confirmed += 1;
@@ -187,6 +195,7 @@ impl Report {
             n => Some((saved[n / 2 - 1] + saved[n / 2]) / 2.0),
         };
         r.recommendation = match (r.decisions, r.false_alarms) {
+            (1, _) => "1 decision: too few decisions to say".into(),
             (d, _) if d < ENOUGH => format!("{d} decisions: too few decisions to say"),
             (d, 0) if r.confirmed >= ENOUGH => format!(
                 "{d} decisions, {} confirmed, 0 false alarms: ready for auto",
@@ -279,11 +288,15 @@ mod tests {
             minutes_saved: Some(m),
             why: String::new(),
         };
-        let few = Report::of("web", &[c(3.0)]);
-        assert_eq!(few.recommendation, "1 decisions: too few decisions to say");
-        let many: Vec<Score> = [4.0, 14.0, 6.0, 10.0, 8.0].into_iter().map(c).collect();
+        let few = Report::of("web", &[(Outcome::DryRun, c(3.0))]);
+        assert_eq!(few.recommendation, "1 decision: too few decisions to say");
+        let many: Vec<(Outcome, Score)> = [4.0, 14.0, 6.0, 10.0, 8.0]
+            .into_iter()
+            .map(|m| (Outcome::DryRun, c(m)))
+            .collect();
         let r = Report::of("web", &many);
         assert_eq!((r.decisions, r.confirmed, r.false_alarms), (5, 5, 0));
+        assert_eq!((r.dry_runs, r.rollbacks), (5, 0));
         assert_eq!(r.precision, Some(1.0));
         assert_eq!(r.median_minutes_saved, Some(8.0));
         assert_eq!(
@@ -291,9 +304,10 @@ mod tests {
             "5 decisions, 5 confirmed, 0 false alarms: ready for auto"
         );
         let mut mixed = many.clone();
-        mixed.push(Score::FalseAlarm { why: String::new() });
-        mixed.push(Score::Undetermined { why: String::new() });
+        mixed.push((Outcome::Rollback, Score::FalseAlarm { why: String::new() }));
+        mixed.push((Outcome::DryRun, Score::Undetermined { why: String::new() }));
         let r = Report::of("web", &mixed);
+        assert_eq!((r.dry_runs, r.rollbacks), (6, 1));
         assert_eq!(r.precision, Some(5.0 / 6.0));
         assert!(
             r.recommendation.contains("1 false alarm: look at them"),

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use backstop::cli::{check, report, test_alert};
 use backstop::config::Settings;
-use backstop::ledger::{Outcome, RunId};
+use backstop::ledger::{Outcome, RunId, StepName, StepStatus};
 use backstop::sim::config::{ready_config, DEMO, SENTRY_PROJECT};
 use backstop::sim::sender::{self, CrashAlert};
+use backstop::sim::{Faults, Provider};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -215,9 +216,13 @@ async fn the_report_tallies_per_service(db: Db) {
         (r["false_alarms"].as_u64(), r["undetermined"].as_u64()),
         (Some(0), Some(0))
     );
+    assert_eq!(
+        (r["dry_runs"].as_u64(), r["rollbacks"].as_u64()),
+        (Some(1), Some(0))
+    );
     assert_eq!(r["precision"].as_f64(), Some(1.0));
     assert!(r["median_minutes_saved"].is_number());
-    assert_eq!(r["recommendation"], "1 decisions: too few decisions to say");
+    assert_eq!(r["recommendation"], "1 decision: too few decisions to say");
     let mut table = Vec::new();
     report::print(&mut table, &reports, false).unwrap();
     let table = String::from_utf8(table).unwrap();
@@ -227,7 +232,65 @@ async fn the_report_tallies_per_service(db: Db) {
     );
 }
 
+async fn a_rollback_in_flight_is_not_scored_and_one_undone_by_hand_is_a_false_alarm(db: Db) {
+    let Some(app) = spawn_on_sim(db, |s: &mut Settings| {
+        s.services[0].score_window = Duration::from_secs(3600);
+    })
+    .await
+    else {
+        return;
+    };
+    // Vercel answers slowly: the rollback step stays pending a while.
+    let slow = Faults {
+        latency_ms: 1_500,
+        ..Faults::default()
+    };
+    app.sim.sim.set_faults(Provider::Vercel, slow);
+    assert_eq!(app.alert("inflight", 30_000).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let run = loop {
+        let runs = app.store.list_runs(1).await.unwrap();
+        if let Some(r) = runs
+            .first()
+            .filter(|r| r.outcome == Some(Outcome::Rollback))
+        {
+            let detail = app.store.run_detail(&r.id).await.unwrap();
+            if detail
+                .step(StepName::Rollback)
+                .is_some_and(|s| s.status == StepStatus::Pending)
+            {
+                break r.id.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no rollback in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    app.engine.score_due().await.unwrap();
+    assert!(
+        app.store.scores(None, 0).await.unwrap().is_empty(),
+        "a rollback still in flight is not scored (as failed or otherwise)"
+    );
+    app.sim.sim.set_faults(Provider::Vercel, Faults::default());
+    app.until_runs_finish(Duration::from_secs(20)).await;
+    assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
+    app.engine.score_due().await.unwrap();
+    assert!(
+        app.store.scores(None, 0).await.unwrap().is_empty(),
+        "window still open"
+    );
+    // A person puts the rolled-back deployment live again by hand.
+    app.promoted(SIM_LIVE, "3f2c1a9").await;
+    app.engine.score_due().await.unwrap();
+    let v = verdict_of(&app.store.scores(None, 0).await.unwrap(), &run);
+    assert_eq!(v["verdict"], "false-alarm", "{v}");
+    assert!(
+        v["why"].as_str().unwrap().contains("undid the rollback"),
+        "{v}"
+    );
+}
+
 on_both!(
+    a_rollback_in_flight_is_not_scored_and_one_undone_by_hand_is_a_false_alarm,
     a_person_rolling_back_after_a_dry_run_confirms_it_with_minutes_saved,
     an_alert_resolving_by_itself_is_a_false_alarm,
     neither_within_the_window_is_undetermined_and_a_restart_loses_nothing,
