@@ -583,10 +583,6 @@ impl Engine {
         event: &IncidentEvent,
     ) -> Result<(), StoreError> {
         let kind = format!("pagerduty:{}", event.event_type);
-        let notes = self.store().notes(run).await?;
-        if notes.iter().any(|n| n.kind == kind) {
-            return Ok(());
-        }
         let detail = self.store().run_detail(run).await?;
         let at = event
             .occurred_at
@@ -612,9 +608,13 @@ impl Engine {
             "incident_id": event.incident_id,
             "html_url": event.html_url,
         });
-        self.store()
-            .add_note(run, &kind, &text, Some(&data))
-            .await?;
+        if !self
+            .store()
+            .add_note_once(run, &kind, &text, Some(&data))
+            .await?
+        {
+            return Ok(());
+        }
         tracing::info!(run.id = %run, event = %event.event_type, after_ms, "incident event");
         if let (Some(service), "incident.acknowledged") =
             (&detail.run.service, event.event_type.as_str())

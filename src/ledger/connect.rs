@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "runs_by_alert",
         include_str!("../../migrations/0008_runs_by_alert.sql"),
     ),
+    (
+        9,
+        "notes_once",
+        include_str!("../../migrations/0009_notes_once.sql"),
+    ),
 ];
 
 impl Store {

@@ -184,6 +184,34 @@ impl Store {
         Ok(())
     }
 
+    /// Notes a PagerDuty event (`kind` `pagerduty:…`) on a run once: true
+    /// when this call stored it, false when a delivery before (or beside)
+    /// it did. A unique index decides, so racing deliveries note it once.
+    pub async fn add_note_once(
+        &self,
+        run: &RunId,
+        kind: &str,
+        text: &str,
+        data: Option<&serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        debug_assert!(
+            kind.starts_with("pagerduty:"),
+            "only these kinds are unique"
+        );
+        let done = sqlx::query(
+            "INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&run.0)
+        .bind(now_ms())
+        .bind(kind)
+        .bind(text)
+        .bind(data.map(|d| d.to_string()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A run's notes, oldest first.
     pub async fn notes(&self, run: &RunId) -> Result<Vec<RunNote>, StoreError> {
         let rows =

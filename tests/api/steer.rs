@@ -416,6 +416,11 @@ async fn an_ack_is_threaded_once_with_the_time_since_the_alert(db: Db) {
     // Redelivered (same X-Webhook-Id), then a second ack of the same incident.
     assert_eq!(send("wh-1").await, 200);
     assert_eq!(send("wh-2").await, 202);
+    // Deliveries racing each other (retries, or one to each instance).
+    let racing =
+        futures_util::future::join_all(["wh-3", "wh-4", "wh-5", "wh-6", "wh-7", "wh-8"].map(send))
+            .await;
+    assert!(racing.iter().all(|s| *s == 202), "{racing:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
     let acks = || {
         app.sim
