@@ -125,6 +125,13 @@ pub fn providers(settings: &Settings) -> anyhow::Result<Providers> {
     })
 }
 
+/// The admin listener's connection budget: a few people and a scraper,
+/// so a small share of the webhook listener's, counted in the open-files
+/// need beside it.
+fn admin_max_connections(settings: &Settings) -> u64 {
+    settings.server.max_connections.min(64)
+}
+
 impl Application {
     /// Validates, connects, migrates and binds `server.listen` (port 0 picks one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -135,7 +142,11 @@ impl Application {
             true => 1,
             false => settings.database.max_connections,
         };
-        let need = settings.server.max_connections + pool + 64;
+        let admin_conns = match settings.admin.listen {
+            Some(_) => admin_max_connections(&settings),
+            None => 0,
+        };
+        let need = settings.server.max_connections + admin_conns + pool + 64;
         crate::http::serve::ensure_open_files(need).map_err(|e| anyhow::anyhow!(e))?;
         let store = open_store(&settings).await?;
         let listener = TcpListener::bind(settings.server.listen)
@@ -215,6 +226,10 @@ impl Application {
         let admin = self.admin.map(|(listener, port)| {
             tracing::info!(port, "console and metrics serving");
             let router = crate::console::router(self.state.clone());
+            let limits = http::serve::Limits {
+                max_connections: admin_max_connections(&self.state.settings) as usize,
+                ..limits
+            };
             tokio::spawn(http::serve::serve(
                 listener,
                 router,

@@ -39,6 +39,16 @@ pub struct DecisionLabels {
     pub outcome: String,
 }
 
+/// Every `outcome` label of `backstop_decisions_total`.
+pub const DECISION_FATES: [&str; 6] = [
+    "rolled-back",
+    "rollback-failed",
+    "escalated",
+    "dry-run",
+    "skipped",
+    "resolved",
+];
+
 /// One service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -309,6 +319,14 @@ impl Metrics {
             self.paused
                 .get_or_create(&labels)
                 .set(pause.is_some() as i64);
+            // Every fate at 0 from the first scrape, so an alerting rule on
+            // `increase(...)` sees the first rollback-failed after a restart.
+            for outcome in DECISION_FATES {
+                let _zero = self.decisions.get_or_create(&DecisionLabels {
+                    service: svc.name.clone(),
+                    outcome: outcome.into(),
+                });
+            }
             // Every verdict, so a series exists before its first deployment.
             for verdict in [
                 Verdict::Unproven,

@@ -104,12 +104,26 @@ impl Engine {
                 Ok(true)
             }
             Finished::Failed(e) => {
+                // Which domains did move before it gave up: what a person
+                // fixing a half-moved production needs first.
+                let moved = moved.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let not_moved: Vec<&String> = svc
+                    .domains
+                    .iter()
+                    .filter(|d| !moved.contains_key(*d))
+                    .collect();
+                let output = json!({
+                    "from": from,
+                    "to": to,
+                    "moved_in_attempt": moved,
+                    "not_moved": not_moved,
+                });
                 self.store()
                     .finish_step(
                         claim,
                         StepName::Rollback,
                         StepStatus::Failed,
-                        None,
+                        Some(&output),
                         Some(&e),
                     )
                     .await?;

@@ -104,6 +104,9 @@ impl Conns {
     }
 }
 
+/// How often a failing `accept` is logged at `warn`.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets requests in flight finish, and returns.
 pub async fn serve(
@@ -116,6 +119,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let (mut last_warn, mut unlogged) = (None, 0u64);
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
@@ -126,7 +130,15 @@ pub async fn serve(
             Err(e) => {
                 // Out of file descriptors (EMFILE/ENFILE) or a connection
                 // reset before it was accepted: make room, and go on.
-                tracing::warn!(error = %e, "cannot accept a connection; shedding the oldest idle one");
+                // Logged at `warn` once per window, not once per try.
+                if last_warn.is_none_or(|at: Instant| at.elapsed() >= ACCEPT_LOG_EVERY) {
+                    let suppressed = std::mem::take(&mut unlogged);
+                    tracing::warn!(error = %e, suppressed, "cannot accept a connection; shedding the oldest idle one");
+                    last_warn = Some(Instant::now());
+                } else {
+                    unlogged += 1;
+                    tracing::debug!(error = %e, "cannot accept a connection");
+                }
                 conns.shed_oldest();
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -219,7 +231,7 @@ pub fn ensure_open_files(need: u64) -> Result<(), String> {
     );
     if raised < need {
         return Err(format!(
-            "the open-files limit is {raised} (hard {hard}), but server.max_connections and the database pool need about {need}: lower server.max_connections or raise the limit (systemd: LimitNOFILE=)"
+            "the open-files limit is {raised} (hard {hard}), but server.max_connections, the admin listener and the database pool need about {need}: lower server.max_connections or raise the limit (systemd: LimitNOFILE=)"
         ));
     }
     Ok(())

@@ -182,3 +182,47 @@ async fn a_failed_domain_is_retried_alone() {
     assert_eq!(output["moved_in_attempt"][DOMAINS[1]], 2);
     assert!(!vercel.writes_fail.load(Ordering::SeqCst));
 }
+
+#[tokio::test]
+async fn a_failed_rollback_records_which_domains_moved_and_which_did_not() {
+    let Some(app) = spawn_app_with(Db::Sqlite, |s| {
+        s.engine.rollback_deadline = Duration::from_secs(2);
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed_history().await;
+    let now = now_ms();
+    let vercel = app
+        .stateful_vercel(
+            "dpl_new",
+            &[
+                ("dpl_old", "9be1c07", now - 180 * MIN),
+                ("dpl_new", "3f2c1a9", now - 10 * MIN),
+            ],
+        )
+        .await;
+    // The second domain never takes the write: production is half moved.
+    vercel.fail_writes_for(DOMAINS[1], 10_000);
+    let resp = app
+        .post_sentry("metric_alert", &compact(&crash_alert("fl-2", now - MIN)))
+        .await;
+    assert_eq!(resp.status(), 202);
+    app.engine.run_until_idle().await.unwrap();
+    assert_eq!(vercel.serving(), ["dpl_old", "dpl_new"]);
+    let run = &app.store.list_runs(1).await.unwrap()[0];
+    let d = app.store.run_detail(&run.id).await.unwrap();
+    let step = d.step(StepName::Rollback).unwrap();
+    assert_eq!(step.status, StepStatus::Failed);
+    let output = step
+        .output
+        .as_ref()
+        .expect("a failed rollback says what moved");
+    assert_eq!(output["moved_in_attempt"][DOMAINS[0]], 1, "{output}");
+    assert_eq!(
+        output["not_moved"],
+        serde_json::json!([DOMAINS[1]]),
+        "{output}"
+    );
+}
