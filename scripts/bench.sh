@@ -20,6 +20,10 @@ for db in sqlite postgres; do
     for n in 1 20 100; do
         "$bin" bench --scenario fleet --services "$n" --domains 3 --latency-ms 100 "${extra[@]}"
     done
+    # The same with the agents on and their model endpoint hanging.
+    for n in 1 20; do
+        "$bin" bench --scenario fleet --services "$n" --domains 3 --latency-ms 100 --ai-hang "${extra[@]}"
+    done
 done
 "$bin" bench --scenario hostile --requests 2000 --rate 200 --slow-clients 1000 --flood-rate 500
 "$bin" bench --scenario ingest --requests 2000 --rate 200

@@ -218,6 +218,7 @@ impl Engine {
             }
             _ => json!({"skipped": "no card to reply to"}),
         };
+        self.failpoint(&format!("{step}-posted")).await;
         let noted = match (step, facts) {
             (StepName::Brief, Some(f)) => self.note_incident(f, &text).await,
             _ => Value::Null,

@@ -43,6 +43,16 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes Postgres's planner statistics after a bulk fill (which
+    /// leaves none until autovacuum gets to it; a ledger that grew over
+    /// months has them). SQLite is left as it is.
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("ANALYZE").execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// `m` finished runs the alert alone settled (with their alerts and
     /// `decide` steps), received at `at_ms`.
     pub async fn fill_runs(&self, m: usize, at_ms: i64) -> Result<(), StoreError> {

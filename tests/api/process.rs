@@ -78,6 +78,66 @@ async fn killed_at_every_step_boundary_the_run_resumes_and_acts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_brief_was_posted_the_thread_gets_it_once() {
+    let w = world_with(None, |c| {
+        let ai = c.bases.vercel.replace("/vercel", "/openai/v1");
+        c.more.push_str(&format!(
+            "\n[ai]\nbase_url = \"{ai}\"\nmodel = \"sim-small\"\n"
+        ));
+    })
+    .await;
+    let first = Proc::spawn(&w.config, Some("brief-posted"));
+    let alert = CrashAlert::critical("storefront-web", "4343", now_ms() - 30_000).body();
+    let (status, _) = sender::deliver(
+        &reqwest::Client::new(),
+        &first.url(),
+        SENTRY,
+        "metric_alert",
+        &alert,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    assert!(
+        first
+            .wait_for(
+                "BACKSTOP_FAILPOINT brief-posted reached",
+                Duration::from_secs(20)
+            )
+            .is_some(),
+        "the brief was never posted:\n{}",
+        first.output()
+    );
+    drop(first); // SIGKILL: the brief is in the thread, its step not finished
+    let _second = Proc::spawn(&w.config, None);
+    let detail = until_finished(&w.db_url).await;
+    assert_eq!(detail.run.status, RunStatus::Done, "{:?}", detail.steps);
+    let world = w.sim.sim.world();
+    let brief = detail.steps.iter().find(|s| s.name == StepName::Brief);
+    assert_eq!(
+        brief.map(|s| s.status),
+        Some(backstop::ledger::StepStatus::Succeeded),
+        "the resumed brief finished: {:?}",
+        detail.steps
+    );
+    let briefs: Vec<_> = world
+        .messages
+        .iter()
+        .filter(|m| m.text.contains("*Brief*"))
+        .collect();
+    assert_eq!(
+        briefs.len(),
+        1,
+        "one brief in the thread: {:?}",
+        world.messages
+    );
+    assert_eq!(
+        briefs[0].thread_ts.as_deref(),
+        Some(world.messages[0].ts.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_step_in_flight_finish_and_exits_cleanly() {
     let w = world("").await;
     // Slack is slow, so the announce step is in flight when SIGTERM lands.

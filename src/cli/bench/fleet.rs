@@ -34,6 +34,19 @@ pub(super) async fn fleet(
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let mut config = Config::new(DEMO, Bases::of(&sim), db, listen);
     config.more = fleet.services_toml();
+    if opts.ai_hang {
+        // The brief is asked for after every rollback; the model never answers.
+        let base = sim.api_base(Provider::Ai);
+        config.more.push_str(&format!(
+            "\n[ai]\nbase_url = \"{base}\"\nmodel = \"sim-small\"\ntimeout = \"2s\"\n"
+        ));
+        let hang = Faults {
+            timeout_rate: 1.0,
+            hang_ms: 60_000,
+            ..Faults::default()
+        };
+        sim.sim.set_faults(Provider::Ai, hang);
+    }
     let (server, _) = Server::start(exe, dir, &config.toml(), port).await?;
     let http = reqwest::Client::new();
     let hook = format!("http://127.0.0.1:{port}/webhooks/vercel");
@@ -95,11 +108,12 @@ pub(super) async fn fleet(
         verified.len(),
     );
     let name = format!(
-        "fleet {} n={} d={} {}ms",
+        "fleet {} n={} d={} {}ms{}",
         backend(db),
         fleet.services,
         fleet.domains,
-        opts.latency_ms
+        opts.latency_ms,
+        if opts.ai_hang { " ai-hanging" } else { "" }
     );
     drop(w);
     Ok(report(name, per_service, None, server.peak_rss_mib(), note))

@@ -54,6 +54,7 @@ pub(super) async fn growth(
         )
         .await?;
     store.fill_runs(opts.runs, now - 100 * DAY).await?;
+    store.analyze().await?;
     let fill_s = filled.elapsed().as_secs_f64();
     let (grown, _) = rollbacks(&sim, &http, &server.url(), &hook, &store, reps..2 * reps).await?;
     let rss_grown = server.peak_rss_mib();

@@ -100,6 +100,10 @@ pub struct BenchOpts {
     /// Latency of every simulated provider call, ms (fleet).
     #[arg(long, default_value_t = 100)]
     pub latency_ms: u64,
+    /// Turn the agents on against a simulated model endpoint that never
+    /// answers (fleet): the rollback, page and post must not wait for it.
+    #[arg(long)]
+    pub ai_hang: bool,
     /// Deployments of the service to grow the ledger by (growth).
     #[arg(long, default_value_t = 20_000)]
     pub deployments: usize,
