@@ -171,22 +171,13 @@ impl Store {
         text: &str,
         data: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&run.0)
-        .bind(now_ms())
-        .bind(kind)
-        .bind(text)
-        .bind(data.map(|d| d.to_string()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.add_note_once(run, kind, text, data).await.map(|_| ())
     }
 
     /// Notes a PagerDuty event (`kind` `pagerduty:…`) on a run once: true
     /// when this call stored it, false when a delivery before (or beside)
     /// it did. A unique index decides, so racing deliveries note it once.
+    /// (Other kinds are not unique: they are always stored.)
     pub async fn add_note_once(
         &self,
         run: &RunId,
@@ -194,10 +185,6 @@ impl Store {
         text: &str,
         data: Option<&serde_json::Value>,
     ) -> Result<bool, StoreError> {
-        debug_assert!(
-            kind.starts_with("pagerduty:"),
-            "only these kinds are unique"
-        );
         let done = sqlx::query(
             "INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
