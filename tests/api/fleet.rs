@@ -143,17 +143,7 @@ async fn a_failed_domain_is_retried_alone() {
     let Some(app) = spawn_app(Db::Sqlite).await else {
         return;
     };
-    app.seed_history().await;
-    let now = now_ms();
-    let vercel = app
-        .stateful_vercel(
-            "dpl_new",
-            &[
-                ("dpl_old", "9be1c07", now - 180 * MIN),
-                ("dpl_new", "3f2c1a9", now - 10 * MIN),
-            ],
-        )
-        .await;
+    let (vercel, now) = serving_new_over_old(&app).await;
     // The second domain's writes fail five times: the client's four tries,
     // then once more, so the step's first attempt fails for it alone.
     vercel.fail_writes_for(DOMAINS[1], 5);
@@ -192,17 +182,7 @@ async fn a_failed_rollback_records_which_domains_moved_and_which_did_not() {
     else {
         return;
     };
-    app.seed_history().await;
-    let now = now_ms();
-    let vercel = app
-        .stateful_vercel(
-            "dpl_new",
-            &[
-                ("dpl_old", "9be1c07", now - 180 * MIN),
-                ("dpl_new", "3f2c1a9", now - 10 * MIN),
-            ],
-        )
-        .await;
+    let (vercel, now) = serving_new_over_old(&app).await;
     // The second domain never takes the write: production is half moved.
     vercel.fail_writes_for(DOMAINS[1], 10_000);
     let resp = app
@@ -225,4 +205,26 @@ async fn a_failed_rollback_records_which_domains_moved_and_which_did_not() {
         serde_json::json!([DOMAINS[1]]),
         "{output}"
     );
+}
+
+/// The seeded history on a stateful Vercel fake serving `dpl_new`, with
+/// `dpl_old` the known-good target; and now.
+async fn serving_new_over_old(
+    app: &TestApp,
+) -> (
+    std::sync::Arc<crate::helpers::vercel_fake::VercelState>,
+    i64,
+) {
+    app.seed_history().await;
+    let now = now_ms();
+    let vercel = app
+        .stateful_vercel(
+            "dpl_new",
+            &[
+                ("dpl_old", "9be1c07", now - 180 * MIN),
+                ("dpl_new", "3f2c1a9", now - 10 * MIN),
+            ],
+        )
+        .await;
+    (vercel, now)
 }

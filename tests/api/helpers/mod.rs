@@ -10,7 +10,7 @@ mod fakes;
 pub mod procs;
 mod proxy;
 mod sim;
-mod vercel_fake;
+pub mod vercel_fake;
 
 pub use app::*;
 pub use db::*;
