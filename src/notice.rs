@@ -12,7 +12,7 @@ use crate::ingest::slack::ClickAction;
 
 use crate::config::{ServiceSettings, Settings, TEMPLATE_NAMES};
 use crate::ingest::sentry::Alert;
-use crate::policy::{Decision, DeploymentRef};
+use crate::policy::{Decision, DeploymentRef, Outcome};
 
 const DEFAULT_SUMMARY: &str = "{% if outcome == 'rolled-back' %}{{ service }} rolled back: crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }} on release {{ release_short }} — restored {{ to_id }} (release {{ target_release_short }})\
 {% elif outcome == 'rollback-failed' %}{{ service }}: rollback failed — manual action needed: {{ error }} (crash-free {{ metric }} {{ rate_text }} < {{ threshold_text }} on release {{ release_short }})\
@@ -206,7 +206,17 @@ impl Notice {
             error: None,
             pagerduty_url: None,
             moved: kind == Kind::RolledBack,
-            health: d.readings.as_ref().map(health_text),
+            health: d.readings.as_ref().map(|r| match &r.unavailable {
+                // Say which way the fallback went: the page and card are
+                // where a person learns Sentry could not confirm.
+                Some(_) if matches!(d.outcome, Outcome::Rollback | Outcome::DryRun) => {
+                    format!("{}: acting on the alert alone", health_text(r))
+                }
+                Some(_) if d.outcome == Outcome::Escalate => {
+                    format!("{}: not acting on the alert alone", health_text(r))
+                }
+                _ => health_text(r),
+            }),
             run_id: run_id.into(),
             buttons: Vec::new(),
         }

@@ -10,7 +10,7 @@ use super::{Engine, EngineError, RunCtx};
 use crate::clock::now_ms;
 use crate::config::{PagerDutyMode, ServiceSettings, Strategy};
 use crate::ingest::sentry::{self, Resource};
-use crate::ledger::{DecisionRecord, History, Outcome, RunId, StepName};
+use crate::ledger::{DecisionRecord, History, NoteRecord, Outcome, RunId, StepName};
 use crate::policy::{
     self, Decision, DomainTarget, HealthQuery, Inputs, Missing, Reading, Readings,
 };
@@ -60,7 +60,7 @@ impl Engine {
         };
         let mut record = self.record(&decision);
         record.attempt = attempt;
-        tracing::info!(outcome = %record.outcome, rule = %decision.rule, reason = %decision.reason, "decided");
+        record.note = joined_note(&decision, &ctx.claimed.run.id);
         let claim = &ctx.claimed.claim;
         self.store().save_decision(claim, &record).await?;
         if let Some(e) = &unreadable {
@@ -85,19 +85,6 @@ impl Engine {
         };
         if let Some(fate) = fate {
             self.metrics().decided(record.service.as_deref(), fate);
-        }
-        if let Some(watching) = &decision.joins {
-            // Recorded on the run whose watch it joins: a second alert about
-            // the restored deployment is news for that incident.
-            let text = format!(
-                "a new critical alert about {} (run {}) joined the watch",
-                decision.live.as_ref().map(|l| l.id.as_str()).unwrap_or("?"),
-                ctx.claimed.run.id
-            );
-            let data = serde_json::json!({"run": ctx.claimed.run.id, "reason": decision.reason});
-            self.store()
-                .add_note(&RunId(watching.clone()), "joined", &text, Some(&data))
-                .await?;
         }
         ctx.set_decided(record, false);
         Ok(unreadable.is_none())
@@ -246,15 +233,33 @@ impl Engine {
                 found.into_iter().find(|r| r.release == *release),
             )
         };
-        // The known-good release's reading is a comparison: when it alone
-        // fails, the decision goes on without it.
-        let read = async { tokio::join!(sentry.health(&all), target) };
-        match tokio::time::timeout(timeout, read).await {
-            Ok((Ok(all), target)) => {
-                let target = target.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "the known-good release's health is unreadable");
-                    None
-                });
+        // Each read has its own timeout, side by side (so the whole stays
+        // within one `confirm_timeout`). The known-good release's reading is
+        // a comparison: when it alone fails or is slow, the decision goes on
+        // with the live release's reading.
+        let (all, target) = tokio::join!(
+            tokio::time::timeout(timeout, sentry.health(&all)),
+            tokio::time::timeout(timeout, target)
+        );
+        let late = || {
+            format!(
+                "no answer within {} (sentry.confirm_timeout)",
+                humantime::format_duration(timeout)
+            )
+        };
+        match all {
+            Ok(Ok(all)) => {
+                let target = match target {
+                    Ok(Ok(found)) => found,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "the known-good release's health is unreadable");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(error = %late(), "the known-good release's health is unreadable");
+                        None
+                    }
+                };
                 let (live, others): (Vec<Reading>, Vec<Reading>) =
                     all.into_iter().partition(|r| r.release == q.live_release);
                 Readings {
@@ -264,14 +269,11 @@ impl Engine {
                     unavailable: None,
                 }
             }
-            Ok((Err(e), _)) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "release health unreadable");
                 unavailable(e.to_string())
             }
-            Err(_) => unavailable(format!(
-                "no answer within {} (sentry.confirm_timeout)",
-                humantime::format_duration(timeout)
-            )),
+            Err(_) => unavailable(late()),
         }
     }
 
@@ -440,6 +442,23 @@ impl Engine {
             alerted_live: d.alert_hit_live().then_some(from).flatten(),
             steps: self.plan(d),
             attempt: None,
+            note: None,
         }
     }
+}
+
+/// The note an alert that joined a watch leaves on the watching run: a
+/// second alert about the restored deployment is news for that incident.
+/// Stored with the decision, so a crash between the two cannot lose it.
+pub(super) fn joined_note(decision: &Decision, run: &RunId) -> Option<NoteRecord> {
+    let watching = decision.joins.as_ref()?;
+    Some(NoteRecord {
+        run: RunId(watching.clone()),
+        kind: "joined".into(),
+        text: format!(
+            "a new critical alert about {} (run {run}) joined the watch",
+            decision.live.as_ref().map(|l| l.id.as_str()).unwrap_or("?"),
+        ),
+        data: Some(serde_json::json!({"run": run, "reason": decision.reason})),
+    })
 }

@@ -59,6 +59,7 @@ impl Engine {
                 tracing::info!(outcome = %d.outcome, reason = %d.reason, "decided again after the resync");
                 let mut record = self.record(&d);
                 record.attempt = Some(attempt);
+                record.note = super::decide::joined_note(&d, &ctx.claimed.run.id);
                 self.store()
                     .save_redecision(claim, &record, &output)
                     .await?;

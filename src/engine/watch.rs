@@ -11,8 +11,9 @@
 //!   the threshold, with enough sessions to believe it): the service is
 //!   frozen (no automatic rollback until a person resumes it), the on-call
 //!   is paged again at `severity_rollback_failed`, and the thread says so.
-//! - Could not tell by then (Sentry unreadable, too few sessions): the
-//!   thread says so; nothing is frozen.
+//! - Could not tell by then (Sentry unreadable, too few sessions): frozen
+//!   too (another automatic rollback would be a guess), the on-call paged
+//!   at `severity_escalation`, and the thread says so.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -60,6 +61,20 @@ impl Look {
             _ => None,
         }
     }
+}
+
+/// How a watch that did not end recovered is told.
+struct Ending<'a> {
+    /// Why the service is frozen; the page's summary.
+    reason: &'a str,
+    /// The reply in the card's thread.
+    reply: &'a str,
+    severity: &'a str,
+    /// Suffix of the page's incident key.
+    key: &'a str,
+    /// The page's class.
+    class: &'a str,
+    reading: Option<&'a Reading>,
 }
 
 /// Notes the watch keeps on its run: what Sentry already counted for the
@@ -184,57 +199,118 @@ impl Engine {
                     r.describe(),
                     ctx.claimed.run.id
                 );
-                // Frozen first: no automatic rollback may cascade to an older
-                // deployment while a person is being found.
-                self.store()
-                    .freeze(&ctx.claimed.claim, &svc.name, &reason)
-                    .await?;
-                self.failpoint("watch-frozen").await;
-                let paged = self.page_again(facts, &reason, r).await;
                 let reply = format!(
                     ":x: The rollback did not help: {} {after} after it. Automatic rollbacks of {} are frozen until someone runs `backstop resume {}`.",
                     r.describe(),
                     svc.name,
                     svc.name
                 );
-                let resume = match self.settings().slack.signing_secret.is_some() {
-                    true => crate::notice::actions_block(
-                        &[crate::ingest::slack::ClickAction::Resume],
-                        &ctx.claimed.run.id.0,
-                        &svc.name,
-                        None,
-                        None,
-                    ),
-                    false => None,
-                };
-                let replied = self.reply_with(ctx, facts, &reply, "watch", resume).await;
-                let output = json!({
+                let severity = self.settings().pagerduty.severity_rollback_failed;
+                let mut output = json!({
                     "recovered": false,
                     "after_ms": after_ms,
                     "look": look.describe(),
                     "reading": r,
-                    "frozen": reason,
-                    "page": paged.as_ref().ok(),
-                    "reply": replied,
                 });
-                let error = paged.err();
-                self.end_watch(ctx, &output, error.as_ref()).await
+                let ending = Ending {
+                    reason: &reason,
+                    reply: &reply,
+                    severity: severity.as_str(),
+                    key: "did-not-help",
+                    class: "rollback-did-not-help",
+                    reading: Some(r),
+                };
+                self.freeze_and_page(ctx, facts, ending, &mut output).await
             }
             Look::Unknown { why } => {
-                let reply = format!(
-                    ":grey_question: Could not tell whether the rollback helped within {}: {why}. Nothing was frozen; check the release's health in Sentry.",
-                    humantime::format_duration(svc.watch_window)
+                // Without evidence either way, a person decides: another
+                // automatic rollback (to an older deployment still) would be
+                // a guess on top of a guess.
+                let window = humantime::format_duration(svc.watch_window);
+                let reason = format!(
+                    "could not tell whether the rollback to {} helped within {window}: {why} (run {})",
+                    facts.notice.to.as_ref().map(|d| d.id.as_str()).unwrap_or("?"),
+                    ctx.claimed.run.id
                 );
-                let replied = self.reply(ctx, facts, &reply, "watch").await;
-                let output = json!({
+                let reply = format!(
+                    ":grey_question: Could not tell whether the rollback helped within {window}: {why}. Automatic rollbacks of {} are frozen until someone checks the release's health in Sentry and runs `backstop resume {}`.",
+                    svc.name, svc.name
+                );
+                let severity = self.settings().pagerduty.severity_escalation;
+                let mut output = json!({
                     "recovered": Value::Null,
                     "after_ms": after_ms,
                     "look": look.describe(),
-                    "reply": replied,
                 });
-                self.end_watch(ctx, &output, None).await
+                let ending = Ending {
+                    reason: &reason,
+                    reply: &reply,
+                    severity: severity.as_str(),
+                    key: "could-not-tell",
+                    class: "rollback-unconfirmed",
+                    reading: None,
+                };
+                self.freeze_and_page(ctx, facts, ending, &mut output).await
             }
         }
+    }
+
+    /// A watch that did not end recovered: the service is frozen first (no
+    /// automatic rollback may cascade to an older deployment while a person
+    /// is being found), the on-call paged again under a key of its own
+    /// (retried like any page), and the thread told, with a Resume button.
+    async fn freeze_and_page(
+        &self,
+        ctx: &RunCtx,
+        facts: &Facts,
+        ending: Ending<'_>,
+        output: &mut Value,
+    ) -> Result<bool, EngineError> {
+        let svc = &facts.svc;
+        self.store()
+            .freeze(&ctx.claimed.claim, &svc.name, ending.reason)
+            .await?;
+        self.failpoint("watch-frozen").await;
+        let deadline = self.settings().engine.step_deadline;
+        let ending = &ending;
+        let paged = self
+            .attempt_loop(ctx, StepName::Watch, deadline, false, |_| async move {
+                self.page_again(facts, ending).await
+            })
+            .await?;
+        let paged = match paged {
+            super::step::Finished::Succeeded(v, n) => {
+                self.store()
+                    .finish_attempt(
+                        &ctx.claimed.claim,
+                        StepName::Watch,
+                        n,
+                        crate::ledger::AttemptOutcome::Ok,
+                        None,
+                    )
+                    .await?;
+                Ok(v)
+            }
+            super::step::Finished::Failed(e) => Err(e),
+        };
+        let resume = match self.settings().slack.signing_secret.is_some() {
+            true => crate::notice::actions_block(
+                &[crate::ingest::slack::ClickAction::Resume],
+                &ctx.claimed.run.id.0,
+                &svc.name,
+                None,
+                None,
+            ),
+            false => None,
+        };
+        let replied = self
+            .reply_with(ctx, facts, ending.reply, "watch", resume)
+            .await;
+        output["frozen"] = json!(ending.reason);
+        output["page"] = json!(paged.as_ref().ok());
+        output["reply"] = replied;
+        let error = paged.err();
+        self.end_watch(ctx, output, error.as_ref()).await
     }
 
     /// Hands the run back until the next look, `ms` from now.
@@ -422,39 +498,35 @@ impl Engine {
         }
     }
 
-    /// Pages again, at `severity_rollback_failed`, under a key of its own
-    /// (the incident's page is open already; this one must ring).
+    /// Pages again, under a key of its own (the incident's page is open
+    /// already; this one must ring).
     async fn page_again(
         &self,
         facts: &Facts,
-        reason: &str,
-        reading: &Reading,
+        ending: &Ending<'_>,
     ) -> Result<Value, crate::ledger::StepError> {
         let Some(pd) = self.inner.providers.pagerduty.as_ref() else {
             return Ok(json!({"skipped": "pagerduty is not configured"}));
         };
-        let severity = self.settings().pagerduty.severity_rollback_failed;
         let mut page = self.page_of(
             facts,
-            format!("{}: {reason}", facts.svc.name),
-            severity.as_str(),
+            format!("{}: {}", facts.svc.name, ending.reason),
+            ending.severity,
         );
-        page.incident_key = format!("{}/did-not-help", facts.incident_key);
-        page.class = "rollback-did-not-help".into();
+        page.incident_key = format!("{}/{}", facts.incident_key, ending.key);
+        page.class = ending.class.into();
         page.custom_details = json!({
             "notice": facts.notice,
-            "reading": reading,
+            "reading": ending.reading,
             "decision": facts.origin.run.decision,
         });
-        match pd.trigger(&page).await {
-            Ok(opened) => Ok(json!({
-                "incident_key": opened.incident_key,
-                "incident_id": opened.incident_id,
-                "severity": page.severity,
-                "summary": page.summary,
-            })),
-            Err(e) => Err(super::step::StepError::from(e)),
-        }
+        let opened = pd.trigger(&page).await?;
+        Ok(json!({
+            "incident_key": opened.incident_key,
+            "incident_id": opened.incident_id,
+            "severity": page.severity,
+            "summary": page.summary,
+        }))
     }
 
     /// Resolves the incident's page (recovered, `resolve_on_recovery`).

@@ -481,6 +481,23 @@ pub struct DecisionRecord {
     pub steps: Vec<StepName>,
     /// The `decide` attempt that made it, recorded as ended with it.
     pub attempt: Option<i64>,
+    /// A note the decision leaves on another run (an alert joining a
+    /// watch), stored in the same transaction so it is there exactly when
+    /// the decision is.
+    pub note: Option<NoteRecord>,
+}
+
+/// A note for another run, written with the decision that causes it.
+#[derive(Debug, Clone)]
+pub struct NoteRecord {
+    /// The run it is about.
+    pub run: RunId,
+    /// `joined`, ...
+    pub kind: String,
+    /// For people.
+    pub text: String,
+    /// Details.
+    pub data: Option<serde_json::Value>,
 }
 
 /// What the ledger says about a service when an alert is decided.

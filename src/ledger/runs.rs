@@ -303,6 +303,9 @@ impl Store {
             let (text, args) = sql.build()?;
             sqlx::query_with(&text, args).execute(&mut *tx).await?;
         }
+        if let Some(note) = &d.note {
+            insert_note(&mut tx, note, now).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -372,6 +375,19 @@ impl Store {
                     .bind(StepStatus::Pending.as_str().to_string());
             });
             sql.push(") AS v(name, seq, status) RETURNING 1)");
+        }
+        if let Some(note) = &d.note {
+            sql.push(", n AS (INSERT INTO run_notes (run_id, at, kind, text, data) SELECT ")
+                .bind(note.run.0.clone())
+                .push(", ")
+                .bind(now)
+                .push(", ")
+                .bind(note.kind.clone())
+                .push(", ")
+                .bind(note.text.clone())
+                .push(", ")
+                .bind(note.data.as_ref().map(|v| v.to_string()))
+                .push(" FROM r RETURNING 1)");
         }
         sql.push(" SELECT COUNT(*) AS held FROM r");
         let (text, args) = sql.build()?;
@@ -457,6 +473,9 @@ impl Store {
             sql.push(" ON CONFLICT (run_id, name) DO NOTHING");
             let (text, args) = sql.build()?;
             sqlx::query_with(&text, args).execute(&mut *tx).await?;
+        }
+        if let Some(note) = &d.note {
+            insert_note(&mut tx, note, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -598,4 +617,21 @@ impl Store {
 /// What the `decide` step records as its output.
 fn decide_output(d: &DecisionRecord) -> String {
     serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string()
+}
+
+/// Stores a note a decision leaves on another run, inside its transaction.
+async fn insert_note(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    note: &NoteRecord,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&note.run.0)
+        .bind(now)
+        .bind(&note.kind)
+        .bind(&note.text)
+        .bind(note.data.as_ref().map(|v| v.to_string()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

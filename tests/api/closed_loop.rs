@@ -239,8 +239,16 @@ async fn sentry_down_rolls_back_on_the_alert_alone_by_default(db: Db) {
     let card = serde_json::to_string(&w.messages[0].blocks).unwrap();
     assert!(card.contains("Release health (Sentry)"), "{card}");
     assert!(
-        card.contains("unavailable ("),
-        "the card says Sentry could not be read: {card}"
+        card.contains("unavailable (") && card.contains("acting on the alert alone"),
+        "the card says Sentry could not be read and what was done: {card}"
+    );
+    let incident = w.incidents.values().next().expect("paged");
+    let health = incident.first_event["payload"]["custom_details"]["notice"]["health"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        health.contains("acting on the alert alone"),
+        "the page says it too: {health}"
     );
 }
 
@@ -275,6 +283,154 @@ async fn sentry_down_escalates_when_the_service_says_so(db: Db) {
         "{}",
         incident.summary
     );
+    let card = serde_json::to_string(&w.messages[0].blocks).unwrap();
+    assert!(card.contains("not acting on the alert alone"), "{card}");
+}
+
+async fn a_known_good_release_that_crashed_as_much_is_not_a_release_problem(db: Db) {
+    let Some(app) = confirming(db, |_| {}).await else {
+        return;
+    };
+    // The release Backstop would go back to was itself below the line
+    // over its own time live, with enough sessions to believe it.
+    set_health(&app, GOOD_RELEASE, 0.90, 48_200);
+    assert_eq!(app.alert("old-too", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let reason = d.run.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("not the release: the known-good release 9be1c07 was itself at 90% over 48,200 sessions"),
+        "{reason}"
+    );
+    assert_eq!(decision(&d)["rule"], "the-release");
+    assert_eq!(d.run.outcome, Some(backstop::ledger::Outcome::Escalate));
+    let w = app.sim.sim.world();
+    assert!(w.alias_writes.is_empty(), "nothing rolled back");
+    let incident = w.incidents.values().next().expect("a person is paged");
+    assert!(
+        incident.summary.contains("not the release"),
+        "{}",
+        incident.summary
+    );
+}
+
+async fn too_little_data_rolls_back_when_the_service_says_so(db: Db) {
+    let Some(app) = confirming(db, |s| {
+        s.services[0].on_inconclusive = backstop::policy::Fallback::Rollback;
+    })
+    .await
+    else {
+        return;
+    };
+    set_health(&app, LIVE_RELEASE, 0.5, 37);
+    assert_eq!(app.alert("thin-act", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    assert_eq!(d.run.outcome, Some(backstop::ledger::Outcome::Rollback));
+    assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
+    let checks = decision(&d)["checks"].to_string();
+    assert!(
+        checks.contains("inconclusive: 37 sessions")
+            && checks.contains("acting anyway (on_inconclusive = \\\"rollback\\\")"),
+        "the check says why it acted on thin data: {checks}"
+    );
+}
+
+async fn an_alert_too_soon_after_the_promotion_waits_unless_release_health_confirms(db: Db) {
+    // Without Sentry's reading, rule 16 alone: the live deployment served
+    // 90 s before the alert, under the 10 min minimum.
+    let Some(app) = spawn_on_sim(db, |s| {
+        s.services[0].min_live_before_alert = Duration::from_secs(600);
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(app.alert("early", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let reason = d.run.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "live only 1 min 30 s before the alert was detected (min_live_before_alert 10m)"
+        ),
+        "{reason}"
+    );
+    assert_eq!(d.run.outcome, Some(backstop::ledger::Outcome::Escalate));
+    assert!(app.sim.sim.world().alias_writes.is_empty());
+    drop(app);
+    // With release health confirming the live release crashes, the
+    // reading decides: it rolls back.
+    let Some(app) = confirming(db, |s| {
+        s.services[0].min_live_before_alert = Duration::from_secs(600);
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(app.alert("early-confirmed", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    assert_eq!(d.run.outcome, Some(backstop::ledger::Outcome::Rollback));
+    let checks = decision(&d)["checks"].to_string();
+    assert!(
+        checks.contains("release health says it is the live release that crashes"),
+        "{checks}"
+    );
+}
+
+/// A slow answer for the known-good release alone costs only that
+/// comparison: the live release's reading still decides.
+async fn a_slow_known_good_reading_does_not_lose_the_live_one(db: Db) {
+    let sentry = wiremock::MockServer::start().await;
+    let Some(app) = confirming(db, |s| {
+        s.sentry.api_base = sentry.uri();
+        s.sentry.confirm_timeout = Duration::from_millis(500);
+    })
+    .await
+    else {
+        return;
+    };
+    use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+    use wiremock::{Mock, ResponseTemplate};
+    Mock::given(method("GET"))
+        .and(path("/api/0/projects/acme/storefront-web/"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"id": "4505", "slug": "storefront-web"})),
+        )
+        .mount(&sentry)
+        .await;
+    let groups = |release: &str, rate: f64, n: u64| {
+        serde_json::json!({
+            "start": "2026-12-03T06:00:00Z", "end": "2026-12-03T07:00:00Z",
+            "intervals": [], "query": "",
+            "groups": [{"by": {"release": release},
+                        "totals": {"crash_free_rate(session)": rate, "sum(session)": n},
+                        "series": {}}]
+        })
+    };
+    Mock::given(method("GET"))
+        .and(path("/api/0/organizations/acme/sessions/"))
+        .and(query_param_is_missing("query"))
+        .and(query_param("project", "4505"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(groups(LIVE_RELEASE, 0.921, 2140)))
+        .mount(&sentry)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/0/organizations/acme/sessions/"))
+        .and(query_param("query", format!("release:\"{GOOD_RELEASE}\"")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(groups(GOOD_RELEASE, 0.998, 48_200))
+                .set_delay(Duration::from_secs(5)),
+        )
+        .mount(&sentry)
+        .await;
+    assert_eq!(app.alert("slow-good", 30_000).await, 202);
+    let d = run_reaching(&app, RunStatus::Done, Duration::from_secs(10)).await;
+    let readings = &decision(&d)["readings"];
+    assert!(readings["unavailable"].is_null(), "{readings}");
+    assert_eq!(readings["live"]["sessions"], 2140, "{readings}");
+    assert!(readings["target"].is_null(), "{readings}");
+    assert_eq!(d.run.outcome, Some(backstop::ledger::Outcome::Rollback));
+    assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
 }
 
 async fn a_rollback_is_recorded_in_sentry_and_on_the_pagerduty_timeline(db: Db) {
@@ -608,6 +764,120 @@ async fn a_watch_resumes_after_a_restart(db: Db) {
     );
 }
 
+async fn a_watch_that_cannot_tell_freezes_the_service_and_pages_a_person(db: Db) {
+    let Some(app) = confirming(db, watching(1_500)).await else {
+        return;
+    };
+    // The restored release gains no sessions: the window ends without
+    // evidence either way.
+    app.sim.sim.world().accrual_per_s = 0;
+    set_health(&app, GOOD_RELEASE, 0.998, 10);
+    assert_eq!(app.alert("unsure", 30_000).await, 202);
+    let first = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
+    assert_eq!(until_finished(&app, &first.run.id).await, RunStatus::Done);
+    let d = app.store.run_detail(&first.run.id).await.unwrap();
+    let out = d.step(StepName::Watch).unwrap().output.clone().unwrap();
+    assert!(out["recovered"].is_null(), "{out}");
+    assert!(
+        out["look"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot tell: only 0 sessions"),
+        "{out}"
+    );
+    let pauses = app.store.pauses().await.unwrap();
+    assert_eq!(pauses.len(), 1, "frozen: another rollback would be a guess");
+    assert_eq!(pauses[0].frozen_by_run.as_ref(), Some(&first.run.id));
+    assert!(
+        pauses[0]
+            .reason
+            .starts_with("could not tell whether the rollback to dpl_9be1c07good helped within 1s 500ms: only 0 sessions"),
+        "{}",
+        pauses[0].reason
+    );
+    let w = app.sim.sim.world();
+    let page = w
+        .incidents
+        .values()
+        .find(|i| i.key.ends_with("/could-not-tell"))
+        .expect("a person is paged");
+    assert_eq!(page.severity, "critical", "severity_escalation");
+    let card_ts = w.messages[0].ts.clone();
+    assert!(
+        w.messages
+            .iter()
+            .any(|m| m.thread_ts.as_deref() == Some(card_ts.as_str())
+                && m.text
+                    .contains("Could not tell whether the rollback helped")
+                && m.text.contains("are frozen")),
+        "a reply in the thread says so"
+    );
+}
+
+async fn the_did_not_help_page_is_retried_until_pagerduty_takes_it(db: Db) {
+    let Some(app) = confirming(db, watching(1_500)).await else {
+        return;
+    };
+    set_health(&app, GOOD_RELEASE, 0.95, 10);
+    assert_eq!(app.alert("retry", 30_000).await, 202);
+    let first = run_reaching(&app, RunStatus::Watching, Duration::from_secs(10)).await;
+    // The incident's first page is in; PagerDuty now fails until the
+    // watch's page has been tried and refused once.
+    let down = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    app.sim.sim.set_faults(Provider::Pagerduty, down);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = app.store.run_detail(&first.run.id).await.unwrap();
+        if d.attempts.iter().any(|a| {
+            a.step == StepName::Watch
+                && a.outcome == Some(backstop::ledger::AttemptOutcome::Retryable)
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page was not tried: {:?}",
+            d.attempts
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.sim
+        .sim
+        .set_faults(Provider::Pagerduty, Faults::default());
+    assert_eq!(until_finished(&app, &first.run.id).await, RunStatus::Done);
+    let d = app.store.run_detail(&first.run.id).await.unwrap();
+    let watch = d.step(StepName::Watch).unwrap();
+    assert_eq!(watch.status, StepStatus::Succeeded, "{watch:?}");
+    let out = watch.output.clone().unwrap();
+    assert!(
+        out["page"]["incident_key"]
+            .as_str()
+            .unwrap()
+            .ends_with("/did-not-help"),
+        "{out}"
+    );
+    let tries: Vec<_> = d
+        .attempts
+        .iter()
+        .filter(|a| a.step == StepName::Watch)
+        .collect();
+    assert!(tries.len() >= 2, "{tries:?}");
+    assert_eq!(
+        tries.last().unwrap().outcome,
+        Some(backstop::ledger::AttemptOutcome::Ok)
+    );
+    assert!(app
+        .sim
+        .sim
+        .world()
+        .incidents
+        .values()
+        .any(|i| i.key.ends_with("/did-not-help")));
+}
+
 on_both!(
     a_confirmed_rollback_shows_its_readings_in_the_page_the_card_and_runs_show,
     too_little_data_pages_a_person_instead_of_rolling_back,
@@ -615,6 +885,10 @@ on_both!(
     a_release_already_back_above_the_threshold_is_left_alone_with_a_note,
     sentry_down_rolls_back_on_the_alert_alone_by_default,
     sentry_down_escalates_when_the_service_says_so,
+    a_known_good_release_that_crashed_as_much_is_not_a_release_problem,
+    too_little_data_rolls_back_when_the_service_says_so,
+    an_alert_too_soon_after_the_promotion_waits_unless_release_health_confirms,
+    a_slow_known_good_reading_does_not_lose_the_live_one,
     a_rollback_is_recorded_in_sentry_and_on_the_pagerduty_timeline,
     a_release_sentry_does_not_know_is_recorded_as_such_and_the_run_succeeds,
     a_watched_rollback_that_recovers_says_so_in_the_thread_and_resolves_the_page,
@@ -622,6 +896,8 @@ on_both!(
     a_new_alert_during_the_watch_joins_it_instead_of_rolling_back_again,
     sentry_resolving_the_alert_ends_the_watch_as_recovered,
     a_watch_resumes_after_a_restart,
+    a_watch_that_cannot_tell_freezes_the_service_and_pages_a_person,
+    the_did_not_help_page_is_retried_until_pagerduty_takes_it,
 );
 
 #[test]

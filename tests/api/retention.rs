@@ -36,6 +36,7 @@ async fn old_settled(store: &backstop::ledger::Store, n: usize, ago: i64) {
                     alerted_live: None,
                     steps: vec![],
                     attempt: None,
+                    note: None,
                 }),
             };
             assert!(matches!(

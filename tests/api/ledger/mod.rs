@@ -99,6 +99,7 @@ pub fn decision(
         alerted_live: None,
         steps: steps.to_vec(),
         attempt: None,
+        note: None,
     }
 }
 
