@@ -105,6 +105,18 @@ pub enum Command {
         /// Service name.
         service: String,
     },
+    /// Who held, resumed or froze which service, and when (newest first).
+    Pauses {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// How right the decisions were, per service: dry runs and rollbacks
     /// scored confirmed, false alarm or undetermined, and a recommendation.
     Report {
@@ -450,6 +462,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut stdin.lock(),
             )
             .await
+        }
+        Command::Pauses {
+            service,
+            limit,
+            json,
+        } => {
+            let store = app::open_store(&settings).await?;
+            show::pause_log(&store.pause_log(service.as_deref(), limit).await?, json)
         }
         Command::Resume { service } => {
             known_service(&settings, &service)?;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ledger::{Deployment, Pause, Run, RunDetail};
+use crate::ledger::{Deployment, Pause, PauseEvent, Run, RunDetail};
 use crate::policy::Decision;
 
 fn time(ms: Option<i64>) -> String {
@@ -42,11 +42,52 @@ pub fn pause_line(p: &Pause) -> String {
     }
 }
 
+/// `backstop pauses`: who held, resumed or froze which service, and when.
+pub fn pause_log(log: &[PauseEvent], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&log);
+    }
+    if log.is_empty() {
+        println!("no service has been held or resumed");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<14} {:<7} {:<24} WHY",
+        "WHEN", "SERVICE", "ACTION", "BY"
+    );
+    for e in log {
+        println!(
+            "{:<20} {:<14} {:<7} {:<24} {}",
+            time(Some(e.at_ms)),
+            e.service,
+            e.action,
+            e.by.as_deref().unwrap_or("-"),
+            e.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 /// `backstop deployments list`: the ledger, then the services held back
 /// from automatic rollbacks.
 pub fn deployments(list: &[Deployment], pauses: &[Pause], json: bool) -> anyhow::Result<()> {
     if json {
-        return print_json(&list);
+        // Each deployment says whether its service is held back, and how
+        // (the array stays an array of deployments for scripts).
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            deployment: &'a Deployment,
+            held: Option<&'a Pause>,
+        }
+        let rows: Vec<Row> = list
+            .iter()
+            .map(|d| Row {
+                deployment: d,
+                held: pauses.iter().find(|p| p.service == d.service),
+            })
+            .collect();
+        return print_json(&rows);
     }
     let held = || {
         for p in pauses {

@@ -39,9 +39,8 @@ pub struct Asker {
 impl Asker {
     /// A person at the command line.
     pub fn cli() -> Self {
-        let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
         Self {
-            by: format!("cli ({user})"),
+            by: crate::ledger::cli_user(),
             ..Self::default()
         }
     }

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notes_once",
         include_str!("../../migrations/0009_notes_once.sql"),
     ),
+    (
+        10,
+        "pause_log",
+        include_str!("../../migrations/0010_pause_log.sql"),
+    ),
 ];
 
 impl Store {

@@ -33,7 +33,7 @@ pub use dialect::Backend;
 pub use records::*;
 pub use retention::{Keep, Pruned, FLOOR as RETENTION_FLOOR};
 pub use scores::StoredScore;
-pub use services::MetricsSnapshot;
+pub use services::{cli_user, MetricsSnapshot};
 pub use steering::{Requested, UndoDone};
 
 /// What went wrong talking to the database.

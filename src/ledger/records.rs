@@ -536,6 +536,21 @@ pub struct Pause {
     pub frozen_by_run: Option<RunId>,
 }
 
+/// A service held, resumed or frozen, as the pause log keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PauseEvent {
+    /// Service.
+    pub service: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+    /// `pause`, `resume` or `freeze`.
+    pub action: String,
+    /// Who: a Slack user (`<@U123>`), `cli:<user>`, or Backstop's run.
+    pub by: Option<String>,
+    /// Why (pauses and freezes).
+    pub reason: Option<String>,
+}
+
 /// Something that happened to a run besides its steps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunNote {

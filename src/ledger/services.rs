@@ -63,17 +63,20 @@ impl Store {
     /// Pauses automatic rollbacks of a service (`None` resumes: lifts a
     /// pause or a freeze). `by` names who paused it.
     pub async fn set_paused(&self, service: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        self.pause_by(service, reason, "cli").await
+        self.pause_by(service, reason, &cli_user()).await
     }
 
-    /// Like [`Store::set_paused`], saying who paused it.
+    /// Like [`Store::set_paused`], saying who paused (or resumed) it. Both
+    /// ends are kept in the pause log, with who and when.
     pub async fn pause_by(
         &self,
         service: &str,
         reason: Option<&str>,
         by: &str,
     ) -> Result<(), StoreError> {
-        match reason {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let changed = match reason {
             Some(reason) => sqlx::query(
                 "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run) VALUES ($1, $2, $3, $4, NULL)
                  ON CONFLICT (service) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at,
@@ -81,16 +84,52 @@ impl Store {
             )
             .bind(service)
             .bind(reason)
-            .bind(now_ms())
+            .bind(now)
             .bind(by)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?,
             None => sqlx::query("DELETE FROM service_pauses WHERE service = $1")
                 .bind(service)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?,
         };
+        // A resume of a service that was not held changes nothing: not logged.
+        if changed.rows_affected() > 0 {
+            let action = match reason {
+                Some(_) => "pause",
+                None => "resume",
+            };
+            log_pause(&mut tx, service, now, action, Some(by), reason).await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Who held and resumed services (or `service`), newest first.
+    pub async fn pause_log(
+        &self,
+        service: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<PauseEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT service, at, action, actor, reason FROM pause_log
+             WHERE $1 IS NULL OR service = $1 ORDER BY at DESC LIMIT $2",
+        )
+        .bind(service)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PauseEvent {
+                    service: r.try_get("service")?,
+                    at_ms: r.try_get("at")?,
+                    action: r.try_get("action")?,
+                    by: r.try_get("actor")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
     }
 
     /// Freezes a service after a rollback that did not help, if the run's
@@ -102,6 +141,8 @@ impl Store {
         service: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run)
              SELECT $1, $2, $3, NULL, $4 WHERE EXISTS (SELECT 1 FROM runs WHERE id = $4 AND fence = $5 AND status = $6)
@@ -109,12 +150,17 @@ impl Store {
         )
         .bind(service)
         .bind(reason)
-        .bind(now_ms())
+        .bind(now)
         .bind(&claim.run.0)
         .bind(claim.fence)
         .bind(RunStatus::Running.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 1 {
+            let by = format!("backstop (run {})", claim.run);
+            log_pause(&mut tx, service, now, "freeze", Some(&by), Some(reason)).await?;
+        }
+        tx.commit().await?;
         if done.rows_affected() == 0 {
             let held: Option<i64> =
                 sqlx::query_scalar("SELECT fence FROM runs WHERE id = $1 AND fence = $2")
@@ -217,4 +263,34 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// One line of the pause log.
+async fn log_pause(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    service: &str,
+    at: i64,
+    action: &str,
+    by: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO pause_log (service, at, action, actor, reason) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(service)
+    .bind(at)
+    .bind(action)
+    .bind(by)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A person at the command line, as the ledger names them: `cli (<user>)`.
+pub fn cli_user() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "someone".into());
+    format!("cli ({user})")
 }

@@ -46,6 +46,65 @@ fn write_config(dir: &Path, db_url: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn pause_and_resume_are_recorded_with_who_and_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let config = write_config(dir.path(), &db);
+    let as_alice = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("USER", "alice")
+            .env_remove("BACKSTOP_CONFIG")
+            .output()
+            .expect("backstop runs")
+    };
+    assert!(as_alice(&["migrate"]).status.success());
+    let out = as_alice(&[
+        "deployments",
+        "record",
+        "--service",
+        "storefront",
+        "--id",
+        "dpl_a",
+        "--live",
+    ]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    let before = now_ms();
+    let out = as_alice(&["pause", "storefront", "--reason", "launch day"]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    // While held, every deployment of the service says so (scripts read it).
+    let out = as_alice(&["deployments", "list", "--json"]);
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json list");
+    assert_eq!(list[0]["id"], "dpl_a");
+    assert_eq!(list[0]["held"]["reason"], "launch day");
+    assert_eq!(list[0]["held"]["by"], "cli (alice)");
+    let out = as_alice(&["resume", "storefront"]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    let out = as_alice(&["deployments", "list", "--json"]);
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list[0]["held"].is_null(), "{list:?}");
+
+    let out = as_alice(&["pauses", "--json"]);
+    let log: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json log");
+    let seen: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("resume", "cli (alice)"), ("pause", "cli (alice)")]
+    );
+    assert!(log.iter().all(|e| e["at_ms"].as_i64().unwrap() >= before));
+    let table = stdout(&as_alice(&["pauses", "--service", "storefront"]));
+    assert!(
+        table.contains("storefront") && table.contains("pause") && table.contains("launch day"),
+        "{table}"
+    );
+}
+
+#[test]
 fn deployments_can_be_recorded_marked_and_listed() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("ledger.db").display());

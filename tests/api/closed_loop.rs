@@ -559,6 +559,13 @@ async fn a_rollback_that_did_not_help_freezes_the_service_and_pages_again(db: Db
         "{}",
         pauses[0].reason
     );
+    let log = app.store.pause_log(None, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].action, "freeze");
+    assert_eq!(
+        log[0].by.as_deref(),
+        Some(format!("backstop (run {d})").as_str())
+    );
     let writes = {
         let w = app.sim.sim.world();
         let again = w

@@ -341,6 +341,34 @@ async fn pausing_and_resuming_a_service_shows_in_history(db: Db) {
         None,
         "resumed"
     );
+    // Both ends are kept, newest first, with who; a resume of a service
+    // that was not held is not an event.
+    store.pause_by(SERVICE, None, "<@U42>").await.unwrap();
+    store
+        .pause_by("billing", Some("held from Slack"), "<@U42>")
+        .await
+        .unwrap();
+    let log = store.pause_log(Some(SERVICE), 10).await.unwrap();
+    let seen: Vec<(&str, Option<&str>)> = log
+        .iter()
+        .map(|e| (e.action.as_str(), e.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("resume", None),
+            ("pause", Some("freeze for launch")),
+            ("pause", Some("incident 42: manual control")),
+        ]
+    );
+    assert!(log
+        .iter()
+        .all(|e| e.by.as_deref().is_some_and(|b| b.starts_with("cli ("))));
+    assert!(log.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
+    let all = store.pause_log(None, 10).await.unwrap();
+    assert_eq!(all[0].service, "billing");
+    assert_eq!(all[0].by.as_deref(), Some("<@U42>"));
+    assert_eq!(all.len(), 4);
 }
 
 async fn vercel_event_is_recorded_only_once(db: Db) {
