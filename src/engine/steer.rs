@@ -188,7 +188,8 @@ impl Engine {
     async fn asker(&self, run: &RunId, step: StepName) -> Result<Asker, EngineError> {
         let kind = format!("asked:{step}");
         let notes = self.store().notes(run).await?;
-        let note = notes.iter().find(|n| n.kind == kind);
+        // The latest ask: a refused one may have been asked again since.
+        let note = notes.iter().rev().find(|n| n.kind == kind);
         let data = note.and_then(|n| n.data.clone()).unwrap_or(Value::Null);
         Ok(Asker {
             by: note

@@ -69,9 +69,27 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let kind = format!("asked:{step}");
-        if added.rows_affected() == 0 {
+        // A request that was refused (production could not be read, or had
+        // moved) changed nothing: asking again checks again. Anything else
+        // already asked for is the same request.
+        let revived = added.rows_affected() == 0
+            && sqlx::query(
+                "UPDATE steps SET status = $3, output = NULL, error = NULL, finished_at = NULL
+                 WHERE run_id = $1 AND name = $2 AND status = $4 AND output LIKE '%\"refused\":%'",
+            )
+            .bind(&run.0)
+            .bind(step.as_str())
+            .bind(StepStatus::Pending.as_str())
+            .bind(StepStatus::Succeeded.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        if added.rows_affected() == 0 && !revived {
+            // The latest ask is the one in force (an earlier one may have
+            // been refused).
             let who: Option<String> = sqlx::query_scalar(
-                "SELECT text FROM run_notes WHERE run_id = $1 AND kind = $2 ORDER BY at LIMIT 1",
+                "SELECT text FROM run_notes WHERE run_id = $1 AND kind = $2 ORDER BY at DESC LIMIT 1",
             )
             .bind(&run.0)
             .bind(&kind)

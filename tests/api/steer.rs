@@ -8,6 +8,7 @@ use backstop::config::Settings;
 use backstop::ingest::slack::ClickAction;
 use backstop::ledger::{RunDetail, RunId, RunStatus, StepName, StepStatus, Verdict};
 use backstop::sim::sender::{self, Click};
+use backstop::sim::{Faults, Provider};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -497,6 +498,179 @@ async fn pagerduty_webhooks_are_verified_with_any_of_the_rotated_signatures(db: 
     );
 }
 
+async fn an_undo_refused_while_vercel_was_unreadable_can_be_pressed_again(db: Db) {
+    let Some(app) = steerable(db, |s| {
+        s.vercel.timeout = Duration::from_millis(500);
+    })
+    .await
+    else {
+        return;
+    };
+    let run = rolled_back(&app).await.run.id;
+    let down = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    app.sim.sim.set_faults(Provider::Vercel, down);
+    let first = click(&app, &run, ClickAction::Undo, "U1");
+    assert_eq!(press(&app, &app.address, &first).await, 200);
+    let d = step_done(&app, &run, StepName::Undo).await;
+    let out = d.step(StepName::Undo).unwrap().output.clone().unwrap();
+    assert!(
+        out["refused"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read production from Vercel"),
+        "{out}"
+    );
+    assert_eq!(
+        app.serving(),
+        vec![Some(SIM_GOOD.to_string()); 2],
+        "nothing moved"
+    );
+    // Vercel is back: the refusal changed nothing, so pressing again checks
+    // again (it is not "already asked for").
+    app.sim.sim.set_faults(Provider::Vercel, Faults::default());
+    let again = click(&app, &run, ClickAction::Undo, "U2");
+    assert_eq!(press(&app, &app.address, &again).await, 200);
+    let d = step_done(&app, &run, StepName::Undo).await;
+    let out = d.step(StepName::Undo).unwrap().output.clone().unwrap();
+    assert_eq!(out["undone"], true, "{out}");
+    assert_eq!(
+        out["by"], "<@U2>",
+        "the second presser is the one on record"
+    );
+    assert_eq!(app.serving(), vec![Some(SIM_LIVE.to_string()); 2]);
+    // Once done, a third press is the same request, not a second undo.
+    let writes = app.sim.sim.world().alias_writes.len();
+    let third = click(&app, &run, ClickAction::Undo, "U3");
+    assert_eq!(press(&app, &app.address, &third).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !told(&app)
+        .iter()
+        .any(|t| t.contains("already asked for on this run by <@U2>"))
+    {
+        assert!(Instant::now() < deadline, "not told: {:?}", told(&app));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.sim.sim.world().alias_writes.len(), writes);
+}
+
+async fn undo_with_vercel_instant_rollback_puts_production_back(db: Db) {
+    let Some(app) = steerable(db, |s| {
+        s.services[0].strategy = backstop::config::Strategy::VercelRollback;
+    })
+    .await
+    else {
+        return;
+    };
+    let run = rolled_back(&app).await.run.id;
+    assert_eq!(
+        press(
+            &app,
+            &app.address,
+            &click(&app, &run, ClickAction::Undo, "U1")
+        )
+        .await,
+        200
+    );
+    let d = step_done(&app, &run, StepName::Undo).await;
+    let out = d.step(StepName::Undo).unwrap().output.clone().unwrap();
+    assert_eq!(out["undone"], true, "{out}");
+    assert_eq!(app.serving(), vec![Some(SIM_LIVE.to_string()); 2]);
+    // A deployment promoted once cannot be promoted again: the undo is an
+    // Instant Rollback to it, never a promote, and no alias is written.
+    let posts: Vec<String> = app
+        .sim
+        .sim
+        .world()
+        .served
+        .iter()
+        .filter(|s| s.provider == Provider::Vercel && s.method == "POST")
+        .map(|s| s.path.clone())
+        .collect();
+    assert!(
+        posts.contains(&"/v1/projects/prj_storefront/rollback/dpl_3f2c1a9live".to_string()),
+        "{posts:?}"
+    );
+    assert!(
+        posts
+            .iter()
+            .all(|p| !p.contains("/promote/") && !p.contains("/aliases")),
+        "{posts:?}"
+    );
+    assert!(
+        app.store.pause_of("storefront").await.unwrap().is_some(),
+        "held"
+    );
+}
+
+async fn pagerduty_resolve_and_reassign_are_noted_and_other_events_ignored(db: Db) {
+    let Some(app) = steerable(db, |_| {}).await else {
+        return;
+    };
+    let run = rolled_back(&app).await.run.id;
+    let key = app.sim.sim.world().incidents.keys().next().unwrap().clone();
+    let url = format!("{}/webhooks/pagerduty", app.address);
+    let send = |event: &str, id: &str, key: &str| {
+        let body = sender::pagerduty_event(event, key, "PINC1", "Ana Ops");
+        let (app, url, id) = (&app, url.clone(), id.to_string());
+        async move {
+            sender::deliver_pagerduty(&app.http, &url, PD_SECRET, &body, &id)
+                .await
+                .unwrap()
+        }
+    };
+    let before = app.store.run_detail(&run).await.unwrap().notes.len();
+    // Events Backstop does not use, and incidents it did not open: 200,
+    // nothing recorded.
+    assert_eq!(send("incident.priority_updated", "ig-1", &key).await, 200);
+    assert_eq!(
+        send("incident.acknowledged", "ig-2", "someone-else/key").await,
+        200
+    );
+    assert_eq!(
+        app.store.run_detail(&run).await.unwrap().notes.len(),
+        before
+    );
+    assert!(!app
+        .store
+        .provider_event_known("pagerduty", "ig-1")
+        .await
+        .unwrap());
+    assert_eq!(send("incident.reassigned", "rs-1", &key).await, 202);
+    assert_eq!(send("incident.resolved", "rs-2", &key).await, 202);
+    let d = app.store.run_detail(&run).await.unwrap();
+    let kinds: Vec<&str> = d.notes[before..].iter().map(|n| n.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "pagerduty:incident.reassigned",
+            "pagerduty:incident.resolved"
+        ]
+    );
+    assert!(d.notes[before]
+        .text
+        .starts_with("PagerDuty incident reassigned by Ana Ops"));
+    assert!(d.notes[before + 1]
+        .text
+        .starts_with("PagerDuty incident resolved by Ana Ops"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let threaded = || {
+        app.sim
+            .sim
+            .world()
+            .messages
+            .iter()
+            .filter(|m| m.thread_ts.is_some() && m.text.contains("by Ana Ops"))
+            .count()
+    };
+    while threaded() < 2 {
+        assert!(Instant::now() < deadline, "not threaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 on_both!(
     undo_restores_production_holds_the_service_and_a_later_alert_escalates,
     a_double_click_and_a_retry_act_once,
@@ -506,6 +680,9 @@ on_both!(
     forged_stale_and_malformed_presses_change_nothing,
     an_ack_is_threaded_once_with_the_time_since_the_alert,
     pagerduty_webhooks_are_verified_with_any_of_the_rotated_signatures,
+    an_undo_refused_while_vercel_was_unreadable_can_be_pressed_again,
+    undo_with_vercel_instant_rollback_puts_production_back,
+    pagerduty_resolve_and_reassign_are_noted_and_other_events_ignored,
 );
 
 /// Two instances on one Postgres receive the same press at once (Slack
@@ -568,4 +745,36 @@ async fn the_cli_undoes_a_rollback_too() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("already asked for"), "{err}");
+}
+
+/// Answering anything but `yes` to the CLI's question changes nothing.
+#[tokio::test]
+async fn the_cli_undo_asks_first_and_no_means_no() {
+    let Some(app) = steerable(Db::Sqlite, |_| {}).await else {
+        return;
+    };
+    let run = rolled_back(&app).await.run.id;
+    let mut out = Vec::new();
+    backstop::cli::undo::run(
+        app.settings.clone(),
+        &run,
+        false,
+        &mut out,
+        &mut "no\n".as_bytes(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("Put storefront's production back on dpl_3f2c1a9live, replacing dpl_9be1c07good, and hold storefront? Type `yes` to proceed:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not confirmed: nothing was changed"),
+        "{text}"
+    );
+    assert_eq!(app.serving(), vec![Some(SIM_GOOD.to_string()); 2]);
+    let d = app.store.run_detail(&run).await.unwrap();
+    assert!(d.step(StepName::Undo).is_none(), "no undo asked for");
+    assert!(app.store.pause_of("storefront").await.unwrap().is_none());
 }

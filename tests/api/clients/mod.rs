@@ -38,6 +38,10 @@ pub const CHAT_POST_MESSAGE_200: &str =
     include_str!("../../fixtures/slack/chat_post_message_200.json");
 pub const CHAT_POST_MESSAGE_ERROR: &str =
     include_str!("../../fixtures/slack/chat_post_message_error.json");
+pub const CHAT_UPDATE_200: &str = include_str!("../../fixtures/slack/chat_update_200.json");
+pub const CHAT_UPDATE_ERROR: &str = include_str!("../../fixtures/slack/chat_update_error.json");
+pub const USERGROUP_USERS_200: &str =
+    include_str!("../../fixtures/slack/usergroups_users_list_200.json");
 pub const WEBHOOK_REQUEST: &str =
     include_str!("../../fixtures/slack/incoming_webhook_request.json");
 pub const WEBHOOK_200: &str = include_str!("../../fixtures/slack/incoming_webhook_200.txt");

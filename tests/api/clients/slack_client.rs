@@ -64,6 +64,69 @@ async fn slack_post_sends_chat_post_message_and_returns_channel_and_ts() {
 }
 
 #[tokio::test]
+async fn slack_update_replaces_the_card_by_channel_and_ts() {
+    let server = MockServer::start().await;
+    always(&server, "/chat.update", json_response(200, CHAT_UPDATE_200)).await;
+    bot_client(&server)
+        .update(
+            "C024BE91L",
+            "1401383885.000061",
+            "Undone by <@U1>",
+            &blocks(2),
+        )
+        .await
+        .expect("ok: true");
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].method.as_str(), "POST");
+    assert_eq!(header(&reqs[0], "authorization"), "Bearer xoxb-test");
+    assert!(header(&reqs[0], "content-type").starts_with("application/json"));
+    let sent = body(&reqs[0]);
+    assert_eq!(sent["channel"], "C024BE91L");
+    assert_eq!(sent["ts"], "1401383885.000061");
+    assert_eq!(sent["text"], "Undone by <@U1>");
+    assert_eq!(sent["blocks"], json!(blocks(2)));
+}
+
+#[tokio::test]
+async fn slack_update_refused_keeps_slacks_code_and_is_not_retried() {
+    let server = MockServer::start().await;
+    always(
+        &server,
+        "/chat.update",
+        json_response(200, CHAT_UPDATE_ERROR),
+    )
+    .await;
+    let err = bot_client(&server)
+        .update("C024BE91L", "1401383885.000061", "x", &[])
+        .await
+        .expect_err("ok: false fails");
+    assert_eq!(err.envelope().code, "cant_update_message");
+    assert!(!err.is_retryable());
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn slack_usergroup_members_are_read_with_the_group_id() {
+    let server = MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/usergroups.users.list"))
+        .respond_with(json_response(200, USERGROUP_USERS_200))
+        .mount(&server)
+        .await;
+    let members = bot_client(&server)
+        .usergroup_members("S0614TZR7")
+        .await
+        .expect("ok: true");
+    assert_eq!(members, ["U060R4BJ4", "W123A4BC5"]);
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(header(&reqs[0], "authorization"), "Bearer xoxb-test");
+    let query: Vec<(String, String)> = reqs[0].url.query_pairs().into_owned().collect();
+    assert_eq!(query, [("usergroup".to_string(), "S0614TZR7".to_string())]);
+}
+
+#[tokio::test]
 async fn slack_post_cuts_more_than_50_blocks_to_50() {
     let server = MockServer::start().await;
     always(
