@@ -77,7 +77,47 @@ async fn ingest_keeps_answering_while_a_prune_runs(db: Db) {
     );
 }
 
-on_both!(ingest_keeps_answering_while_a_prune_runs);
+async fn a_pass_is_skipped_while_another_instance_prunes(db: Db) {
+    let Some(app) = spawn_on_sim(db, |_| {}).await else {
+        return;
+    };
+    old_settled(&app.store, 10, 10 * DAY).await;
+    // Another instance on the same ledger holds the pruning job.
+    let lease = std::time::Duration::from_secs(60);
+    assert!(app
+        .store
+        .take_job("retention", "other-instance", lease)
+        .await
+        .unwrap());
+    let before = app.store.count_runs().await.unwrap();
+    assert_eq!(app.engine.prune(false).await.unwrap(), None, "skipped");
+    assert_eq!(
+        app.store.count_runs().await.unwrap(),
+        before,
+        "nothing pruned"
+    );
+    // A dry run only counts: it needs no job.
+    let dry = app.engine.prune(true).await.unwrap().expect("counted");
+    assert_eq!(dry.runs, 10);
+    // Once the other instance lets go, this one prunes.
+    app.store
+        .release_job("retention", "other-instance")
+        .await
+        .unwrap();
+    let pruned = app
+        .engine
+        .prune(false)
+        .await
+        .unwrap()
+        .expect("this instance pruned");
+    assert_eq!(pruned.runs, 10);
+    assert_eq!(app.store.count_runs().await.unwrap(), before - 10);
+}
+
+on_both!(
+    ingest_keeps_answering_while_a_prune_runs,
+    a_pass_is_skipped_while_another_instance_prunes
+);
 
 /// A backup taken while alerts arrive is a consistent ledger: `serve`
 /// starts on it and decides a fresh alert as the original does.

@@ -13,6 +13,7 @@ crate::on_both!(
     old_finished_runs_go_and_what_decisions_need_stays,
     delivery_ids_go_once_their_providers_stop_retrying,
     one_instance_prunes_at_a_time,
+    a_cooldown_longer_than_a_day_keeps_its_rollbacks,
 );
 
 const DAY: i64 = 86_400_000;
@@ -212,4 +213,52 @@ async fn one_instance_prunes_at_a_time(db: Db) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+async fn a_cooldown_longer_than_a_day_keeps_its_rollbacks(db: Db) {
+    let Some((_db, store)) = fresh(db).await else {
+        return;
+    };
+    record(&store, &["dpl_old", "dpl_bad", "dpl_new"]).await;
+    promote_in_order(
+        &store,
+        &[
+            ("dpl_old", 3 * 60 * MIN),
+            ("dpl_bad", 60 * MIN),
+            ("dpl_new", MIN),
+        ],
+    )
+    .await;
+    // A rollback away from a deployment no longer live.
+    let rollback = finished(
+        &store,
+        "rolled-back",
+        &decision(Outcome::Rollback, Some("dpl_bad"), Some("dpl_old"), &[]),
+    )
+    .await;
+    // Retention says a minute, but a service's cooldown is three days:
+    // rule 17 must still see that rollback until the cooldown is over.
+    let keep = Keep {
+        runs: Duration::from_secs(60),
+        settled: Duration::from_secs(60),
+        cooldown: Duration::from_secs(3 * 86_400),
+    };
+    let now = now_ms();
+    assert_eq!(store.count_prunable(&keep, now + 2 * DAY).await.unwrap(), 0);
+    assert_eq!(
+        store.prune_batch(&keep, now + 2 * DAY, 100).await.unwrap(),
+        0
+    );
+    assert!(
+        store.run(&rollback).await.is_ok(),
+        "kept within the cooldown"
+    );
+    assert_eq!(
+        store.prune_batch(&keep, now + 4 * DAY, 100).await.unwrap(),
+        1
+    );
+    assert!(
+        store.run(&rollback).await.is_err(),
+        "gone once it has passed"
+    );
 }
