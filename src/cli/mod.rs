@@ -409,6 +409,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let since = humantime::parse_duration(&since)
                 .with_context(|| format!("--since `{since}` is not a duration like 30d"))?;
+            if let Some(name) = &service {
+                known_service(&settings, name)?;
+            }
             let store = app::open_store(&settings).await?;
             let from = crate::clock::now_ms() - since.as_millis() as i64;
             let reports = report::reports(&store, &settings, service.as_deref(), from).await?;

@@ -32,6 +32,21 @@ impl Engine {
                     scored += 1;
                 }
             }
+            // Scored, but the reply did not reach the thread (Slack down, or
+            // the instance died between the two): tell it now, for a day.
+            for id in self.store().untold(&svc.name, now - 86_400_000, 50).await? {
+                let detail = self.store().run_detail(&id).await?;
+                let stored = self.store().score_of(&id).await?;
+                if let (Some(outcome), Some(verdict)) = (detail.run.outcome, stored) {
+                    let live = live_of(&detail.run);
+                    if self
+                        .tell_score(&detail, outcome, &verdict, live.as_deref())
+                        .await
+                    {
+                        self.store().score_told(&id).await?;
+                    }
+                }
+            }
         }
         Ok(scored)
     }
@@ -41,14 +56,7 @@ impl Engine {
             return Ok(false);
         };
         let detail = self.store().run_detail(&run.id).await?;
-        let decision: Option<Decision> = run
-            .decision
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok());
-        let live = decision
-            .as_ref()
-            .and_then(|d| d.live.as_ref())
-            .map(|l| l.id.clone());
+        let live = live_of(run);
         let left_production_at_ms = match (&live, outcome) {
             (Some(id), Outcome::DryRun) => self
                 .store()
@@ -106,8 +114,12 @@ impl Engine {
             return Ok(false);
         }
         tracing::info!(run.id = %run.id, verdict = verdict.verdict(), why = verdict.why(), "decision scored");
-        self.tell_score(&detail, outcome, &verdict, live.as_deref())
-            .await;
+        if self
+            .tell_score(&detail, outcome, &verdict, live.as_deref())
+            .await
+        {
+            self.store().score_told(&run.id).await?;
+        }
         Ok(true)
     }
 
@@ -131,14 +143,15 @@ impl Engine {
     }
 
     /// A reply in the decision's thread once its verdict is known (dry
-    /// runs, and rollbacks a person undid).
+    /// runs, and rollbacks a person undid). True once told, or when there
+    /// is nothing to tell or nowhere to tell it; false when Slack failed.
     async fn tell_score(
         &self,
         detail: &RunDetail,
         outcome: Outcome,
         verdict: &Score,
         live: Option<&str>,
-    ) {
+    ) -> bool {
         let text = match (outcome, verdict) {
             (Outcome::DryRun, Score::Confirmed { minutes_saved: Some(m), .. }) => format!(
                 ":dart: Production left {} {m} min after this dry run: Backstop would have saved {m} min.",
@@ -153,24 +166,38 @@ impl Engine {
             (Outcome::Rollback, Score::FalseAlarm { why }) => {
                 format!(":information_source: Scored a false alarm: {why}.")
             }
-            _ => return,
+            _ => return true,
         };
         let (Some(slack), Some(card)) = (
             self.inner.providers.slack.as_ref(),
             detail.output_of(StepName::Announce),
         ) else {
-            return;
+            return true;
         };
         let (Some(channel), Some(ts)) = (card["channel"].as_str(), card["ts"].as_str()) else {
-            return;
+            return true;
         };
         let thread = Some(ts).filter(|t| !t.is_empty() && slack.threads());
         let tag = format!("{}/score", detail.run.id);
-        if let Err(e) = slack
+        match slack
             .post_for_run(channel, &text, &[], thread, &tag, true)
             .await
         {
-            tracing::warn!(error = %e, "cannot post the score in the thread");
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot post the score in the thread; a later sweep retries");
+                false
+            }
         }
     }
+}
+
+/// The deployment a decision found live (what a dry run would have
+/// rolled back from).
+fn live_of(run: &Run) -> Option<String> {
+    run.decision
+        .clone()
+        .and_then(|v| serde_json::from_value::<Decision>(v).ok())
+        .and_then(|d| d.live)
+        .map(|l| l.id)
 }

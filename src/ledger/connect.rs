@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "pause_log",
         include_str!("../../migrations/0010_pause_log.sql"),
     ),
+    (
+        11,
+        "scores_told",
+        include_str!("../../migrations/0011_scores_told.sql"),
+    ),
 ];
 
 impl Store {

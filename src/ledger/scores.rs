@@ -78,6 +78,46 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Runs of `service` scored since `since_ms` whose reply has not reached
+    /// the thread yet, oldest first.
+    pub async fn untold(
+        &self,
+        service: &str,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<RunId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT run_id FROM scores WHERE service = $1 AND told_at IS NULL AND scored_at >= $2
+             ORDER BY scored_at LIMIT $3",
+        )
+        .bind(service)
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(RunId).collect())
+    }
+
+    /// A run's verdict, when it was scored.
+    pub async fn score_of(&self, run: &RunId) -> Result<Option<crate::policy::Score>, StoreError> {
+        let score: Option<String> =
+            sqlx::query_scalar("SELECT score FROM scores WHERE run_id = $1")
+                .bind(&run.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(score.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// The score's reply reached the thread (or there was nothing to tell).
+    pub async fn score_told(&self, run: &RunId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE scores SET told_at = $1 WHERE run_id = $2 AND told_at IS NULL")
+            .bind(now_ms())
+            .bind(&run.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Scores of decisions made since `since_ms` (of one service, or all).
     pub async fn scores(
         &self,

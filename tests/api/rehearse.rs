@@ -144,6 +144,42 @@ async fn a_person_rolling_back_after_a_dry_run_confirms_it_with_minutes_saved(db
     assert!(replies[0].text.contains(SIM_LIVE), "{}", replies[0].text);
 }
 
+async fn a_score_the_thread_missed_is_told_by_a_later_sweep(db: Db) {
+    let Some(app) = scoring(db, Duration::from_secs(3600)).await else {
+        return;
+    };
+    let run = dry_run(&app, "told").await;
+    let down = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    app.sim.sim.set_faults(Provider::Slack, down);
+    app.promoted(SIM_GOOD, "9be1c07").await;
+    app.engine.score_due().await.unwrap();
+    let v = verdict_of(&app.store.scores(None, 0).await.unwrap(), &run);
+    assert_eq!(
+        v["verdict"], "confirmed",
+        "scored though Slack is down: {v}"
+    );
+    let replies = |app: &SimApp| {
+        let w = app.sim.sim.world();
+        let card = w.messages[0].ts.clone();
+        w.messages
+            .iter()
+            .filter(|m| {
+                m.thread_ts.as_deref() == Some(card.as_str()) && m.text.contains("would have saved")
+            })
+            .count()
+    };
+    assert_eq!(replies(&app), 0);
+    // Slack is back: the next sweep tells it, once.
+    app.sim.sim.set_faults(Provider::Slack, Faults::default());
+    app.engine.score_due().await.unwrap();
+    assert_eq!(replies(&app), 1);
+    app.engine.score_due().await.unwrap();
+    assert_eq!(replies(&app), 1, "told once");
+}
+
 async fn an_alert_resolving_by_itself_is_a_false_alarm(db: Db) {
     let Some(app) = scoring(db, Duration::from_secs(3600)).await else {
         return;
@@ -295,4 +331,143 @@ on_both!(
     an_alert_resolving_by_itself_is_a_false_alarm,
     neither_within_the_window_is_undetermined_and_a_restart_loses_nothing,
     the_report_tallies_per_service,
+    a_score_the_thread_missed_is_told_by_a_later_sweep,
 );
+
+/// Runs the built binary with `args` in `dir`.
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("BACKSTOP_CONFIG")
+        .output()
+        .expect("backstop runs")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// What `backstop sim --print-config` prints works as it is: `check`,
+/// `migrate`, `sync`, then a `sample-alert` rehearsed with `test-alert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_sim_config_rehearses_from_the_command_line() {
+    let sim = backstop::sim::config::world(&DEMO)
+        .start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let listen = sim.base.trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let printed = cli(d, &["sim", "--print-config", "--listen", &listen]);
+    assert!(printed.status.success(), "{}", text(&printed));
+    std::fs::write(d.join("backstop.toml"), &printed.stdout).unwrap();
+    for args in [&["check"][..], &["migrate"], &["sync"]] {
+        let mut all = vec!["--config", "backstop.toml"];
+        all.extend_from_slice(args);
+        let out = cli(d, &all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let listed = cli(d, &["--config", "backstop.toml", "deployments", "list"]);
+    assert!(
+        text(&listed).contains(backstop::sim::config::LIVE),
+        "sync imported the live deployment: {}",
+        text(&listed)
+    );
+    let sample = cli(
+        d,
+        &[
+            "--config",
+            "backstop.toml",
+            "sample-alert",
+            "--service",
+            "storefront",
+        ],
+    );
+    assert!(sample.status.success(), "{}", text(&sample));
+    std::fs::write(d.join("alert.json"), &sample.stdout).unwrap();
+    let out = cli(
+        d,
+        &[
+            "--config",
+            "backstop.toml",
+            "test-alert",
+            "alert.json",
+            "--dry-run",
+        ],
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("would roll back {}", backstop::sim::config::LIVE)),
+        "{said}"
+    );
+    assert!(said.contains("dry run: nothing was changed"), "{said}");
+    assert!(
+        sim.sim.world().alias_writes.is_empty(),
+        "nothing touched production"
+    );
+}
+
+/// `backstop demo --keep` leaves a config next to its ledger, and the
+/// commands it prints show what the demo did, while it keeps running.
+#[test]
+fn the_kept_demo_prints_commands_that_show_its_ledger() {
+    use std::io::BufRead;
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["demo", "--keep"])
+        .env_remove("BACKSTOP_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut commands = Vec::new();
+    let mut seen = Vec::new();
+    while commands.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            let _ = demo.kill();
+            panic!("the demo did not print its commands: {seen:#?}")
+        });
+        if line.trim_start().starts_with("backstop --config ") {
+            commands.push(line.trim().to_string());
+        }
+        seen.push(line);
+    }
+    let run = |command: &str| {
+        let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args(&args)
+            .env_remove("BACKSTOP_CONFIG")
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    };
+    let (ok_runs, runs) = run(&commands[0]);
+    let (ok_deps, deps) = run(&commands[1]);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    let _ = demo.wait();
+    assert!(commands[0].ends_with("runs list"), "{commands:?}");
+    assert!(ok_runs && runs.contains("rollback"), "{runs}");
+    assert!(commands[1].ends_with("deployments list"), "{commands:?}");
+    assert!(
+        ok_deps && deps.contains(backstop::sim::config::LIVE),
+        "{deps}"
+    );
+}
