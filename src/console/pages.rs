@@ -141,8 +141,9 @@ pub async fn services(state: &AppState) -> Result<String, StoreError> {
         let record = crate::policy::Report::of(&svc.name, &of);
         let _ = write!(
             body,
-            "<tr class=service data-service=\"{n}\"><td><a href=\"/services/{u}\">{n}</a></td><td>{mode}</td><td>{live_cell}</td><td>{state_cell}</td><td>{used} of {max}</td><td>{last}</td><td class=score>{score}</td></tr>",
-            score = esc(&record.recommendation),
+            "<tr class=service data-service=\"{n}\"><td><a href=\"/services/{u}\">{n}</a></td><td>{mode}</td><td>{live_cell}</td><td>{state_cell}</td><td>{used} of {max}</td><td>{last}</td><td class=score><span class=record>{tally}</span><br><span class=advice>{advice}</span></td></tr>",
+            tally = esc(&record.record()),
+            advice = esc(&record.recommendation),
             n = esc(&svc.name),
             u = url_part(&svc.name),
             mode = esc(svc.mode.as_str()),

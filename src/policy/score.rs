@@ -213,6 +213,33 @@ impl Report {
         };
         r
     }
+
+    /// The record in one line, for the console: what was scored and how.
+    pub fn record(&self) -> String {
+        if self.decisions == 0 {
+            return "nothing scored yet".into();
+        }
+        let plural = |n: u64, one: &str, many: &str| match n {
+            1 => format!("1 {one}"),
+            n => format!("{n} {many}"),
+        };
+        let mut parts = vec![format!(
+            "{} ({}, {}): {} confirmed, {}, {} undetermined",
+            plural(self.decisions, "decision", "decisions"),
+            plural(self.dry_runs, "dry run", "dry runs"),
+            plural(self.rollbacks, "rollback", "rollbacks"),
+            self.confirmed,
+            plural(self.false_alarms, "false alarm", "false alarms"),
+            self.undetermined
+        )];
+        if let Some(p) = self.precision {
+            parts.push(format!("precision {:.0}%", p * 100.0));
+        }
+        if let Some(m) = self.median_minutes_saved {
+            parts.push(format!("median {m} min saved"));
+        }
+        parts.join("; ")
+    }
 }
 
 #[cfg(test)]
@@ -314,5 +341,10 @@ mod tests {
             "{}",
             r.recommendation
         );
+        assert_eq!(
+            r.record(),
+            "7 decisions (6 dry runs, 1 rollback): 5 confirmed, 1 false alarm, 1 undetermined; precision 83%; median 8 min saved"
+        );
+        assert_eq!(Report::of("web", &[]).record(), "nothing scored yet");
     }
 }

@@ -476,6 +476,58 @@ async fn the_console_in_a_real_browser_shows_the_rollback_and_updates_by_itself(
     b.client.clone().close().await.unwrap();
 }
 
+/// A week of dry runs shows on the services page as the record it is, not
+/// only the advice drawn from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_each_services_scored_record() {
+    let Some(b) = browser().await else {
+        return;
+    };
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
+        s.services[0].mode = backstop::policy::Mode::DryRun;
+        s.services[0].score_window = Duration::from_secs(3600);
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(app.alert("sc1", 30_000).await, 202);
+    app.until_runs_finish(Duration::from_secs(20)).await;
+    // A person rolls back by hand: the dry run is confirmed.
+    app.promoted(SIM_GOOD, "9be1c07").await;
+    app.engine.score_due().await.unwrap();
+    assert_eq!(app.store.scores(None, 0).await.unwrap().len(), 1);
+    let c = &b.client;
+    c.goto(&format!("{}/", app.admin)).await.unwrap();
+    let cell = eventually(c, "tr.service[data-service=storefront] td.score").await;
+    let record = cell
+        .find(Locator::Css(".record"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        record.starts_with("1 decision (1 dry run, 0 rollbacks): 1 confirmed, 0 false alarms, 0 undetermined; precision 100%; median "),
+        "{record}"
+    );
+    let advice = cell
+        .find(Locator::Css(".advice"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(advice, "1 decision: too few decisions to say");
+    let mode = eventually(c, "tr.service[data-service=storefront]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(mode.contains("dry-run"), "{mode}");
+    b.client.clone().close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_token_the_console_shows_only_a_login() {
     let Some(b) = browser().await else {
