@@ -218,11 +218,12 @@ impl Engine {
             }
             _ => json!({"skipped": "no card to reply to"}),
         };
-        self.failpoint(&format!("{step}-posted")).await;
         let noted = match (step, facts) {
             (StepName::Brief, Some(f)) => self.note_incident(f, &text).await,
             _ => Value::Null,
         };
+        // Posted (and noted), not yet finished: a crash here must not post twice.
+        self.failpoint(&format!("{step}-posted")).await;
         let output = json!({
             "model": agent.model,
             "text": text,
@@ -272,10 +273,20 @@ impl Engine {
         else {
             return json!({"skipped": "the incident's id is not known"});
         };
+        // Once per run: a brief resumed after a crash finds its note there
+        // (PagerDuty has no idempotency key for notes; the run id is ours).
+        let head = format!("Brief for Backstop run {}", facts.origin.run.id);
+        match pd.notes(id).await {
+            Ok(notes) if notes.iter().any(|n| n.starts_with(&head)) => {
+                return json!({"incident_id": id, "already": true});
+            }
+            Ok(_) => {}
+            Err(e) => return json!({"error": e.to_string()}),
+        }
         match pd
             .note(
                 id,
-                &format!("Brief (written by a model, not a decision):\n{text}"),
+                &format!("{head} (written by a model, not a decision):\n{text}"),
             )
             .await
         {

@@ -230,6 +230,22 @@ impl PagerDutyClient {
             .await
     }
 
+    /// REST: the contents of incident `id`'s notes
+    /// (`GET /incidents/{id}/notes`), to tell whether a note is there.
+    pub async fn notes(&self, id: &str) -> Result<Vec<String>, ProviderError> {
+        let path = format!("/incidents/{}/notes", super::path_segment(id));
+        let v = self
+            .api
+            .retry(|| async { rest_json(self.rest(Method::GET, &path)).await })
+            .await?;
+        Ok(v["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["content"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// A harmless authenticated call: reads the REST service; for the
     /// Events API (which has no read call) only checks the key's shape.
     pub async fn check(&self) -> Result<String, ProviderError> {

@@ -17,6 +17,7 @@ pub fn routes() -> Router<Sim> {
         .route("/v2/change/enqueue", post(change_enqueue))
         .route("/incidents", post(create_incident))
         .route("/services/{id}", get(get_service))
+        .route("/incidents/{id}/notes", get(list_notes).post(create_note))
 }
 
 fn invalid(errors: Vec<String>) -> Response {
@@ -267,4 +268,69 @@ async fn get_service(
         return r;
     }
     (StatusCode::OK, Json(json!({"service": {"id": id, "type": "service", "name": "Simulated service", "status": "active"}}))).into_response()
+}
+
+/// `GET /incidents/{id}/notes`: the incident's notes, oldest first.
+async fn list_notes(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = rest_auth(&sim, &headers) {
+        return r;
+    }
+    let w = sim.world();
+    if !w.incidents.values().any(|i| i.id == id) {
+        return rest_error(StatusCode::NOT_FOUND, 2100, "Not Found", &[]);
+    }
+    let notes = w.incident_notes.get(&id).cloned().unwrap_or_default();
+    (StatusCode::OK, Json(json!({"notes": notes}))).into_response()
+}
+
+/// `POST /incidents/{id}/notes` (`{"note": {"content": ...}}`, `From`
+/// required): the note as PagerDuty answers it, 200.
+async fn create_note(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    if let Some(r) = rest_auth(&sim, &headers) {
+        return r;
+    }
+    if headers.get("from").is_none() {
+        return rest_error(
+            StatusCode::BAD_REQUEST,
+            2001,
+            "Invalid Input Provided",
+            &["Requester User Not Found"],
+        );
+    }
+    let Some(content) = body
+        .as_ref()
+        .and_then(|Json(v)| v["note"]["content"].as_str().map(str::to_owned))
+    else {
+        return rest_error(
+            StatusCode::BAD_REQUEST,
+            2001,
+            "Invalid Input Provided",
+            &["Content can't be blank."],
+        );
+    };
+    let mut w = sim.world();
+    if !w.incidents.values().any(|i| i.id == id) {
+        return rest_error(StatusCode::NOT_FOUND, 2100, "Not Found", &[]);
+    }
+    let n = w.next_seq();
+    let now = crate::clock::format_time(crate::clock::now_ms());
+    let note = json!({
+        "id": format!("PN{n:05}"),
+        "user": {"id": "PSIM", "type": "user_reference", "summary": "Backstop", "self": "https://api.pagerduty.com/users/PSIM", "html_url": "https://sim.pagerduty.com/users/PSIM"},
+        "channel": {"summary": "The PagerDuty website or APIs"},
+        "content": content,
+        "created_at": now,
+        "updated_at": now,
+    });
+    w.incident_notes.entry(id).or_default().push(note.clone());
+    (StatusCode::OK, Json(json!({"note": note}))).into_response()
 }

@@ -194,6 +194,8 @@ pub struct World {
     pub no_recovery: Option<f64>,
     /// Sentry: deploys created.
     pub sentry_deploys: Vec<SimDeploy>,
+    /// PagerDuty (REST): notes per incident id, as created, in order.
+    pub incident_notes: BTreeMap<String, Vec<Value>>,
     /// PagerDuty: change events received, bodies in order.
     pub change_events: Vec<Value>,
     /// Sentry: unresolved issues per release (the issues API).

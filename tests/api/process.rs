@@ -77,13 +77,21 @@ async fn killed_at_every_step_boundary_the_run_resumes_and_acts_once() {
     }
 }
 
+const AI_KEY: &str = "sk-proc-ai-key-never-logged-5f1c";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_brief_was_posted_the_thread_gets_it_once() {
     let w = world_with(None, |c| {
         let ai = c.bases.vercel.replace("/vercel", "/openai/v1");
         c.more.push_str(&format!(
-            "\n[ai]\nbase_url = \"{ai}\"\nmodel = \"sim-small\"\n"
+            "\n[ai]\nbase_url = \"{ai}\"\nmodel = \"sim-small\"\napi_key = \"{AI_KEY}\"\n"
         ));
+        // PagerDuty's REST API: the brief is a note on the incident too.
+        let rest = format!(
+            "mode = \"rest\"\napi_token = \"{}\"\nfrom = \"oncall@example.com\"\nservice_id = \"PSIMSVC\"",
+            c.creds.pagerduty_token
+        );
+        *c = c.clone().with("pagerduty", &rest);
     })
     .await;
     let first = Proc::spawn(&w.config, Some("brief-posted"));
@@ -108,9 +116,26 @@ async fn killed_after_the_brief_was_posted_the_thread_gets_it_once() {
         "the brief was never posted:\n{}",
         first.output()
     );
+    let mut logs = first.output();
     drop(first); // SIGKILL: the brief is in the thread, its step not finished
-    let _second = Proc::spawn(&w.config, None);
+    let second = Proc::spawn(&w.config, None);
     let detail = until_finished(&w.db_url).await;
+    logs.push_str(&second.output());
+    // The model's key went to the model, and nowhere else.
+    assert!(!logs.contains(AI_KEY), "the AI key reached the logs");
+    assert!(
+        !logs.contains(PD_TOKEN),
+        "the PagerDuty token reached the logs"
+    );
+    let sent = w.sim.sim.world().ai_requests.clone();
+    assert!(!sent.is_empty());
+    assert!(sent
+        .iter()
+        .all(|r| r["authorization"] == format!("Bearer {AI_KEY}")));
+    assert!(
+        sent.iter().all(|r| !r["body"].to_string().contains(AI_KEY)),
+        "nor the prompt"
+    );
     assert_eq!(detail.run.status, RunStatus::Done, "{:?}", detail.steps);
     let world = w.sim.sim.world();
     let brief = detail.steps.iter().find(|s| s.name == StepName::Brief);
@@ -135,6 +160,24 @@ async fn killed_after_the_brief_was_posted_the_thread_gets_it_once() {
         briefs[0].thread_ts.as_deref(),
         Some(world.messages[0].ts.as_str())
     );
+    // And one note on the incident, naming the run, however the step resumed.
+    let incident = world.incidents.values().next().expect("an incident");
+    let notes = world
+        .incident_notes
+        .get(&incident.id)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let content = notes[0]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with(&format!(
+            "Brief for Backstop run {} (written by a model, not a decision):",
+            detail.run.id
+        )),
+        "{content}"
+    );
+    let out = brief.unwrap().output.clone().unwrap();
+    assert_eq!(out["pagerduty_note"]["already"], true, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

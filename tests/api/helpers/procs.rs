@@ -19,13 +19,21 @@ pub const VERCEL_HOOK: &str = "proc-vercel-hook-secret-77aa10";
 pub const VERCEL_TOKEN: &str = "proc-vercel-token-5b2d99";
 pub const ROUTING_KEY: &str = "0c0ffee0c0ffee0c0ffee0c0ffee0c0f";
 pub const SLACK_TOKEN: &str = "xoxb-proc-slack-token-e3a1";
-pub const SECRETS: [&str; 5] = [SENTRY, VERCEL_HOOK, VERCEL_TOKEN, ROUTING_KEY, SLACK_TOKEN];
+pub const PD_TOKEN: &str = "proc-pagerduty-rest-token-7b2";
+pub const SECRETS: [&str; 6] = [
+    SENTRY,
+    VERCEL_HOOK,
+    VERCEL_TOKEN,
+    ROUTING_KEY,
+    SLACK_TOKEN,
+    PD_TOKEN,
+];
 pub const CREDS: Creds = Creds {
     sentry_secret: SENTRY,
     vercel_token: VERCEL_TOKEN,
     vercel_webhook_secret: VERCEL_HOOK,
     routing_key: ROUTING_KEY,
-    pagerduty_token: "",
+    pagerduty_token: PD_TOKEN,
     slack_token: SLACK_TOKEN,
     sentry_token: "proc-sentry-token",
 };
@@ -139,7 +147,7 @@ impl Proc {
         };
         let line = p
             .wait_for("backstop serving", Duration::from_secs(15))
-            .expect("serving");
+            .unwrap_or_else(|| panic!("not serving:\n{}", p.output()));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
         p.port = v["port"].as_u64().expect("port logged") as u16;
         p
