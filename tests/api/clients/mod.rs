@@ -4,6 +4,7 @@
 //! Response bodies are the providers' own examples (`tests/fixtures/`).
 //! `pagerduty_client` and `slack_client` hold the tests; this module their fakes.
 
+mod ai_client;
 mod pagerduty_client;
 mod sentry_client;
 mod slack_client;

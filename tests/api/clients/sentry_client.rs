@@ -219,3 +219,46 @@ async fn a_change_event_has_the_documented_shape_and_opens_no_incident() {
     assert_eq!(none, None);
     assert!(requests(&rest).await.is_empty());
 }
+
+#[tokio::test]
+async fn top_issues_are_asked_for_the_release_and_read_from_sentrys_published_example() {
+    let server = MockServer::start().await;
+    project_42(&server).await;
+    Mock::given(method("GET"))
+        .and(path("/api/0/organizations/acme/issues/"))
+        .respond_with(json_response(
+            200,
+            include_str!("../../fixtures/sentry/issues_list_200.json"),
+        ))
+        .mount(&server)
+        .await;
+    let issues = sentry(&server)
+        .top_issues(&["storefront-web".to_string()], "production", "3f2c1a9", 5)
+        .await
+        .expect("read");
+    assert_eq!(issues.len(), 1);
+    let i = &issues[0];
+    assert_eq!(i["title"], "This is an example Python exception");
+    assert_eq!(i["culprit"], "raven.scripts.runner in main");
+    assert_eq!(i["count"], 150);
+    assert_eq!(i["first_seen"], "2018-11-06T21:19:55Z");
+    assert_eq!(
+        i["link"],
+        "https://sentry.io/the-interstellar-jurisdiction/pump-station/issues/1/"
+    );
+    let reqs = requests(&server).await;
+    let asked = reqs
+        .iter()
+        .find(|r| r.url.path() == "/api/0/organizations/acme/issues/")
+        .expect("asked");
+    assert_eq!(header(asked, "authorization"), "Bearer sntrys_token");
+    let q = query_of(asked);
+    let has = |k: &str, v: &str| q.iter().any(|(a, b)| a == k && b == v);
+    assert!(has("query", "release:\"3f2c1a9\" is:unresolved"), "{q:?}");
+    assert!(has("sort", "freq") && has("statsPeriod", "24h"), "{q:?}");
+    assert!(
+        has("environment", "production") && has("project", "42"),
+        "{q:?}"
+    );
+    assert!(has("limit", "5"), "{q:?}");
+}
