@@ -266,13 +266,27 @@ impl Settings {
                     "must be an http(s) URL ending in /v1".into(),
                 ));
             }
+            // Every agent that will write for some service needs a model:
+            // its service's, its own, or `ai.model`. A disabled one needs none.
             for agent in super::AGENTS {
-                let named = self.ai.agents.get(agent).and_then(|a| a.model.as_ref());
-                if named.is_none() && self.ai.model.is_none() {
-                    return Err(invalid(
-                        "ai.model".into(),
-                        format!("set a model for every agent (agent `{agent}` has none)"),
-                    ));
+                let global = self.ai.agents.get(agent);
+                let global_model = global
+                    .and_then(|a| a.model.as_ref())
+                    .or(self.ai.model.as_ref());
+                let global_on = global.and_then(|a| a.enabled).unwrap_or(true);
+                for svc in &self.services {
+                    let own = svc.ai.get(agent);
+                    let on = own.and_then(|a| a.enabled).unwrap_or(global_on);
+                    let model = own.and_then(|a| a.model.as_ref()).or(global_model);
+                    if on && model.is_none() {
+                        return Err(invalid(
+                            "ai.model".into(),
+                            format!(
+                                "set a model for every agent that is on (agent `{agent}` has none for service `{}`; or set ai.agents.{agent}.enabled = false)",
+                                svc.name
+                            ),
+                        ));
+                    }
                 }
             }
         }

@@ -283,6 +283,41 @@ fn bad_agent_settings_fail_at_start_naming_the_key() {
     let mut s = config.settings().unwrap();
     s.ai.base_url = Some("http://127.0.0.1:9/v1".into());
     assert!(s.validate().unwrap_err().to_string().contains("ai.model"));
+    // Only the agents that are on need a model: the brief with its own
+    // model and the recap off is a complete setup.
+    let off = AgentSettings {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    s.ai.agents.insert(
+        "brief".into(),
+        AgentSettings {
+            model: Some("fast".into()),
+            ..Default::default()
+        },
+    );
+    let e = s.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("agent `recap`") && e.contains("storefront"),
+        "{e}"
+    );
+    s.ai.agents.insert("recap".into(), off.clone());
+    s.validate().expect("a disabled agent needs no model");
+    // A service turning the recap back on needs a model for it.
+    s.services[0].ai.insert(
+        "recap".into(),
+        AgentSettings {
+            enabled: Some(true),
+            ..Default::default()
+        },
+    );
+    assert!(s
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("agent `recap`"));
+    s.services[0].ai.clear();
+    s.ai.agents.clear();
     s.ai.model = Some("m".into());
     s.validate().unwrap();
     s.ai.agents.insert("poet".into(), AgentSettings::default());
