@@ -48,6 +48,32 @@ async fn demo_rolls_back_ignores_the_stale_alert_and_deduplicates() {
     }
 }
 
+/// `backstop demo --ai`: the same demo, with the agents writing against
+/// the simulator's OpenAI-compatible server; the brief reaches the thread,
+/// marked as a model's.
+#[tokio::test]
+async fn the_demo_with_agents_shows_the_brief_in_the_thread() {
+    let mut out = Vec::new();
+    let opts = demo::Options {
+        keep: false,
+        ai: true,
+    };
+    let report = demo::run_with(&mut out, opts).await.expect("demo succeeds");
+    let text = String::from_utf8(out).unwrap();
+    assert!(report.rollback_verified, "{text}");
+    assert!(
+        text.contains("Agents on, against the simulator's OpenAI-compatible server (model sim-small)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("*Brief* (sim-small; written by a model, not a decision)"),
+        "the brief is in the timeline: {text}"
+    );
+    let brief_at = text.find("*Brief*").unwrap();
+    let card_at = text.find("re-aliased to dpl_9be1c07good").unwrap();
+    assert!(card_at < brief_at, "the brief comes after the rollback");
+}
+
 struct Rehearsal {
     sim: Running,
     settings: Settings,
