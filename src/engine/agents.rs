@@ -207,7 +207,14 @@ impl Engine {
                     card["ts"].as_str(),
                 );
                 let thread = ts.filter(|t| !t.is_empty() && slack.threads());
-                let tag = format!("{}/{step}", detail.run.id);
+                // A recap written again after an undo is a post of its own.
+                let undone = detail
+                    .step(StepName::Undo)
+                    .is_some_and(|s| s.output.as_ref().is_some_and(|o| o["undone"] == true));
+                let tag = match (step, undone) {
+                    (StepName::Recap, true) => format!("{}/{step}/undone", detail.run.id),
+                    _ => format!("{}/{step}", detail.run.id),
+                };
                 match slack
                     .post_for_run(channel, &line, &[], thread, &tag, true)
                     .await

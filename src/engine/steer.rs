@@ -329,6 +329,16 @@ impl Engine {
                     ctx.replanned
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                 }
+                // A recap already written missed the undo: it is written
+                // again, after this, with the undo in its timeline.
+                if detail
+                    .step(StepName::Recap)
+                    .is_some_and(|s| s.output.as_ref().is_some_and(|o| o.get("text").is_some()))
+                {
+                    self.store().reopen_step(claim, StepName::Recap).await?;
+                    ctx.replanned
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 let line = format!(
                     ":leftwards_arrow_with_hook: {} undid the rollback at {}: production is back on {from}; {service} is held (no automatic rollback) until someone resumes it.",
                     asker.by,

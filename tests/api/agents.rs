@@ -264,6 +264,7 @@ async fn a_service_prompt_overrides_the_default(db: Db) {
 }
 
 on_both!(
+    an_undo_after_the_recap_is_recapped_again,
     the_brief_asks_the_agents_model_with_the_facts_and_replies_in_the_thread,
     an_endpoint_that_fails_changes_nothing_but_its_own_step,
     agents_are_off_by_default_and_can_be_turned_off_per_service,
@@ -380,6 +381,74 @@ async fn the_recap_waits_for_the_watch_without_spinning(db: Db) {
         .filter(|s| s.path.ends_with("/sessions/"))
         .count();
     assert!(sessions_reads <= 12, "{sessions_reads} sessions reads");
+}
+
+/// An undo after the run ended (its recap written) gets a recap of its
+/// own: the timeline the model is given now ends with the undo.
+async fn an_undo_after_the_recap_is_recapped_again(db: Db) {
+    let Some(app) = agents_app(db, |s| {
+        s.slack.signing_secret = Some(SecretString::from("agents-signing-secret"));
+    })
+    .await
+    else {
+        return;
+    };
+    let d = rolled_back(&app).await;
+    assert_eq!(
+        d.step(StepName::Recap).unwrap().status,
+        StepStatus::Succeeded
+    );
+    let recaps = |app: &SimApp| {
+        app.sim
+            .sim
+            .world()
+            .messages
+            .iter()
+            .filter(|m| m.text.contains("*Recap*"))
+            .count()
+    };
+    assert_eq!(recaps(&app), 1);
+    let click = backstop::sim::sender::Click {
+        run: d.run.id.0.clone(),
+        action: backstop::ingest::slack::ClickAction::Undo,
+        user_id: "U7".into(),
+        user_name: "ana".into(),
+        response_url: None,
+    };
+    let url = format!("{}/webhooks/slack/interactions", app.address);
+    assert_eq!(
+        click
+            .deliver(&app.http, &url, "agents-signing-secret")
+            .await
+            .unwrap(),
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        let d = app.store.run_detail(&d.run.id).await.unwrap();
+        let undone = d
+            .step(StepName::Undo)
+            .is_some_and(|s| s.status == StepStatus::Succeeded);
+        let recapped = d
+            .step(StepName::Recap)
+            .is_some_and(|s| s.status != StepStatus::Pending);
+        if undone && recapped && d.run.status == RunStatus::Done {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", d.steps);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        d.step(StepName::Recap).unwrap().status,
+        StepStatus::Succeeded
+    );
+    assert_eq!(recaps(&app), 2, "a second recap, in the thread");
+    let last = requests(&app).last().cloned().unwrap();
+    let prompt = last["body"]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(prompt.contains("a person undid the rollback"), "{prompt}");
 }
 
 #[test]

@@ -62,7 +62,9 @@ async fn the_demo_with_agents_shows_the_brief_in_the_thread() {
     let text = String::from_utf8(out).unwrap();
     assert!(report.rollback_verified, "{text}");
     assert!(
-        text.contains("Agents on, against the simulator's OpenAI-compatible server (model sim-small)"),
+        text.contains(
+            "Agents on, against the simulator's OpenAI-compatible server (model sim-small)"
+        ),
         "{text}"
     );
     assert!(
