@@ -114,3 +114,59 @@ fn a_connection_budget_that_does_not_fit_the_open_files_limit_fails_at_start() {
         "{err}"
     );
 }
+
+/// Refusals that need no body are answered before any of it is sent: an
+/// unknown path, a wrong method, a missing signature header, a declared
+/// length over the limit. (The body timeout is set far beyond the test's
+/// bound, so an answer can only come from not waiting for the body.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cheap_refusals_come_before_the_body_is_read() {
+    use crate::helpers::*;
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
+        s.server.body_timeout = Duration::from_secs(600);
+        s.server.min_body_rate = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let huge = 5 * 1024 * 1024;
+    for (request, status) in [
+        (
+            "POST /webhooks/sentry HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nSentry-Hook-Resource: metric_alert\r\nContent-Length: 500000\r\n\r\n".to_string(),
+            "401",
+        ),
+        (
+            format!("POST /webhooks/sentry HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nSentry-Hook-Resource: metric_alert\r\nSentry-Hook-Signature: 00\r\nContent-Length: {huge}\r\n\r\n"),
+            "413",
+        ),
+        (
+            "POST /webhooks/vercel HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n".to_string(),
+            "401",
+        ),
+        (
+            "POST /nowhere HTTP/1.1\r\nHost: b\r\nContent-Length: 500000\r\n\r\n".to_string(),
+            "404",
+        ),
+        (
+            "PUT /webhooks/sentry HTTP/1.1\r\nHost: b\r\nContent-Length: 500000\r\n\r\n".to_string(),
+            "405",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Not one byte of the body: the answer must come anyway.
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no answer without the body: {request}"))
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request}\n→ {head}"
+        );
+    }
+    assert_eq!(app.store.count_runs().await.unwrap(), 0, "nothing stored");
+}
