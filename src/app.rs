@@ -217,6 +217,9 @@ impl Application {
         let limits = http::serve::Limits {
             header_timeout: server.header_timeout,
             max_connections: usize::try_from(server.max_connections).unwrap_or(usize::MAX),
+            // A request in flight at shutdown has its body time and a few
+            // seconds of work to finish; no longer.
+            drain: server.body_timeout + std::time::Duration::from_secs(10),
         };
         // One shutdown for both listeners.
         let (down_tx, down_rx) = tokio::sync::watch::channel(false);

@@ -87,7 +87,17 @@ async fn read_body(
     // A declared body must keep up a minimum rate; any body, the timeout.
     let by_rate = declared.map(|n| Duration::from_secs(2 + n / server.min_body_rate.max(1)));
     let deadline = by_rate.map_or(server.body_timeout, |d| d.min(server.body_timeout));
-    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+    // While the body trickles in the connection holds a place but no work:
+    // a full server sheds it before refusing anyone.
+    let watch = parts.extensions.get::<serve::BodyWatch>().cloned();
+    if let Some(w) = &watch {
+        w.reading(true);
+    }
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await;
+    if let Some(w) = &watch {
+        w.reading(false);
+    }
+    match read {
         Err(_) => Err(ApiError::BodyTimeout),
         Ok(Err(_)) => Err(ApiError::TooLarge),
         Ok(Ok(bytes)) => Ok((parts.headers, bytes)),

@@ -27,6 +27,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// How long requests in flight may take to finish once the server
+    /// stops; what is left then is dropped.
+    pub drain: Duration,
 }
 
 /// One open connection.
@@ -34,6 +37,9 @@ struct Conn {
     opened: Instant,
     /// A request is being served on it.
     busy: bool,
+    /// Since when its request's body is being read (a handler waiting on
+    /// the client, not working): sheddable like an idle connection.
+    reading_since: Option<Instant>,
     /// Tells its task to close it.
     shed: Arc<Notify>,
 }
@@ -56,11 +62,7 @@ impl Conns {
     fn admit(&self, max: usize) -> Option<(u64, Arc<Notify>)> {
         let mut open = self.lock();
         if open.len() >= max {
-            let oldest = open
-                .iter()
-                .filter(|(_, c)| !c.busy)
-                .min_by_key(|(_, c)| c.opened)
-                .map(|(id, _)| *id)?;
+            let oldest = sheddable(&open)?;
             if let Some(c) = open.remove(&oldest) {
                 c.shed.notify_one();
                 self.shed.fetch_add(1, Ordering::Relaxed);
@@ -73,6 +75,7 @@ impl Conns {
             Conn {
                 opened: Instant::now(),
                 busy: false,
+                reading_since: None,
                 shed: shed.clone(),
             },
         );
@@ -82,11 +85,7 @@ impl Conns {
     /// Sheds the oldest idle connection (out of file descriptors).
     fn shed_oldest(&self) {
         let mut open = self.lock();
-        let oldest = open
-            .iter()
-            .filter(|(_, c)| !c.busy)
-            .min_by_key(|(_, c)| c.opened)
-            .map(|(id, _)| *id);
+        let oldest = sheddable(&open);
         if let Some(c) = oldest.and_then(|id| open.remove(&id)) {
             c.shed.notify_one();
             self.shed.fetch_add(1, Ordering::Relaxed);
@@ -96,11 +95,50 @@ impl Conns {
     fn set_busy(&self, id: u64, busy: bool) {
         if let Some(c) = self.lock().get_mut(&id) {
             c.busy = busy;
+            c.reading_since = None;
+        }
+    }
+
+    fn set_reading(&self, id: u64, reading: bool) {
+        if let Some(c) = self.lock().get_mut(&id) {
+            c.reading_since = reading.then(Instant::now);
         }
     }
 
     fn remove(&self, id: u64) {
         self.lock().remove(&id);
+    }
+}
+
+/// The connection to shed when the budget is spent: the oldest idle one,
+/// else the one that has been sending its request body the longest (a slow
+/// body holds a place without any work being done; a connection whose
+/// handler is working is never shed).
+fn sheddable(open: &BTreeMap<u64, Conn>) -> Option<u64> {
+    let idle = open
+        .iter()
+        .filter(|(_, c)| !c.busy)
+        .min_by_key(|(_, c)| c.opened)
+        .map(|(id, _)| *id);
+    idle.or_else(|| {
+        open.iter()
+            .filter_map(|(id, c)| Some((*id, c.reading_since?)))
+            .min_by_key(|(_, since)| *since)
+            .map(|(id, _)| id)
+    })
+}
+
+/// Put on each request: the handler says while it waits for the body.
+#[derive(Clone)]
+pub struct BodyWatch {
+    conns: Arc<Conns>,
+    id: u64,
+}
+
+impl BodyWatch {
+    /// The handler is (or no longer is) waiting for the request's body.
+    pub fn reading(&self, reading: bool) {
+        self.conns.set_reading(self.id, reading);
     }
 }
 
@@ -163,7 +201,17 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(limits.drain, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "requests still in flight after the drain time; dropping them"
+        );
+        tasks.abort_all();
+    }
     Ok(())
 }
 
@@ -181,7 +229,12 @@ async fn connection(
         let (app, conns) = (app.clone(), tracked.clone());
         async move {
             conns.set_busy(id, true);
-            let response = app.oneshot(req.map(Body::new)).await;
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(BodyWatch {
+                conns: conns.clone(),
+                id,
+            });
+            let response = app.oneshot(req).await;
             conns.set_busy(id, false);
             response
         }

@@ -170,3 +170,70 @@ async fn cheap_refusals_come_before_the_body_is_read() {
     }
     assert_eq!(app.store.count_runs().await.unwrap(), 0, "nothing stored");
 }
+
+/// Slow bodies hold places but do no work: when they fill the connection
+/// budget, the one trickling longest is shed, and a real alert gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_filling_the_budget_are_shed_for_a_real_alert() {
+    use crate::helpers::*;
+    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
+        s.server.max_connections = 20;
+        s.server.body_timeout = Duration::from_secs(600);
+        s.server.min_body_rate = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        // Signed-looking and within the limit: it passes every cheap check
+        // and then sends its body a byte at a time, never finishing.
+        stream
+            .write_all(b"POST /webhooks/sentry HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nSentry-Hook-Resource: metric_alert\r\nSentry-Hook-Signature: 00\r\nContent-Length: 100000\r\n\r\n{")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // Every place is taken by a request waiting on its body.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alert = CrashAlert::critical("storefront-web", "slowbody", now_ms() - 30_000).body();
+    let url = format!("{}/webhooks/sentry", app.address);
+    let status = loop {
+        // A fresh connection each try (reqwest would reuse a pooled one).
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        match sender::deliver(
+            &client,
+            &url,
+            backstop::sim::config::DEMO.sentry_secret,
+            "metric_alert",
+            &alert,
+        )
+        .await
+        {
+            Ok((status, _)) => break status,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the real alert never got in: {e}"
+            ),
+        }
+    };
+    assert_eq!(status, 202);
+    // And the connection shed for it was one of the slow bodies.
+    let mut closed = 0;
+    for mut s in slow {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no slow body was shed");
+}
