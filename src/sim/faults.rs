@@ -60,6 +60,38 @@ impl Faults {
     }
 }
 
+/// A request counted as in flight at its provider until it is answered
+/// (or its client gave up and the handler was dropped).
+struct InFlight {
+    sim: Sim,
+    provider: Provider,
+}
+
+impl InFlight {
+    fn enter(sim: &Sim, provider: Provider) -> Self {
+        let mut w = sim.world();
+        let now = {
+            let n = w.in_flight.entry(provider).or_default();
+            *n += 1;
+            *n
+        };
+        let max = w.max_in_flight.entry(provider).or_default();
+        *max = (*max).max(now);
+        Self {
+            sim: sim.clone(),
+            provider,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = self.sim.world().in_flight.get_mut(&self.provider) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// Wraps a provider's routes with its faults.
 pub fn layer(routes: Router<Sim>, sim: Sim, provider: Provider) -> Router<Sim> {
     routes.layer(axum::middleware::from_fn_with_state(
@@ -74,6 +106,7 @@ async fn inject(
     next: Next,
 ) -> Response {
     let faults = sim.faults_of(provider);
+    let _counted = InFlight::enter(&sim, provider);
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }

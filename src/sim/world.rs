@@ -204,6 +204,10 @@ pub struct World {
     pub ai_requests: Vec<Value>,
     /// Sentry projects: slug → numeric id.
     pub sentry_projects: BTreeMap<String, u64>,
+    /// Requests each provider is answering right now.
+    pub in_flight: BTreeMap<super::Provider, usize>,
+    /// The most requests each provider was answering at once.
+    pub max_in_flight: BTreeMap<super::Provider, usize>,
     /// Every request answered, by every provider, in order.
     pub served: Vec<Served>,
     /// Counter for ids and timestamps.
