@@ -113,7 +113,7 @@ impl Store {
     ) -> Result<Vec<PauseEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT service, at, action, actor, reason FROM pause_log
-             WHERE $1 IS NULL OR service = $1 ORDER BY at DESC LIMIT $2",
+             WHERE $1 IS NULL OR service = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(service)
         .bind(limit.clamp(1, 10_000))
@@ -274,8 +274,10 @@ async fn log_pause(
     by: Option<&str>,
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
+    // In the order written (several in one millisecond included).
     sqlx::query(
-        "INSERT INTO pause_log (service, at, action, actor, reason) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO pause_log (seq, service, at, action, actor, reason)
+         SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4, $5 FROM pause_log",
     )
     .bind(service)
     .bind(at)

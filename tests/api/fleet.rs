@@ -183,13 +183,25 @@ struct FleetApp {
     fleet: Fleet,
     sim: backstop::sim::Running,
     store: backstop::ledger::Store,
-    url: String,
+    /// Each instance's webhook URL.
+    urls: Vec<String>,
     _db: TestDatabase,
 }
 
 impl FleetApp {
     async fn start(fleet: Fleet, latency_ms: u64, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
-        let db = TestDatabase::new(Db::Sqlite).await?;
+        Self::start_on(Db::Sqlite, 1, fleet, latency_ms, tweak).await
+    }
+
+    /// `instances` instances of Backstop on one ledger on `db`.
+    async fn start_on(
+        db: Db,
+        instances: usize,
+        fleet: Fleet,
+        latency_ms: u64,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<Self> {
+        let db = TestDatabase::new(db).await?;
         let sim = fleet
             .world(&DEMO)
             .start(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -212,40 +224,64 @@ impl FleetApp {
         config.engine = "poll_interval = \"200ms\"".into();
         tweak(&mut config);
         let settings = config.settings().unwrap();
-        let app = Application::build(settings).await.unwrap();
-        let url = format!("http://127.0.0.1:{}/webhooks/sentry", app.port());
-        let store = app.engine().store().clone();
-        tokio::spawn(app.run_until(std::future::pending()));
+        let mut urls = Vec::new();
+        let mut store = None;
+        for _ in 0..instances {
+            let app = Application::build(settings.clone()).await.unwrap();
+            urls.push(format!("http://127.0.0.1:{}/webhooks/sentry", app.port()));
+            store.get_or_insert_with(|| app.engine().store().clone());
+            tokio::spawn(app.run_until(std::future::pending()));
+        }
+        let store = store?;
         fleet.seed(&store, Duration::from_secs(1800)).await.unwrap();
         Some(Self {
             fleet,
             sim,
             store,
-            url,
+            urls,
             _db: db,
         })
     }
 
-    /// Every service's alert at once; then waits (bounded) for every run.
+    /// Every service's alert at once, to every instance (as Sentry
+    /// retrying to another replica would); then waits (bounded) for every
+    /// run. Each alert is stored once: one `202`, the rest duplicates.
     async fn fire_all(&self) {
         let http = reqwest::Client::new();
-        let sends = (0..self.fleet.services).map(|i| {
+        let sends = (0..self.fleet.services).flat_map(|i| {
             let body = CrashAlert::critical(
                 &Fleet::sentry_project(i),
                 &format!("f{i}"),
                 now_ms() - 30_000,
             )
             .body();
-            let (http, url) = (http.clone(), self.url.clone());
-            async move {
-                sender::deliver(&http, &url, DEMO.sentry_secret, "metric_alert", &body)
-                    .await
-                    .unwrap()
-                    .0
-            }
+            let http = http.clone();
+            self.urls.iter().map(move |url| {
+                let (http, url, body) = (http.clone(), url.clone(), body.clone());
+                async move {
+                    let status =
+                        sender::deliver(&http, &url, DEMO.sentry_secret, "metric_alert", &body)
+                            .await
+                            .unwrap()
+                            .0;
+                    (i, status)
+                }
+            })
         });
         let statuses = futures_util::future::join_all(sends).await;
-        assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+        for i in 0..self.fleet.services {
+            let of: Vec<u16> = statuses
+                .iter()
+                .filter(|(s, _)| *s == i)
+                .map(|(_, st)| *st)
+                .collect();
+            assert_eq!(
+                of.iter().filter(|st| **st == 202).count(),
+                1,
+                "service {i}: one delivery stored, the rest duplicates: {of:?}"
+            );
+            assert!(of.iter().all(|st| *st == 202 || *st == 200), "{of:?}");
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while self.store.count_unfinished_runs().await.unwrap() > 0 {
             assert!(
@@ -312,4 +348,37 @@ async fn provider_caps_and_rate_limits_hold_under_a_fleet_incident() {
             .map(|r| (&r.service, r.status))
             .collect::<Vec<_>>()
     );
+}
+
+/// Three instances on one Postgres, ten services' alerts each delivered to
+/// all three: every service is rolled back exactly once (one write per
+/// domain), paged once and announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_roll_a_fleet_back_once_per_service() {
+    let fleet = Fleet {
+        services: 10,
+        domains: 3,
+    };
+    let Some(f) = FleetApp::start_on(Db::Postgres, 3, fleet, 20, |_| {}).await else {
+        return;
+    };
+    f.fire_all().await;
+    let w = f.sim.sim.world();
+    assert_eq!(
+        w.alias_writes.len(),
+        f.fleet.services * f.fleet.domains,
+        "one write per domain: no service rolled back twice"
+    );
+    for i in 0..f.fleet.services {
+        for d in f.fleet.domains_of(i) {
+            assert_eq!(w.aliases[&d], Fleet::history(i, 0)[0].0, "{d}");
+        }
+    }
+    assert_eq!(w.incidents.len(), f.fleet.services);
+    assert!(
+        w.incidents.values().all(|i| i.events == 1),
+        "each paged once"
+    );
+    let cards = w.messages.iter().filter(|m| m.thread_ts.is_none()).count();
+    assert_eq!(cards, f.fleet.services, "one card per service");
 }
