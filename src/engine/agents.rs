@@ -166,9 +166,10 @@ impl Engine {
         // Bounded as a whole (retries included): an agent never holds the
         // run for longer than `ai.timeout`.
         let timeout = self.settings().ai.timeout;
+        let by = tokio::time::Instant::now() + timeout;
         let answer = tokio::time::timeout(
             timeout,
-            ai.complete(&agent.model, SYSTEM, &prompt, max_tokens),
+            ai.complete_by(&agent.model, SYSTEM, &prompt, max_tokens, Some(by)),
         )
         .await;
         let text = match answer {

@@ -64,10 +64,24 @@ impl AiClient {
         user: &str,
         max_tokens: u64,
     ) -> Result<String, ProviderError> {
+        self.complete_by(model, system, user, max_tokens, None)
+            .await
+    }
+
+    /// Like [`AiClient::complete`], retrying only while a retry can end
+    /// before `deadline`: past it, the last answer's error is returned.
+    pub async fn complete_by(
+        &self,
+        model: &str,
+        system: &str,
+        user: &str,
+        max_tokens: u64,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<String, ProviderError> {
         let body = Self::body(model, system, user, max_tokens);
         let v = self
             .api
-            .retry(|| async {
+            .retry_until(deadline, || async {
                 let mut req = self
                     .api
                     .http

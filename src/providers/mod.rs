@@ -201,12 +201,26 @@ impl Endpoint {
 
     /// Runs `call` with this endpoint's retries, each try holding a place
     /// under the in-flight cap.
-    pub async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ProviderError>
+    pub async fn retry<T, F, Fut>(&self, call: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        with_retries(self.tries, self.backoff, || {
+        self.retry_until(None, call).await
+    }
+
+    /// Like [`Endpoint::retry`], making no retry that would end past
+    /// `deadline`.
+    pub async fn retry_until<T, F, Fut>(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        mut call: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        with_retries_until(self.tries, self.backoff, deadline, || {
             let attempt = call();
             async move {
                 let _place = match &self.gate {
@@ -364,10 +378,15 @@ impl Backoff {
     }
 }
 
-/// Retries `call` up to `tries` times while it fails retryably.
-pub(crate) async fn with_retries<T, F, Fut>(
+/// Runs `call` up to `tries` times, retrying retryable failures after a
+/// capped, jittered backoff (or the server's `Retry-After`); a retry whose
+/// wait would end past `deadline` is not made: the error in hand is
+/// returned (a caller's budget ends with the provider's words, not a bare
+/// timeout).
+pub(crate) async fn with_retries_until<T, F, Fut>(
     tries: u32,
     backoff: Backoff,
+    deadline: Option<tokio::time::Instant>,
     mut call: F,
 ) -> Result<T, ProviderError>
 where
@@ -379,6 +398,9 @@ where
         match call().await {
             Err(e) if e.is_retryable() && retry + 1 < tries => {
                 let wait = backoff.delay(retry, e.retry_after());
+                if deadline.is_some_and(|d| tokio::time::Instant::now() + wait >= d) {
+                    return Err(e);
+                }
                 tracing::debug!(error = %e, wait_ms = wait.as_millis() as u64, "retrying provider call");
                 tokio::time::sleep(wait).await;
                 retry += 1;
