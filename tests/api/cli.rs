@@ -97,6 +97,14 @@ fn pause_and_resume_are_recorded_with_who_and_when() {
         vec![("resume", "cli (alice)"), ("pause", "cli (alice)")]
     );
     assert!(log.iter().all(|e| e["at_ms"].as_i64().unwrap() >= before));
+    // A service the config does not know is named, not reported empty.
+    let out = as_alice(&["report", "--service", "storefrnt"]);
+    assert!(!out.status.success());
+    let said = all_output(&out);
+    assert!(
+        said.contains("no service named `storefrnt`") && said.contains("storefront"),
+        "{said}"
+    );
     let table = stdout(&as_alice(&["pauses", "--service", "storefront"]));
     assert!(
         table.contains("storefront") && table.contains("pause") && table.contains("launch day"),

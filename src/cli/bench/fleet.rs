@@ -93,11 +93,14 @@ pub(super) async fn fleet(
     };
     let paged = last(Provider::Pagerduty, "/enqueue");
     let posted = last(Provider::Slack, "/chat.postMessage");
+    // Pages and cards that reached their provider (one each per service).
+    let pages = w.incidents.len();
+    let cards = w.messages.iter().filter(|m| m.thread_ts.is_none()).count();
     let floor_ms = 3.0 * opts.latency_ms as f64;
     let ms = |us: i64| us as f64 / 1000.0;
     let per_service: Vec<f64> = verified.values().map(|us| ms(*us)).collect();
     let note = format!(
-        "{accepted}/{} acknowledged (last ack {:.0} ms); last verified {:.0} ms = {:.2}× the floor of {floor_ms:.0} ms; last page {:.0} ms, last post {:.0} ms; {} alias writes; {} services verified",
+        "{accepted}/{} acknowledged (last ack {:.0} ms); last verified {:.0} ms = {:.2}× the floor of {floor_ms:.0} ms; last page {:.0} ms, last post {:.0} ms; {pages} pages, {cards} cards; {} alias writes; {} services verified",
         fleet.services,
         ms(acked_us),
         per_service.iter().cloned().fold(0.0, f64::max),
