@@ -2,8 +2,9 @@
 //! pages (no build step; a few lines of script poll for changes and reload)
 //! reading the ledger a page at a time. With `admin.token` set, every
 //! request carries it: `Authorization: Bearer <token>`, or the cookie the
-//! login form sets (HttpOnly, SameSite=Strict; it holds a digest of the
-//! token, never the token). No secret, token or raw alert body is shown.
+//! login form sets (HttpOnly, SameSite=Strict; it holds its expiry and an
+//! HMAC of it keyed with the token, never the token, and the server refuses
+//! it after 12 hours whatever the browser keeps). No secret, token or raw alert body is shown.
 
 mod pages;
 mod timeline;
@@ -13,15 +14,18 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
+use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::http::AppState;
 use crate::ledger::{Outcome, RunFilter, RunId, StoreError};
 use crate::metrics::{to_prometheus_text, OPENMETRICS, PROMETHEUS_TEXT};
 
 const COOKIE: &str = "backstop_admin";
+/// How long a console login lasts, seconds.
+const SESSION_SECS: i64 = 12 * 3600;
 
 /// The admin listener's routes.
 pub fn router(state: AppState) -> Router {
@@ -36,12 +40,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The cookie value for `token`: a digest, so the cookie is not the token.
-fn session(token: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"backstop-admin-session:");
-    h.update(token.as_bytes());
-    hex::encode(h.finalize())
+/// The cookie value for `token`, good until `expires` (Unix seconds):
+/// `<expires>.<hex HMAC-SHA256 of it, keyed with the token>`. The cookie is
+/// not the token, and cannot be extended without it.
+fn session(token: &str, expires: i64) -> String {
+    format!("{expires}.{}", session_mac(token, expires))
+}
+
+fn session_mac(token: &str, expires: i64) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("backstop-admin-session:{expires}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A cookie value that is this token's and not expired at `now` (Unix s).
+fn session_valid(token: &str, cookie: &str, now: i64) -> bool {
+    let Some((expires, mac)) = cookie.split_once('.') else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<i64>() else {
+        return false;
+    };
+    let fresh = expires > now && expires <= now + SESSION_SECS;
+    constant_eq(mac.as_bytes(), session_mac(token, expires).as_bytes()) && fresh
 }
 
 /// True when no token is required, or the request carries it.
@@ -57,7 +79,7 @@ fn allowed(state: &AppState, headers: &HeaderMap) -> bool {
     if let Some(given) = bearer {
         return constant_eq(given.trim().as_bytes(), token.as_bytes());
     }
-    let expected = session(token);
+    let now = crate::clock::now_ms() / 1000;
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -68,7 +90,7 @@ fn allowed(state: &AppState, headers: &HeaderMap) -> bool {
                 .strip_prefix(&format!("{COOKIE}="))
                 .map(str::to_owned)
         })
-        .any(|c| constant_eq(c.as_bytes(), expected.as_bytes()))
+        .any(|c| session_valid(token, &c, now))
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
@@ -247,13 +269,40 @@ async fn login(State(state): State<AppState>, Form(form): Form<Login>) -> Respon
         )
             .into_response();
     }
+    let expires = crate::clock::now_ms() / 1000 + SESSION_SECS;
     let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200",
-        session(token.expose_secret())
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}",
+        session(token.expose_secret(), expires)
     );
     (
         StatusCode::SEE_OTHER,
         [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_cookie_is_the_tokens_and_expires_on_the_server() {
+        let now = 1_800_000_000;
+        let good = session("tok", now + SESSION_SECS);
+        assert!(session_valid("tok", &good, now));
+        assert!(!good.contains("tok"), "the cookie is not the token");
+        // Past its expiry, whatever the browser keeps.
+        assert!(!session_valid("tok", &good, now + SESSION_SECS));
+        // Another token's, a forged expiry, garbage.
+        assert!(!session_valid("other", &good, now));
+        let (_, mac) = good.split_once('.').unwrap();
+        let later = format!("{}.{mac}", now + 2 * SESSION_SECS);
+        assert!(!session_valid("tok", &later, now + SESSION_SECS));
+        assert!(!session_valid(
+            "tok",
+            &session("tok", now + 10 * SESSION_SECS),
+            now
+        ));
+        assert!(!session_valid("tok", "nonsense", now));
+    }
 }
