@@ -37,6 +37,9 @@ struct Conn {
     opened: Instant,
     /// A request is being served on it.
     busy: bool,
+    /// It has carried a complete request (a kept-alive connection of a
+    /// real sender, not a client that never finished its headers).
+    served: bool,
     /// Since when its request's body is being read (a handler waiting on
     /// the client, not working): sheddable like an idle connection.
     reading_since: Option<Instant>,
@@ -75,6 +78,7 @@ impl Conns {
             Conn {
                 opened: Instant::now(),
                 busy: false,
+                served: false,
                 reading_since: None,
                 shed: shed.clone(),
             },
@@ -95,6 +99,7 @@ impl Conns {
     fn set_busy(&self, id: u64, busy: bool) {
         if let Some(c) = self.lock().get_mut(&id) {
             c.busy = busy;
+            c.served = true;
             c.reading_since = None;
         }
     }
@@ -110,22 +115,27 @@ impl Conns {
     }
 }
 
-/// The connection to shed when the budget is spent: the oldest idle one,
-/// else the one that has been sending its request body the longest (a slow
-/// body holds a place without any work being done; a connection whose
-/// handler is working is never shed).
+/// The connection to shed when the budget is spent, in this order: the
+/// oldest idle one that never carried a complete request (a slow or silent
+/// client); the one that has been sending its request body the longest (a
+/// slow body holds a place without any work being done); the oldest idle
+/// kept-alive one (a real sender's, shed last: a request racing its close
+/// fails in transit). A connection whose handler is working is never shed.
 fn sheddable(open: &BTreeMap<u64, Conn>) -> Option<u64> {
-    let idle = open
-        .iter()
-        .filter(|(_, c)| !c.busy)
-        .min_by_key(|(_, c)| c.opened)
-        .map(|(id, _)| *id);
-    idle.or_else(|| {
+    let idle = |served: bool| {
         open.iter()
-            .filter_map(|(id, c)| Some((*id, c.reading_since?)))
-            .min_by_key(|(_, since)| *since)
-            .map(|(id, _)| id)
-    })
+            .filter(|(_, c)| !c.busy && c.served == served)
+            .min_by_key(|(_, c)| c.opened)
+            .map(|(id, _)| *id)
+    };
+    idle(false)
+        .or_else(|| {
+            open.iter()
+                .filter_map(|(id, c)| Some((*id, c.reading_since?)))
+                .min_by_key(|(_, since)| *since)
+                .map(|(id, _)| id)
+        })
+        .or_else(|| idle(true))
 }
 
 /// Put on each request: the handler says while it waits for the body.

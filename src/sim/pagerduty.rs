@@ -176,6 +176,21 @@ fn rest_error(status: StatusCode, code: u32, message: &str, errors: &[&str]) -> 
 }
 
 /// The rejection for a request without the right credentials.
+/// A REST write: authenticated, and naming its requester (`From`).
+fn rest_writer(sim: &Sim, headers: &HeaderMap) -> Option<Response> {
+    if let Some(r) = rest_auth(sim, headers) {
+        return Some(r);
+    }
+    headers.get("from").is_none().then(|| {
+        rest_error(
+            StatusCode::BAD_REQUEST,
+            2001,
+            "Invalid Input Provided",
+            &["Requester User Not Found"],
+        )
+    })
+}
+
 fn rest_auth(sim: &Sim, headers: &HeaderMap) -> Option<Response> {
     let expected = format!("Token token={}", sim.world().creds.pagerduty_token);
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
@@ -194,16 +209,8 @@ async fn create_incident(
     headers: HeaderMap,
     body: Option<Json<Value>>,
 ) -> Response {
-    if let Some(r) = rest_auth(&sim, &headers) {
+    if let Some(r) = rest_writer(&sim, &headers) {
         return r;
-    }
-    if headers.get("from").is_none() {
-        return rest_error(
-            StatusCode::BAD_REQUEST,
-            2001,
-            "Invalid Input Provided",
-            &["Requester User Not Found"],
-        );
     }
     let inc = body
         .map(|Json(v)| v["incident"].clone())
@@ -295,16 +302,8 @@ async fn create_note(
     Path(id): Path<String>,
     body: Option<Json<Value>>,
 ) -> Response {
-    if let Some(r) = rest_auth(&sim, &headers) {
+    if let Some(r) = rest_writer(&sim, &headers) {
         return r;
-    }
-    if headers.get("from").is_none() {
-        return rest_error(
-            StatusCode::BAD_REQUEST,
-            2001,
-            "Invalid Input Provided",
-            &["Requester User Not Found"],
-        );
     }
     let Some(content) = body
         .as_ref()

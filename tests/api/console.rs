@@ -356,6 +356,16 @@ async fn browser() -> Option<Browser> {
     }
 }
 
+/// The text of the element `css` inside `el`.
+async fn text_within(el: &fantoccini::elements::Element, css: &str) -> String {
+    let found = el.find(Locator::Css(css)).await;
+    found
+        .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits (bounded, 15 s) for an element, re-reading the page as it is.
 async fn eventually(client: &Client, css: &str) -> fantoccini::elements::Element {
     client
@@ -500,24 +510,12 @@ async fn the_console_shows_each_services_scored_record() {
     let c = &b.client;
     c.goto(&format!("{}/", app.admin)).await.unwrap();
     let cell = eventually(c, "tr.service[data-service=storefront] td.score").await;
-    let record = cell
-        .find(Locator::Css(".record"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let record = text_within(&cell, ".record").await;
     assert!(
         record.starts_with("1 decision (1 dry run, 0 rollbacks): 1 confirmed, 0 false alarms, 0 undetermined; precision 100%; median "),
         "{record}"
     );
-    let advice = cell
-        .find(Locator::Css(".advice"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let advice = text_within(&cell, ".advice").await;
     assert_eq!(advice, "1 decision: too few decisions to say");
     let mode = eventually(c, "tr.service[data-service=storefront]")
         .await

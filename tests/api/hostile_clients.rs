@@ -121,13 +121,7 @@ fn a_connection_budget_that_does_not_fit_the_open_files_limit_fails_at_start() {
 /// bound, so an answer can only come from not waiting for the body.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cheap_refusals_come_before_the_body_is_read() {
-    use crate::helpers::*;
-    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
-        s.server.body_timeout = Duration::from_secs(600);
-        s.server.min_body_rate = 1;
-    })
-    .await
-    else {
+    let Some(app) = patient_server(None).await else {
         return;
     };
     let addr = app.address.trim_start_matches("http://").to_string();
@@ -175,14 +169,7 @@ async fn cheap_refusals_come_before_the_body_is_read() {
 /// budget, the one trickling longest is shed, and a real alert gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_filling_the_budget_are_shed_for_a_real_alert() {
-    use crate::helpers::*;
-    let Some(app) = spawn_on_sim(Db::Sqlite, |s| {
-        s.server.max_connections = 20;
-        s.server.body_timeout = Duration::from_secs(600);
-        s.server.min_body_rate = 1;
-    })
-    .await
-    else {
+    let Some(app) = patient_server(Some(20)).await else {
         return;
     };
     let addr = app.address.trim_start_matches("http://").to_string();
@@ -236,4 +223,18 @@ async fn slow_bodies_filling_the_budget_are_shed_for_a_real_alert() {
         }
     }
     assert!(closed >= 1, "no slow body was shed");
+}
+
+/// An instance on the simulator that would wait ten minutes for a body
+/// (so a test's answer cannot come from a body timeout), with at most
+/// `max_connections` when given.
+async fn patient_server(max_connections: Option<u64>) -> Option<crate::helpers::SimApp> {
+    crate::helpers::spawn_on_sim(crate::helpers::Db::Sqlite, move |s| {
+        if let Some(n) = max_connections {
+            s.server.max_connections = n;
+        }
+        s.server.body_timeout = Duration::from_secs(600);
+        s.server.min_body_rate = 1;
+    })
+    .await
 }

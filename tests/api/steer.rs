@@ -712,17 +712,8 @@ async fn the_cli_undoes_a_rollback_too() {
         return;
     };
     let run = rolled_back(&app).await.run.id;
-    let mut out = Vec::new();
-    backstop::cli::undo::run(
-        app.settings.clone(),
-        &run,
-        true,
-        &mut out,
-        &mut std::io::empty(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (done, text) = cli_undo(&app, &run, true, "").await;
+    done.unwrap();
     assert!(
         text.contains("production is back on dpl_3f2c1a9live"),
         "{text}"
@@ -734,16 +725,11 @@ async fn the_cli_undoes_a_rollback_too() {
         "{pause:?}"
     );
     // Asking twice is refused with who asked first.
-    let err = backstop::cli::undo::run(
-        app.settings.clone(),
-        &run,
-        true,
-        &mut Vec::new(),
-        &mut std::io::empty(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = cli_undo(&app, &run, true, "")
+        .await
+        .0
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("already asked for"), "{err}");
 }
 
@@ -754,17 +740,8 @@ async fn the_cli_undo_asks_first_and_no_means_no() {
         return;
     };
     let run = rolled_back(&app).await.run.id;
-    let mut out = Vec::new();
-    backstop::cli::undo::run(
-        app.settings.clone(),
-        &run,
-        false,
-        &mut out,
-        &mut "no\n".as_bytes(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (done, text) = cli_undo(&app, &run, false, "no\n").await;
+    done.unwrap();
     assert!(
         text.contains("Put storefront's production back on dpl_3f2c1a9live, replacing dpl_9be1c07good, and hold storefront? Type `yes` to proceed:"),
         "{text}"
@@ -777,4 +754,24 @@ async fn the_cli_undo_asks_first_and_no_means_no() {
     let d = app.store.run_detail(&run).await.unwrap();
     assert!(d.step(StepName::Undo).is_none(), "no undo asked for");
     assert!(app.store.pause_of("storefront").await.unwrap().is_none());
+}
+
+/// `backstop undo RUN` (with `--yes` when `yes`), answering `input` to its
+/// question: what it returned, and what it printed.
+async fn cli_undo(
+    app: &SimApp,
+    run: &RunId,
+    yes: bool,
+    input: &str,
+) -> (anyhow::Result<()>, String) {
+    let mut out = Vec::new();
+    let done = backstop::cli::undo::run(
+        app.settings.clone(),
+        run,
+        yes,
+        &mut out,
+        &mut input.as_bytes(),
+    )
+    .await;
+    (done, String::from_utf8(out).unwrap())
 }
