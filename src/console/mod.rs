@@ -26,6 +26,8 @@ use crate::metrics::{to_prometheus_text, OPENMETRICS, PROMETHEUS_TEXT};
 const COOKIE: &str = "backstop_admin";
 /// How long a console login lasts, seconds.
 const SESSION_SECS: i64 = 12 * 3600;
+/// How far apart instances' clocks may be for a session cookie, seconds.
+const CLOCK_SLACK_SECS: i64 = 300;
 
 /// The admin listener's routes.
 pub fn router(state: AppState) -> Router {
@@ -62,7 +64,9 @@ fn session_valid(token: &str, cookie: &str, now: i64) -> bool {
     let Ok(expires) = expires.parse::<i64>() else {
         return false;
     };
-    let fresh = expires > now && expires <= now + SESSION_SECS;
+    // Instances' clocks differ a little: a cookie set by one a few minutes
+    // ahead is still fresh here.
+    let fresh = expires > now && expires <= now + SESSION_SECS + CLOCK_SLACK_SECS;
     constant_eq(mac.as_bytes(), session_mac(token, expires).as_bytes()) && fresh
 }
 

@@ -61,6 +61,7 @@ impl Engine {
         let mut record = self.record(&decision);
         record.attempt = attempt;
         record.note = joined_note(&decision, &ctx.claimed.run.id);
+        tracing::info!(outcome = %record.outcome, rule = %decision.rule, reason = %decision.reason, "decided");
         let claim = &ctx.claimed.claim;
         self.store().save_decision(claim, &record).await?;
         if let Some(e) = &unreadable {

@@ -34,16 +34,25 @@ impl Engine {
             }
             // Scored, but the reply did not reach the thread (Slack down, or
             // the instance died between the two): tell it now, for a day.
-            for id in self.store().untold(&svc.name, now - 86_400_000, 50).await? {
+            // Each is claimed first: with several instances, one tells it.
+            for id in self
+                .store()
+                .untold(&svc.name, now - 86_400_000, now, 50)
+                .await?
+            {
+                if !self.store().claim_tell(&id, now_ms()).await? {
+                    continue;
+                }
                 let detail = self.store().run_detail(&id).await?;
                 let stored = self.store().score_of(&id).await?;
                 if let (Some(outcome), Some(verdict)) = (detail.run.outcome, stored) {
                     let live = live_of(&detail.run);
-                    if self
+                    match self
                         .tell_score(&detail, outcome, &verdict, live.as_deref())
                         .await
                     {
-                        self.store().score_told(&id).await?;
+                        true => self.store().score_told(&id).await?,
+                        false => self.store().release_tell(&id).await?,
                     }
                 }
             }
@@ -114,11 +123,13 @@ impl Engine {
             return Ok(false);
         }
         tracing::info!(run.id = %run.id, verdict = verdict.verdict(), why = verdict.why(), "decision scored");
-        if self
+        // Stored with this instance's claim to tell it; a failure lets go.
+        match self
             .tell_score(&detail, outcome, &verdict, live.as_deref())
             .await
         {
-            self.store().score_told(&run.id).await?;
+            true => self.store().score_told(&run.id).await?,
+            false => self.store().release_tell(&run.id).await?,
         }
         Ok(true)
     }

@@ -329,13 +329,12 @@ impl Engine {
                     ctx.replanned
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                 }
-                // A recap already written missed the undo: it is written
-                // again, after this, with the undo in its timeline.
+                // A recap already written missed the undo: the undo made it
+                // pending again; it is written after this, with the undo.
                 if detail
                     .step(StepName::Recap)
-                    .is_some_and(|s| s.output.as_ref().is_some_and(|o| o.get("text").is_some()))
+                    .is_some_and(|s| s.status == StepStatus::Pending)
                 {
-                    self.store().reopen_step(claim, StepName::Recap).await?;
                     ctx.replanned
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                 }

@@ -257,8 +257,8 @@ impl Engine {
 
     /// A watch that did not end recovered: the service is frozen first (no
     /// automatic rollback may cascade to an older deployment while a person
-    /// is being found), the on-call paged again under a key of its own
-    /// (retried like any page), and the thread told, with a Resume button.
+    /// is being found), the thread told, with a Resume button, and the
+    /// on-call paged again under a key of its own (retried like any page).
     async fn freeze_and_page(
         &self,
         ctx: &RunCtx,
@@ -271,6 +271,20 @@ impl Engine {
             .freeze(&ctx.claimed.claim, &svc.name, ending.reason)
             .await?;
         self.failpoint("watch-frozen").await;
+        // The thread hears it at once; the page may take retries.
+        let resume = match self.settings().slack.signing_secret.is_some() {
+            true => crate::notice::actions_block(
+                &[crate::ingest::slack::ClickAction::Resume],
+                &ctx.claimed.run.id.0,
+                &svc.name,
+                None,
+                None,
+            ),
+            false => None,
+        };
+        let replied = self
+            .reply_with(ctx, facts, ending.reply, "watch", resume)
+            .await;
         let deadline = self.settings().engine.step_deadline;
         let ending = &ending;
         let paged = self
@@ -293,19 +307,6 @@ impl Engine {
             }
             super::step::Finished::Failed(e) => Err(e),
         };
-        let resume = match self.settings().slack.signing_secret.is_some() {
-            true => crate::notice::actions_block(
-                &[crate::ingest::slack::ClickAction::Resume],
-                &ctx.claimed.run.id.0,
-                &svc.name,
-                None,
-                None,
-            ),
-            false => None,
-        };
-        let replied = self
-            .reply_with(ctx, facts, ending.reply, "watch", resume)
-            .await;
         output["frozen"] = json!(ending.reason);
         output["page"] = json!(paged.as_ref().ok());
         output["reply"] = replied;

@@ -31,6 +31,10 @@ impl StoredScore {
     }
 }
 
+/// How long a claim to tell a score holds before another instance may
+/// take it over, ms.
+const TELL_CLAIM_MS: i64 = 60_000;
+
 impl Store {
     /// Dry runs and rollbacks of `service` decided since `since_ms` that
     /// have no score yet, oldest first.
@@ -63,8 +67,8 @@ impl Store {
         score: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO scores (run_id, service, outcome, verdict, score, decided_at, scored_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING",
+            "INSERT INTO scores (run_id, service, outcome, verdict, score, decided_at, scored_at, tell_claimed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (run_id) DO NOTHING",
         )
         .bind(&run.id.0)
         .bind(run.service.as_deref().unwrap_or_default())
@@ -79,23 +83,51 @@ impl Store {
     }
 
     /// Runs of `service` scored since `since_ms` whose reply has not reached
-    /// the thread yet, oldest first.
+    /// the thread and that nobody is telling now (`now_ms`), oldest first.
     pub async fn untold(
         &self,
         service: &str,
         since_ms: i64,
+        now_ms: i64,
         limit: i64,
     ) -> Result<Vec<RunId>, StoreError> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT run_id FROM scores WHERE service = $1 AND told_at IS NULL AND scored_at >= $2
-             ORDER BY scored_at LIMIT $3",
+               AND (tell_claimed_at IS NULL OR tell_claimed_at < $3) ORDER BY scored_at LIMIT $4",
         )
         .bind(service)
         .bind(since_ms)
+        .bind(now_ms - TELL_CLAIM_MS)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(ids.into_iter().map(RunId).collect())
+    }
+
+    /// Takes the telling of a run's score: true when this caller may tell
+    /// it (not told, and nobody else telling it).
+    pub async fn claim_tell(&self, run: &RunId, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE scores SET tell_claimed_at = $1 WHERE run_id = $2 AND told_at IS NULL
+               AND (tell_claimed_at IS NULL OR tell_claimed_at < $3)",
+        )
+        .bind(now_ms)
+        .bind(&run.0)
+        .bind(now_ms - TELL_CLAIM_MS)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Lets go of the telling (it failed): the next sweep anywhere takes it.
+    pub async fn release_tell(&self, run: &RunId) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE scores SET tell_claimed_at = NULL WHERE run_id = $1 AND told_at IS NULL",
+        )
+        .bind(&run.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// A run's verdict, when it was scored.

@@ -113,7 +113,7 @@ impl Store {
     ) -> Result<Vec<PauseEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT service, at, action, actor, reason FROM pause_log
-             WHERE $1 IS NULL OR service = $1 ORDER BY seq DESC LIMIT $2",
+             WHERE $1 IS NULL OR service = $1 ORDER BY seq DESC, at DESC LIMIT $2",
         )
         .bind(service)
         .bind(limit.clamp(1, 10_000))
@@ -266,7 +266,7 @@ impl Store {
 }
 
 /// One line of the pause log.
-async fn log_pause(
+pub(super) async fn log_pause(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     service: &str,
     at: i64,

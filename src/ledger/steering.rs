@@ -171,17 +171,19 @@ impl Store {
                 "deployment {back_on} of service {service}"
             )));
         }
+        let reason = format!("held after {by} undid the rollback of run {run}");
         sqlx::query(
             "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run) VALUES ($1, $2, $3, $4, NULL)
              ON CONFLICT (service) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at,
                paused_by = excluded.paused_by, frozen_by_run = NULL",
         )
         .bind(service)
-        .bind(format!("held after {by} undid the rollback of run {run}"))
+        .bind(&reason)
         .bind(now)
         .bind(by)
         .execute(&mut *tx)
         .await?;
+        super::services::log_pause(&mut tx, service, now, "pause", Some(by), Some(&reason)).await?;
         sqlx::query("UPDATE steps SET status = $1, output = $2, finished_at = $3 WHERE run_id = $4 AND name = $5")
             .bind(StepStatus::Succeeded.as_str())
             .bind(output.to_string())
@@ -190,6 +192,19 @@ impl Store {
             .bind(StepName::Undo.as_str())
             .execute(&mut *tx)
             .await?;
+        // A recap already written missed the undo: with the undo, in the same
+        // transaction (a crash after it cannot lose the second recap), it is
+        // pending again.
+        sqlx::query(
+            "UPDATE steps SET status = $1, output = NULL, error = NULL, finished_at = NULL
+             WHERE run_id = $2 AND name = $3 AND status = $4 AND output LIKE '%\"text\":%'",
+        )
+        .bind(StepStatus::Pending.as_str())
+        .bind(&run.0)
+        .bind(StepName::Recap.as_str())
+        .bind(StepStatus::Succeeded.as_str())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -122,20 +122,6 @@ impl Store {
         self.fenced(sql, claim, step).await
     }
 
-    /// Makes a finished step pending again, if the claim still holds: the
-    /// recap written before a person's undo is written again with it.
-    pub async fn reopen_step(&self, claim: &Claim, step: StepName) -> Result<(), StoreError> {
-        let mut sql = Sql::new("UPDATE steps SET status = ");
-        sql.bind(StepStatus::Pending.as_str().to_string())
-            .push(", output = NULL, error = NULL, finished_at = NULL WHERE run_id = ")
-            .bind(claim.run.0.clone())
-            .push(" AND name = ")
-            .bind(step.as_str().to_string())
-            .push(" AND ")
-            .push_held(self.backend, claim);
-        self.fenced(sql, claim, step).await
-    }
-
     /// Runs a fenced update that must change one row.
     async fn fenced(&self, sql: Sql, claim: &Claim, step: StepName) -> Result<(), StoreError> {
         let (text, args) = sql.build()?;

@@ -218,16 +218,14 @@ impl PagerDutyClient {
     }
 
     /// REST: adds a note to incident `id` (`POST /incidents/{id}/notes`).
+    /// Tried once: PagerDuty has no idempotency key for notes, and a retry
+    /// after an answer lost in transit would add it twice.
     pub async fn note(&self, id: &str, content: &str) -> Result<(), ProviderError> {
         let body = json!({"note": {"content": truncate(content, 25_000)}});
         let path = format!("/incidents/{}/notes", super::path_segment(id));
-        self.api
-            .retry(|| async {
-                rest_json(self.rest(Method::POST, &path).json(&body))
-                    .await
-                    .map(|_| ())
-            })
+        rest_json(self.rest(Method::POST, &path).json(&body))
             .await
+            .map(|_| ())
     }
 
     /// REST: the contents of incident `id`'s notes

@@ -724,6 +724,11 @@ async fn the_cli_undoes_a_rollback_too() {
         pause.by.as_deref().unwrap().starts_with("cli ("),
         "{pause:?}"
     );
+    // The hold an undo leaves is in the pause log, with who.
+    let log = app.store.pause_log(Some("storefront"), 10).await.unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].action, "pause");
+    assert_eq!(log[0].by, pause.by);
     // Asking twice is refused with who asked first.
     let err = cli_undo(&app, &run, true, "")
         .await
