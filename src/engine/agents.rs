@@ -209,10 +209,7 @@ impl Engine {
                 );
                 let thread = ts.filter(|t| !t.is_empty() && slack.threads());
                 // A recap written again after an undo is a post of its own.
-                let undone = detail
-                    .step(StepName::Undo)
-                    .is_some_and(|s| s.output.as_ref().is_some_and(|o| o["undone"] == true));
-                let tag = match (step, undone) {
+                let tag = match (step, detail.undone_at_ms().is_some()) {
                     (StepName::Recap, true) => format!("{}/{step}/undone", detail.run.id),
                     _ => format!("{}/{step}", detail.run.id),
                 };

@@ -47,13 +47,8 @@ impl Engine {
                 let stored = self.store().score_of(&id).await?;
                 if let (Some(outcome), Some(verdict)) = (detail.run.outcome, stored) {
                     let live = live_of(&detail.run);
-                    match self
-                        .tell_score(&detail, outcome, &verdict, live.as_deref())
-                        .await
-                    {
-                        true => self.store().score_told(&id).await?,
-                        false => self.store().release_tell(&id).await?,
-                    }
+                    self.tell_and_settle(&detail, outcome, &verdict, live.as_deref())
+                        .await?;
                 }
             }
         }
@@ -74,11 +69,7 @@ impl Engine {
                 .and_then(|d| d.superseded_at_ms),
             _ => None,
         };
-        let button = detail
-            .step(StepName::Undo)
-            .filter(|s| s.status == StepStatus::Succeeded)
-            .filter(|s| s.output.as_ref().is_some_and(|o| o["undone"] == true))
-            .and_then(|s| s.finished_at_ms);
+        let button = detail.undone_at_ms();
         let rollback = detail.step(StepName::Rollback);
         // A rollback still in flight (pending, or its instance's lease not
         // yet lapsed) is scored once its step has finished, not before.
@@ -123,14 +114,9 @@ impl Engine {
             return Ok(false);
         }
         tracing::info!(run.id = %run.id, verdict = verdict.verdict(), why = verdict.why(), "decision scored");
-        // Stored with this instance's claim to tell it; a failure lets go.
-        match self
-            .tell_score(&detail, outcome, &verdict, live.as_deref())
-            .await
-        {
-            true => self.store().score_told(&run.id).await?,
-            false => self.store().release_tell(&run.id).await?,
-        }
+        // Stored with this instance's claim to tell it.
+        self.tell_and_settle(&detail, outcome, &verdict, live.as_deref())
+            .await?;
         Ok(true)
     }
 
@@ -151,6 +137,23 @@ impl Engine {
                 None => None,
             },
         )
+    }
+
+    /// Tells the score (holding the claim to tell it) and records how that went:
+    /// told, or the claim let go for a later sweep anywhere.
+    async fn tell_and_settle(
+        &self,
+        detail: &RunDetail,
+        outcome: Outcome,
+        verdict: &Score,
+        live: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let run = &detail.run.id;
+        match self.tell_score(detail, outcome, verdict, live).await {
+            true => self.store().score_told(run).await?,
+            false => self.store().release_tell(run).await?,
+        }
+        Ok(())
     }
 
     /// A reply in the decision's thread once its verdict is known (dry

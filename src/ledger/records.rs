@@ -458,6 +458,14 @@ impl RunDetail {
             .filter(|s| s.status == StepStatus::Succeeded)
             .and_then(|s| s.output.as_ref())
     }
+
+    /// When a person's undo put production back (the `undo` step carried
+    /// out, not refused), Unix ms.
+    pub fn undone_at_ms(&self) -> Option<i64> {
+        self.output_of(StepName::Undo)
+            .filter(|o| o["undone"] == true)
+            .and(self.step(StepName::Undo)?.finished_at_ms)
+    }
 }
 
 /// The decision as stored on the run.

@@ -303,8 +303,16 @@ impl Store {
             let (text, args) = sql.build()?;
             sqlx::query_with(&text, args).execute(&mut *tx).await?;
         }
-        if let Some(note) = &d.note {
-            insert_note(&mut tx, note, now).await?;
+        if let Some(n) = &d.note {
+            super::services::insert_note(
+                &mut *tx,
+                &n.run.0,
+                now,
+                &n.kind,
+                &n.text,
+                n.data.as_ref(),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -474,8 +482,16 @@ impl Store {
             let (text, args) = sql.build()?;
             sqlx::query_with(&text, args).execute(&mut *tx).await?;
         }
-        if let Some(note) = &d.note {
-            insert_note(&mut tx, note, now).await?;
+        if let Some(n) = &d.note {
+            super::services::insert_note(
+                &mut *tx,
+                &n.run.0,
+                now,
+                &n.kind,
+                &n.text,
+                n.data.as_ref(),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -617,21 +633,4 @@ impl Store {
 /// What the `decide` step records as its output.
 fn decide_output(d: &DecisionRecord) -> String {
     serde_json::json!({"outcome": d.outcome, "reason": d.reason}).to_string()
-}
-
-/// Stores a note a decision leaves on another run, inside its transaction.
-async fn insert_note(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    note: &NoteRecord,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&note.run.0)
-        .bind(now)
-        .bind(&note.kind)
-        .bind(&note.text)
-        .bind(note.data.as_ref().map(|v| v.to_string()))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

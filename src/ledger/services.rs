@@ -76,30 +76,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let changed = match reason {
-            Some(reason) => sqlx::query(
-                "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run) VALUES ($1, $2, $3, $4, NULL)
-                 ON CONFLICT (service) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at,
-                   paused_by = excluded.paused_by, frozen_by_run = NULL",
-            )
-            .bind(service)
-            .bind(reason)
-            .bind(now)
-            .bind(by)
-            .execute(&mut *tx)
-            .await?,
-            None => sqlx::query("DELETE FROM service_pauses WHERE service = $1")
-                .bind(service)
-                .execute(&mut *tx)
-                .await?,
-        };
-        // A resume of a service that was not held changes nothing: not logged.
-        if changed.rows_affected() > 0 {
-            let action = match reason {
-                Some(_) => "pause",
-                None => "resume",
-            };
-            log_pause(&mut tx, service, now, action, Some(by), reason).await?;
+        match reason {
+            Some(reason) => hold(&mut tx, service, reason, now, by).await?,
+            None => {
+                let lifted = sqlx::query("DELETE FROM service_pauses WHERE service = $1")
+                    .bind(service)
+                    .execute(&mut *tx)
+                    .await?;
+                // A resume of a service that was not held changes nothing: not logged.
+                if lifted.rows_affected() > 0 {
+                    log_pause(&mut tx, service, now, "resume", Some(by), None).await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -231,18 +219,7 @@ impl Store {
         text: &str,
         data: Option<&serde_json::Value>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&run.0)
-        .bind(now_ms())
-        .bind(kind)
-        .bind(text)
-        .bind(data.map(|d| d.to_string()))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        insert_note(&self.pool, &run.0, now_ms(), kind, text, data).await
     }
 
     /// A run's notes, oldest first.
@@ -263,6 +240,56 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Holds `service` (a person's pause, replacing any pause or freeze) and
+/// logs it, inside `tx`: the pause and its log line go together.
+pub(super) async fn hold(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    service: &str,
+    reason: &str,
+    now: i64,
+    by: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run) VALUES ($1, $2, $3, $4, NULL)
+         ON CONFLICT (service) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at,
+           paused_by = excluded.paused_by, frozen_by_run = NULL",
+    )
+    .bind(service)
+    .bind(reason)
+    .bind(now)
+    .bind(by)
+    .execute(&mut **tx)
+    .await?;
+    log_pause(tx, service, now, "pause", Some(by), Some(reason)).await
+}
+
+/// Stores a run note through `e` (the pool, or a transaction): true when
+/// stored, false when the unique index on once-only kinds already had it.
+pub(super) async fn insert_note<'e, E>(
+    e: E,
+    run: &str,
+    at: i64,
+    kind: &str,
+    text: &str,
+    data: Option<&serde_json::Value>,
+) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = sqlx::query(
+        "INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(run)
+    .bind(at)
+    .bind(kind)
+    .bind(text)
+    .bind(data.map(|d| d.to_string()))
+    .execute(e)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// One line of the pause log.

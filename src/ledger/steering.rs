@@ -97,16 +97,7 @@ impl Store {
             .await?;
             return Ok(Requested::Already(who));
         }
-        sqlx::query(
-            "INSERT INTO run_notes (run_id, at, kind, text, data) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&run.0)
-        .bind(now_ms())
-        .bind(&kind)
-        .bind(by)
-        .bind(data.to_string())
-        .execute(&mut *tx)
-        .await?;
+        super::services::insert_note(&mut *tx, &run.0, now_ms(), &kind, by, Some(data)).await?;
         sqlx::query(&format!(
             "UPDATE runs SET not_before = {now},
                status = CASE WHEN status IN ($2, $3, $4) THEN $5 ELSE status END
@@ -172,18 +163,7 @@ impl Store {
             )));
         }
         let reason = format!("held after {by} undid the rollback of run {run}");
-        sqlx::query(
-            "INSERT INTO service_pauses (service, reason, paused_at, paused_by, frozen_by_run) VALUES ($1, $2, $3, $4, NULL)
-             ON CONFLICT (service) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at,
-               paused_by = excluded.paused_by, frozen_by_run = NULL",
-        )
-        .bind(service)
-        .bind(&reason)
-        .bind(now)
-        .bind(by)
-        .execute(&mut *tx)
-        .await?;
-        super::services::log_pause(&mut tx, service, now, "pause", Some(by), Some(&reason)).await?;
+        super::services::hold(&mut tx, service, &reason, now, by).await?;
         sqlx::query("UPDATE steps SET status = $1, output = $2, finished_at = $3 WHERE run_id = $4 AND name = $5")
             .bind(StepStatus::Succeeded.as_str())
             .bind(output.to_string())
