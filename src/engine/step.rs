@@ -113,8 +113,23 @@ impl Engine {
                 }
                 Err(e) => e,
             };
-            let wait = STEP_BACKOFF.delay((n - 1).clamp(0, 16) as u32, e.retry_after);
+            let wait = match e.retry_after {
+                // The provider named its time (a rate-limit window): all of
+                // it, not the backoff's cap, or no retry at all.
+                Some(asked) if asked > STEP_BACKOFF.max => asked,
+                asked => STEP_BACKOFF.delay((n - 1).clamp(0, 16) as u32, asked),
+            };
             let retry = e.retryable && since(started) + wait < deadline;
+            let mut e = e;
+            if let Some(asked) = e.retry_after.filter(|_| e.retryable && !retry) {
+                // Said where it is decided: why this step stopped waiting.
+                e.message = format!(
+                    "{}; asked to wait {}, past this step's deadline of {}",
+                    e.message,
+                    humantime::format_duration(Duration::from_secs(asked.as_secs().max(1))),
+                    humantime::format_duration(deadline)
+                );
+            }
             let outcome = match e.retryable {
                 true => AttemptOutcome::Retryable,
                 false => AttemptOutcome::Fatal,

@@ -379,10 +379,10 @@ impl Backoff {
 }
 
 /// Runs `call` up to `tries` times, retrying retryable failures after a
-/// capped, jittered backoff (or the server's `Retry-After`); a retry whose
-/// wait would end past `deadline` is not made: the error in hand is
-/// returned (a caller's budget ends with the provider's words, not a bare
-/// timeout).
+/// capped, jittered backoff (or the server's `Retry-After`, when it is no
+/// longer than the backoff's cap); a retry whose wait would end past
+/// `deadline` is not made: the error in hand is returned (a caller's budget
+/// ends with the provider's words, not a bare timeout).
 pub(crate) async fn with_retries_until<T, F, Fut>(
     tries: u32,
     backoff: Backoff,
@@ -397,6 +397,13 @@ where
     loop {
         match call().await {
             Err(e) if e.is_retryable() && retry + 1 < tries => {
+                // A provider that names a wait longer than this client's
+                // own backoff (a rate-limit window resetting in minutes)
+                // is answered now: the caller, who knows its deadline,
+                // schedules that wait; trying earlier only spends calls.
+                if e.retry_after().is_some_and(|ra| ra > backoff.max) {
+                    return Err(e);
+                }
                 let wait = backoff.delay(retry, e.retry_after());
                 if deadline.is_some_and(|d| tokio::time::Instant::now() + wait >= d) {
                     return Err(e);

@@ -383,6 +383,47 @@ async fn failed_rollback_pages_critical_with_vercels_error() {
     assert_eq!(pages(&app).await.len(), 2, "paged again");
 }
 
+/// Vercel's alias writes are rate limited for the next ten minutes, and
+/// its 429 says when the window resets: the rollback does not spend its
+/// two-minute deadline knocking (one write per domain, no retry), and the
+/// page says at once how long Vercel asked to wait.
+#[tokio::test]
+async fn a_rate_limit_resetting_past_the_deadline_fails_the_rollback_at_once_and_says_why() {
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
+    app.seed_history().await;
+    app.vercel_serves("dpl_new").await;
+    let reset = now_ms() / 1000 + 600;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v2/deployments/.*/aliases$"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .set_body_json(json!({"error": {"code": "rate_limited", "message": "Rate limit exceeded", "limit": {"remaining": 0, "reset": reset, "total": 120}}}))
+                .insert_header("x-ratelimit-limit", "120")
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", reset.to_string().as_str()),
+        )
+        .mount(&app.vercel)
+        .await;
+    fire(&app, &crash_alert("429", now_ms() - MIN)).await;
+    assert_eq!(
+        app.alias_writes().await.len(),
+        DOMAINS.len(),
+        "one write per domain: no retry before the window resets"
+    );
+    let sent = pages(&app).await;
+    assert_eq!(sent.len(), 1);
+    let summary = sent[0]["payload"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("rollback failed — manual action needed")
+            && summary.contains("Rate limit exceeded")
+            && summary.contains("asked to wait")
+            && summary.contains("past this step's deadline"),
+        "{summary}"
+    );
+}
+
 #[tokio::test]
 async fn dry_run_announces_what_would_have_happened_without_paging() {
     let Some(app) = spawn_app_with(Db::Sqlite, |s| {
