@@ -167,7 +167,11 @@ pub async fn sync_service(
             .await?;
     }
     let live = match svc.domains.first() {
-        Some(domain) => vercel.alias_target(domain).await?,
+        Some(domain) => vercel
+            .alias_targets(std::slice::from_ref(domain))
+            .await?
+            .pop()
+            .flatten(),
         None => None,
     };
     // Oldest first, so each promotion supersedes the one before it.

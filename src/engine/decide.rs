@@ -304,11 +304,12 @@ impl Engine {
                             calls.push(format!("GET {vercel}/v9/projects/{project} until lastAliasRequest.jobStatus = succeeded"));
                         }
                     }
-                    for dom in &svc.domains {
-                        calls.push(format!(
-                            "GET {vercel}/v4/aliases/{dom} (verify it serves {to})"
-                        ));
-                    }
+                    let filter: Vec<String> =
+                        svc.domains.iter().map(|d| format!("domain={d}")).collect();
+                    calls.push(format!(
+                        "GET {vercel}/v4/aliases?{} (verify every domain serves {to})",
+                        filter.join("&")
+                    ));
                 }
                 StepName::Page => {
                     let key = super::incident_key(&svc.name, d);
@@ -382,15 +383,17 @@ impl Engine {
         svc: &ServiceSettings,
     ) -> Result<Vec<DomainTarget>, StepError> {
         let vercel = self.vercel()?;
-        // Every domain at once: this is on the way to the first alias write.
-        let reads = svc.domains.iter().map(|domain| async move {
-            let deployment_id = vercel.alias_target(domain).await?;
-            Ok::<_, StepError>(DomainTarget {
+        // Every domain in one read: this is on the way to the first alias write.
+        let targets = vercel.alias_targets(&svc.domains).await?;
+        Ok(svc
+            .domains
+            .iter()
+            .zip(targets)
+            .map(|(domain, deployment_id)| DomainTarget {
                 domain: domain.clone(),
                 deployment_id,
             })
-        });
-        futures_util::future::try_join_all(reads).await
+            .collect())
     }
 
     /// The steps a decision calls for, given what is configured.

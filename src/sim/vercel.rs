@@ -16,6 +16,7 @@ use crate::clock::now_ms;
 pub fn routes() -> Router<Sim> {
     Router::new()
         .route("/v2/deployments/{id}/aliases", post(assign_alias))
+        .route("/v4/aliases", get(list_aliases))
         .route("/v4/aliases/{domain}", get(get_alias))
         .route(
             "/v1/projects/{project}/rollback/{deployment}",
@@ -110,28 +111,75 @@ async fn get_alias(
         return r;
     }
     let mut w = sim.world();
-    let served = w.aliases.get(&domain).cloned();
-    w.alias_reads.push(super::AliasRead {
-        domain: domain.clone(),
-        deployment: served,
-        at_us: super::now_us(),
-    });
-    let Some(id) = w.aliases.get(&domain) else {
-        return error(
+    match read_alias(&mut w, &domain) {
+        Some(alias) => ok(StatusCode::OK, alias),
+        None => error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("Could not find the alias: {domain}"),
+        ),
+    }
+}
+
+/// `GET /v4/aliases`: the aliases of the `domain`s asked for (repeated,
+/// at most 20), or of `projectId`, or all; unpaginated.
+async fn list_aliases(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Some(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let asked: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "domain")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if asked.len() > 20 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Invalid request: `domain` should NOT have more than 20 items",
         );
+    }
+    let project = q
+        .iter()
+        .find(|(k, _)| k == "projectId")
+        .map(|(_, v)| v.clone());
+    let mut w = sim.world();
+    let domains: Vec<String> = if asked.is_empty() {
+        w.aliases.keys().cloned().collect()
+    } else {
+        asked
     };
-    let d = w.deployments.get(id);
+    let aliases: Vec<Value> = domains
+        .iter()
+        .filter_map(|d| read_alias(&mut w, d))
+        .filter(|a| project.is_none() || a["projectId"].as_str() == project.as_deref())
+        .collect();
     ok(
         StatusCode::OK,
-        json!({
-            "alias": domain, "created": "2017-04-26T23:00:34.232Z", "createdAt": 1540095775941i64, "uid": format!("alias_{domain}"),
-            "deploymentId": id, "projectId": d.map(|d| d.project.clone()),
-            "deployment": {"id": id, "url": d.map(|d| d.url.clone()), "meta": {}}, "updatedAt": now_ms()
-        }),
+        json!({"aliases": aliases, "pagination": {"count": aliases.len(), "next": null, "prev": null}}),
     )
+}
+
+/// One alias as Vercel describes it, recorded as read; `None` when the
+/// domain has none.
+fn read_alias(w: &mut super::World, domain: &str) -> Option<Value> {
+    let served = w.aliases.get(domain).cloned();
+    w.alias_reads.push(super::AliasRead {
+        domain: domain.to_string(),
+        deployment: served.clone(),
+        at_us: super::now_us(),
+    });
+    let id = served?;
+    let d = w.deployments.get(&id);
+    Some(json!({
+        "alias": domain, "created": "2017-04-26T23:00:34.232Z", "createdAt": 1540095775941i64, "uid": format!("alias_{domain}"),
+        "deploymentId": id, "projectId": d.map(|d| d.project.clone()),
+        "deployment": {"id": id, "url": d.map(|d| d.url.clone()), "meta": {}}, "updatedAt": now_ms()
+    }))
 }
 
 /// Vercel's 404 for an unknown project.

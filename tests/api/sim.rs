@@ -105,6 +105,37 @@ async fn simulated_vercel_answers_like_vercel() {
     ] {
         assert!(r.get(k).is_some() && reference.get(k).is_some(), "{k}");
     }
+    // The list, filtered to the domains asked about, tells the same truth
+    // in the documented shape; a domain without an alias is not listed.
+    let r: Value = http
+        .get(format!(
+            "{v}/v4/aliases?domain=a.example.com&domain=b.example.com&domain=nowhere.example.com&limit=100"
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reference = fixture("vercel/list_aliases_200.json");
+    assert_eq!(keys(&r), keys(&reference));
+    assert_eq!(keys(&r["pagination"]), keys(&reference["pagination"]));
+    let listed: Vec<(&str, &str)> = r["aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["alias"].as_str().unwrap(),
+                a["deploymentId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("a.example.com", "dpl_old"), ("b.example.com", "dpl_new")]
+    );
     let r = http
         .get(format!("{v}/v4/aliases/nowhere.example.com"))
         .bearer_auth(TOKEN)

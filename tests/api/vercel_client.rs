@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-const GET_ALIAS: &str = include_str!("../fixtures/vercel/get_alias_200.json");
+const LIST_ALIASES: &str = include_str!("../fixtures/vercel/list_aliases_200.json");
 const ASSIGN_ALIAS: &str = include_str!("../fixtures/vercel/assign_alias_200.json");
 const NOT_FOUND: &str = include_str!("../fixtures/vercel/error_not_found.json");
 const FORBIDDEN: &str = include_str!("../fixtures/vercel/error_forbidden.json");
@@ -237,84 +237,102 @@ async fn hung_vercel_times_out_on_every_try() {
     assert_eq!(requests(&server).await.len(), 3, "every try was made");
 }
 
-// ---- alias_target ---------------------------------------------------------------
+// ---- alias_targets --------------------------------------------------------------
 
 #[tokio::test]
-async fn alias_target_reads_the_documented_array_response() {
+async fn alias_targets_reads_every_domain_in_one_list_call_of_the_documented_shape() {
     let server = MockServer::start().await;
+    let mut listed: Value = serde_json::from_str(LIST_ALIASES).unwrap();
+    // The documented example, for the two domains asked about.
+    let mut second = listed["aliases"][0].clone();
+    second["alias"] = "www.example.com".into();
+    second["deploymentId"] = "dpl_www".into();
+    second["deployment"]["id"] = "dpl_www".into();
+    listed["aliases"][0]["alias"] = DOMAIN.into();
+    listed["aliases"].as_array_mut().unwrap().push(second);
+    listed["pagination"]["next"] = Value::Null;
     Mock::given(method("GET"))
-        .and(path(format!("/v4/aliases/{DOMAIN}")))
+        .and(path("/v4/aliases"))
         .and(header("authorization", "Bearer tok"))
         .and(query_param("teamId", "team_1"))
-        .respond_with(json_body(200, GET_ALIAS))
+        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
         .mount(&server)
         .await;
 
-    let target = client(&server).alias_target(DOMAIN).await.unwrap();
-    assert_eq!(target.as_deref(), Some("dpl_5m8CQaRBm3FnWRW1od3wKTpaECPx"));
+    let asked = [DOMAIN, "www.example.com", "nowhere.example.com"].map(String::from);
+    let targets = client(&server).alias_targets(&asked).await.unwrap();
+    assert_eq!(
+        targets,
+        [
+            Some("dpl_5m8CQaRBm3FnWRW1od3wKTpaECPx".to_string()),
+            Some("dpl_www".to_string()),
+            None
+        ],
+        "in the order asked; a domain Vercel does not list serves nothing"
+    );
+    let sent = requests(&server).await;
+    assert_eq!(sent.len(), 1, "one call for every domain");
+    let domains: Vec<String> = sent[0]
+        .url
+        .query_pairs()
+        .filter(|(k, _)| k == "domain")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(domains, asked, "each domain as its own `domain` parameter");
 }
 
 #[tokio::test]
-async fn alias_target_reads_an_object_response() {
+async fn alias_targets_asks_at_most_twenty_domains_a_call_and_takes_the_newest_record() {
     let server = MockServer::start().await;
-    let fixture: Value = serde_json::from_str(GET_ALIAS).unwrap();
-    let mut object = fixture[0].clone();
-    object["deploymentId"] = "dpl_object".into();
-    object["deployment"]["id"] = "dpl_object".into();
     Mock::given(method("GET"))
-        .and(path(format!("/v4/aliases/{DOMAIN}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(object))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/v4/aliases/www.example.com"))
-        .respond_with(
+        .and(path("/v4/aliases"))
+        .respond_with(|r: &Request| {
+            // Each domain twice: an older record and the current one; only
+            // `deployment.id` on the current one.
+            let aliases: Vec<Value> = r
+                .url
+                .query_pairs()
+                .filter(|(k, _)| k == "domain")
+                .flat_map(|(_, d)| {
+                    [
+                        json!({"alias": d, "deploymentId": "dpl_before", "updatedAt": 1}),
+                        json!({"alias": d, "deployment": {"id": format!("dpl_{d}")}, "updatedAt": 2}),
+                    ]
+                })
+                .collect();
             ResponseTemplate::new(200).set_body_json(
-                json!({"alias": "www.example.com", "deployment": {"id": "dpl_nested"}}),
-            ),
-        )
+                json!({"aliases": aliases, "pagination": {"count": 0, "next": null, "prev": null}}),
+            )
+        })
         .mount(&server)
         .await;
 
-    let vercel = client(&server);
-    assert_eq!(
-        vercel.alias_target(DOMAIN).await.unwrap().as_deref(),
-        Some("dpl_object")
-    );
-    assert_eq!(
-        vercel
-            .alias_target("www.example.com")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("dpl_nested"),
-        "deployment.id alone is enough"
-    );
+    let asked: Vec<String> = (0..25).map(|i| format!("d{i}.example.com")).collect();
+    let targets = client(&server).alias_targets(&asked).await.unwrap();
+    for (d, t) in asked.iter().zip(&targets) {
+        assert_eq!(t.as_deref(), Some(format!("dpl_{d}").as_str()));
+    }
+    let sizes: Vec<usize> = requests(&server)
+        .await
+        .iter()
+        .map(|r| r.url.query_pairs().filter(|(k, _)| k == "domain").count())
+        .collect();
+    assert_eq!(sizes, [20, 5], "Vercel takes at most 20 domains a call");
 }
 
 #[tokio::test]
-async fn alias_target_of_an_unknown_domain_is_none() {
+async fn alias_targets_without_permission_is_an_error_not_none() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
-        .and(path(format!("/v4/aliases/{DOMAIN}")))
-        .respond_with(json_body(404, NOT_FOUND))
-        .mount(&server)
-        .await;
-
-    assert_eq!(client(&server).alias_target(DOMAIN).await.unwrap(), None);
-    assert_eq!(requests(&server).await.len(), 1);
-}
-
-#[tokio::test]
-async fn alias_target_without_permission_is_an_error_not_none() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(format!("/v4/aliases/{DOMAIN}")))
+        .and(path("/v4/aliases"))
         .respond_with(json_body(403, FORBIDDEN))
         .mount(&server)
         .await;
 
-    let err = client(&server).alias_target(DOMAIN).await.unwrap_err();
+    let err = client(&server)
+        .alias_targets(&[DOMAIN.to_string()])
+        .await
+        .unwrap_err();
     assert!(!err.is_retryable());
     assert_eq!(err.envelope().code, "forbidden");
 }

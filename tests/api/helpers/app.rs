@@ -181,32 +181,28 @@ impl TestApp {
         }
     }
 
-    /// Fakes `GET /v4/aliases/{domain}` answering `id` for every domain.
+    /// Fakes `GET /v4/aliases` answering `id` for every domain.
     pub async fn vercel_serves(&self, id: &str) {
-        for d in DOMAINS {
-            Mock::given(method("GET"))
-                .and(path(format!("/v4/aliases/{d}")))
-                .respond_with(alias_response(d, id))
-                .with_priority(5)
-                .mount(&self.vercel)
-                .await;
-        }
+        Mock::given(method("GET"))
+            .and(path("/v4/aliases"))
+            .respond_with(aliases_response(id))
+            .with_priority(5)
+            .mount(&self.vercel)
+            .await;
     }
 
     /// Fakes a Vercel where assigning aliases really moves them: answers
     /// `from` until the first alias POST, `to` afterwards.
     pub async fn vercel_rollback_works(&self, from: &str, to: &str) {
-        // Each domain is read once to decide (serving `from`), then read
+        // Production is read once to decide (serving `from`), then read
         // back after the move (serving `to`).
-        for d in DOMAINS {
-            Mock::given(method("GET"))
-                .and(path(format!("/v4/aliases/{d}")))
-                .respond_with(alias_response(d, from))
-                .up_to_n_times(1)
-                .with_priority(1)
-                .mount(&self.vercel)
-                .await;
-        }
+        Mock::given(method("GET"))
+            .and(path("/v4/aliases"))
+            .respond_with(aliases_response(from))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&self.vercel)
+            .await;
         self.vercel_serves(to).await;
         Mock::given(method("POST"))
             .and(path(format!("/v2/deployments/{to}/aliases")))

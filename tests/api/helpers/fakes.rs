@@ -51,13 +51,50 @@ pub fn compact(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("json")
 }
 
-pub fn alias_response(domain: &str, id: &str) -> ResponseTemplate {
-    // The documented response is an array; Backstop accepts both shapes.
-    ResponseTemplate::new(200).set_body_json(json!([{
-        "alias": domain, "created": "2017-04-26T23:00:34.232Z", "createdAt": 1540095775941i64,
-        "deployment": {"id": id, "url": format!("{id}.vercel.app"), "meta": {}},
-        "deploymentId": id, "projectId": PROJECT, "uid": "a1", "updatedAt": 1540095775941i64
-    }]))
+/// `GET /v4/aliases` (the domain-filtered list) answering `id` for every
+/// domain asked about.
+pub fn aliases_response(id: &str) -> AliasList {
+    AliasList(id.to_string())
+}
+
+/// The list of aliases serving one deployment, for whichever domains the
+/// request names.
+pub struct AliasList(String);
+
+impl wiremock::Respond for AliasList {
+    fn respond(&self, req: &wiremock::Request) -> ResponseTemplate {
+        let domains: Vec<String> = req
+            .url
+            .query_pairs()
+            .filter(|(k, _)| k == "domain")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        let serving: Vec<(&str, Option<&str>)> = domains
+            .iter()
+            .map(|d| (d.as_str(), Some(self.0.as_str())))
+            .collect();
+        alias_list(&serving)
+    }
+}
+
+/// A `GET /v4/aliases` answer of the documented shape: each domain with
+/// the deployment it serves (a domain serving nothing is not listed).
+pub fn alias_list(serving: &[(&str, Option<&str>)]) -> ResponseTemplate {
+    let aliases: Vec<Value> = serving
+        .iter()
+        .filter_map(|(domain, id)| {
+            let id = (*id)?;
+            Some(json!({
+                "alias": domain, "created": "2017-04-26T23:00:34.232Z", "createdAt": 1540095775941i64,
+                "deployment": {"id": id, "url": format!("{id}.vercel.app"), "meta": {}},
+                "deploymentId": id, "projectId": PROJECT, "uid": format!("alias_{domain}"), "updatedAt": 1540095775941i64
+            }))
+        })
+        .collect();
+    ResponseTemplate::new(200).set_body_json(json!({
+        "aliases": aliases,
+        "pagination": {"count": serving.len(), "next": null, "prev": null}
+    }))
 }
 
 /// A `deployment.promoted` webhook envelope.

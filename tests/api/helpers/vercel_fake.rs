@@ -51,17 +51,18 @@ struct Shared(Arc<VercelState>);
 struct ReadAlias(Arc<VercelState>);
 impl Respond for ReadAlias {
     fn respond(&self, req: &Request) -> ResponseTemplate {
-        let domain = req
+        let aliases = self.0.aliases.lock().unwrap();
+        let asked: Vec<(String, Option<String>)> = req
             .url
-            .path()
-            .trim_start_matches("/v4/aliases/")
-            .to_string();
-        match self.0.aliases.lock().unwrap().get(&domain) {
-            Some(id) => alias_response(&domain, id),
-            None => ResponseTemplate::new(404).set_body_json(
-                json!({"error": {"code": "not_found", "message": "The alias was not found"}}),
-            ),
-        }
+            .query_pairs()
+            .filter(|(k, _)| k == "domain")
+            .map(|(_, d)| (d.to_string(), aliases.get(d.as_ref()).cloned()))
+            .collect();
+        let serving: Vec<(&str, Option<&str>)> = asked
+            .iter()
+            .map(|(d, id)| (d.as_str(), id.as_deref()))
+            .collect();
+        alias_list(&serving)
     }
 }
 
@@ -141,7 +142,7 @@ impl TestApp {
 
 async fn mount(server: &MockServer, state: &Arc<VercelState>) {
     Mock::given(method("GET"))
-        .and(path_regex("^/v4/aliases/.+$"))
+        .and(path("/v4/aliases"))
         .respond_with(ReadAlias(state.clone()))
         .mount(server)
         .await;
