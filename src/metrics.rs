@@ -150,6 +150,18 @@ fn provider_families() -> &'static (
     })
 }
 
+/// A call held back, not sent: the provider's rate-limit window was spent
+/// until further than the caller could wait.
+pub fn provider_held(provider: &str) {
+    provider_families()
+        .0
+        .get_or_create(&ProviderOutcomeLabels {
+            provider: provider.into(),
+            outcome: "held".into(),
+        })
+        .inc();
+}
+
 /// A provider call ended (`status` when it was answered).
 pub fn provider_call(provider: &str, status: Option<u16>, took: Duration) {
     let outcome = match status {

@@ -1,10 +1,11 @@
 //! The `rollback` step: move every production domain to the target (by
-//! re-aliasing every domain side by side, or Vercel's Instant Rollback; a
-//! retry re-aliases only the domains not moved yet), read every alias back
-//! side by side, and only
-//! then record the target live and the old deployment bad. Re-running the
-//! step after a crash is safe: re-aliasing is idempotent, and an Instant
-//! Rollback already under way is followed rather than requested again.
+//! re-aliasing every domain side by side, as one group against Vercel's
+//! alias-creation limit, or Vercel's Instant Rollback; a retry re-aliases
+//! only the domains not moved yet), read every alias back in one call, and
+//! only then record the target live and the old deployment bad. Re-running
+//! the step after a crash is safe: re-aliasing is idempotent, and an
+//! Instant Rollback already under way is followed rather than requested
+//! again.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -150,18 +151,16 @@ impl Engine {
         let vercel = self.vercel()?;
         match svc.strategy {
             Strategy::Alias => {
-                let writes = domains.iter().map(|domain| async move {
-                    let result = vercel.assign_alias(to, domain).await;
-                    (domain, result)
-                });
+                // One group: all of this service's domains, or none while
+                // Vercel's alias-creation window cannot take them all.
                 let mut failed = Vec::new();
-                for (domain, result) in futures_util::future::join_all(writes).await {
+                for (domain, result) in vercel.assign_aliases(to, domains).await? {
                     match result {
                         Ok(()) => {
                             let mut moved = moved.lock().unwrap_or_else(|e| e.into_inner());
-                            moved.entry(domain.clone()).or_insert(attempt);
+                            moved.entry(domain).or_insert(attempt);
                         }
-                        Err(e) => failed.push((domain.as_str(), StepError::from(e))),
+                        Err(e) => failed.push((domain, StepError::from(e))),
                     }
                 }
                 match failed.first() {

@@ -6,6 +6,7 @@
 
 pub mod ai;
 pub mod pagerduty;
+pub(crate) mod ratelimit;
 pub mod sentry;
 pub mod slack;
 pub mod vercel;

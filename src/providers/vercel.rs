@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::ratelimit::{Reading, Windows};
 use super::{classify, json_body, send, Backoff, Endpoint, ProviderError};
 
 const PROVIDER: &str = "vercel";
@@ -20,12 +21,23 @@ const MAX_DOMAINS_PER_LIST: usize = 20;
 /// Pages of a domain-filtered alias list followed at most.
 const MAX_LIST_PAGES: usize = 5;
 
+/// Vercel's rate limits that Backstop's calls spend, by the names of its
+/// published table (https://vercel.com/docs/limits#rate-limits).
+const ALIAS_CREATION: &str = "alias creation";
+const ALIASES_LIST: &str = "aliases list";
+const DEPLOYMENTS_RETRIEVAL: &str = "deployments retrieval";
+const DEPLOYMENTS_LIST: &str = "deployments list";
+/// Not named in Vercel's table: metered only if its answers say so.
+const PROJECT_RETRIEVAL: &str = "project retrieval";
+const INSTANT_ROLLBACK: &str = "instant rollback";
+
 /// A small client around `reqwest::Client` with a configurable base URL.
 #[derive(Clone)]
 pub struct VercelClient {
     api: Endpoint,
     token: SecretString,
     team_id: Option<String>,
+    windows: Windows,
 }
 
 /// A production deployment as listed by `GET /v6/deployments`.
@@ -72,6 +84,7 @@ impl VercelClient {
             api: Endpoint::new(PROVIDER, base, timeout, 4, backoff)?,
             token,
             team_id,
+            windows: Windows::default(),
         })
     }
 
@@ -90,16 +103,52 @@ impl VercelClient {
     /// Points `domain` at `deployment` (`POST /v2/deployments/{id}/aliases`).
     /// A 409 because the alias already points there counts as success.
     pub async fn assign_alias(&self, deployment: &str, domain: &str) -> Result<(), ProviderError> {
+        let mut results = self
+            .assign_aliases(deployment, std::slice::from_ref(&domain.to_string()))
+            .await?;
+        results.pop().map_or(Ok(()), |(_, r)| r)
+    }
+
+    /// Points every one of `domains` at `deployment`, side by side, as one
+    /// group against Vercel's alias-creation limit: when its window cannot
+    /// take them all, none is sent (the error says until when), so a
+    /// service is never half moved for want of budget. Each domain's own
+    /// outcome otherwise.
+    pub async fn assign_aliases(
+        &self,
+        deployment: &str,
+        domains: &[String],
+    ) -> Result<Vec<(String, Result<(), ProviderError>)>, ProviderError> {
+        let _group = self
+            .windows
+            .admit(
+                PROVIDER,
+                ALIAS_CREATION,
+                domains.len() as u64,
+                self.api.backoff.max,
+            )
+            .await?;
         let path = format!(
             "/v2/deployments/{}/aliases",
             super::path_segment(deployment)
         );
-        let body = serde_json::json!({ "alias": domain });
-        // Vercel answers 409 when the alias is already assigned to this
-        // deployment; the read-back verifies production either way.
-        self.call_accepting(Method::POST, &path, &[], Some(&body), &[409])
-            .await
-            .map(|_| ())
+        let writes = domains.iter().map(|domain| {
+            let body = serde_json::json!({ "alias": domain });
+            let path = path.as_str();
+            async move {
+                // Vercel answers 409 when the alias is already assigned to
+                // this deployment; the read-back verifies production either way.
+                let result = self
+                    .api
+                    .retry(|| {
+                        self.once(ALIAS_CREATION, Method::POST, path, &[], Some(&body), &[409])
+                    })
+                    .await
+                    .map(|_| ());
+                (domain.clone(), result)
+            }
+        });
+        Ok(futures_util::future::join_all(writes).await)
     }
 
     /// A deployment's `meta` (`GET /v13/deployments/{id}`): the git facts
@@ -107,7 +156,9 @@ impl VercelClient {
     /// `githubCommitAuthorName`, ...).
     pub async fn deployment_meta(&self, id: &str) -> Result<Value, ProviderError> {
         let path = format!("/v13/deployments/{}", super::path_segment(id));
-        let v = self.call(Method::GET, &path, &[], None).await?;
+        let v = self
+            .call(DEPLOYMENTS_RETRIEVAL, Method::GET, &path, &[], None)
+            .await?;
         Ok(v["meta"].clone())
     }
 
@@ -130,7 +181,9 @@ impl VercelClient {
                 if let Some(u) = &until {
                     query.push(("until", u.as_str()));
                 }
-                let v = self.call(Method::GET, "/v4/aliases", &query, None).await?;
+                let v = self
+                    .call(ALIASES_LIST, Method::GET, "/v4/aliases", &query, None)
+                    .await?;
                 let items = v.get("aliases").and_then(Value::as_array);
                 for item in items.into_iter().flatten() {
                     let Some(domain) = chunk
@@ -180,9 +233,15 @@ impl VercelClient {
             super::path_segment(project),
             super::path_segment(deployment)
         );
-        self.call(Method::POST, &path, &[("description", description)], None)
-            .await
-            .map(|_| ())
+        self.call(
+            INSTANT_ROLLBACK,
+            Method::POST,
+            &path,
+            &[("description", description)],
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The project's `lastAliasRequest` (`GET /v9/projects/{p}`).
@@ -192,6 +251,7 @@ impl VercelClient {
     ) -> Result<Option<AliasJob>, ProviderError> {
         let v = self
             .call(
+                PROJECT_RETRIEVAL,
                 Method::GET,
                 &format!("/v9/projects/{}", super::path_segment(project)),
                 &[],
@@ -231,7 +291,13 @@ impl VercelClient {
                 query.push(("until", u.as_str()));
             }
             let v = self
-                .call(Method::GET, "/v6/deployments", &query, None)
+                .call(
+                    DEPLOYMENTS_LIST,
+                    Method::GET,
+                    "/v6/deployments",
+                    &query,
+                    None,
+                )
                 .await?;
             let items = v
                 .get("deployments")
@@ -251,32 +317,30 @@ impl VercelClient {
         Ok(out)
     }
 
+    /// One call, admitted against `bucket`'s rate-limit window, with this
+    /// client's retries.
     async fn call(
         &self,
+        bucket: &'static str,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, ProviderError> {
-        self.call_accepting(method, path, query, body, &[]).await
-    }
-
-    /// Like `call`, treating the `accept` statuses as success.
-    async fn call_accepting(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&Value>,
-        accept: &[u16],
-    ) -> Result<Value, ProviderError> {
+        let _admitted = self
+            .windows
+            .admit(PROVIDER, bucket, 1, self.api.backoff.max)
+            .await?;
         self.api
-            .retry(|| self.once(method.clone(), path, query, body, accept))
+            .retry(|| self.once(bucket, method.clone(), path, query, body, &[]))
             .await
     }
 
+    /// One try; what its answer says of `bucket`'s window is kept. The
+    /// `accept` statuses count as success.
     async fn once(
         &self,
+        bucket: &'static str,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
@@ -296,6 +360,10 @@ impl VercelClient {
             req = req.json(body);
         }
         let (status, headers, text) = send(PROVIDER, req).await?;
+        let limited = (status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| super::retry_after(&headers).unwrap_or(Duration::from_secs(1)));
+        self.windows
+            .record(bucket, Reading::from_headers(&headers), limited);
         if status.is_success() || accept.contains(&status.as_u16()) {
             if text.trim().is_empty() || !status.is_success() {
                 return Ok(Value::Null);

@@ -63,6 +63,7 @@ impl Sim {
             let mut w = sim.world();
             w.creds = creds;
             w.accrual_per_s = 1_000;
+            w.meter_vercel_as_published();
         }
         sim
     }
@@ -94,7 +95,7 @@ impl Sim {
         Router::new()
             .nest(
                 "/vercel",
-                faults::layer(vercel::routes(), self.clone(), Provider::Vercel),
+                faults::layer(vercel::routes(self.clone()), self.clone(), Provider::Vercel),
             )
             .nest(
                 "/pagerduty",
@@ -114,6 +115,7 @@ impl Sim {
             )
             .route("/_sim/state", get(state))
             .route("/_sim/faults", post(set_faults))
+            .route("/_sim/vercel-limits", post(set_vercel_limits))
             .route("/_sim/health", post(set_health))
             .route("/_sim/recovery", post(set_recovery))
             .with_state(self.clone())
@@ -177,6 +179,27 @@ struct FaultRequest {
 async fn set_faults(State(sim): State<Sim>, Json(req): Json<FaultRequest>) -> Json<Value> {
     sim.set_faults(req.provider, req.faults);
     Json(serde_json::json!({"ok": true}))
+}
+
+/// `{"published": true}` (Vercel's published limits), `{}` (none), or
+/// `{"limits": {"alias creation": [calls, window_ms], ...}}`.
+#[derive(serde::Deserialize)]
+struct VercelLimits {
+    #[serde(default)]
+    published: bool,
+    #[serde(default)]
+    limits: std::collections::BTreeMap<String, (u64, i64)>,
+}
+
+async fn set_vercel_limits(State(sim): State<Sim>, Json(req): Json<VercelLimits>) -> Json<Value> {
+    let mut w = sim.world();
+    if req.published {
+        w.meter_vercel_as_published();
+    } else {
+        w.vercel_limits = req.limits;
+        w.vercel_windows.clear();
+    }
+    Json(serde_json::json!({"ok": true, "limits": w.vercel_limits}))
 }
 
 async fn set_health(State(sim): State<Sim>, Json(h): Json<ReleaseHealth>) -> Json<Value> {

@@ -1,19 +1,22 @@
 //! Simulated Vercel REST API: aliases that really move, Instant Rollback
 //! jobs reported through `lastAliasRequest`, deployment listings, and
-//! Vercel's error bodies and rate-limit headers.
+//! Vercel's error bodies; calls are metered against Vercel's published
+//! rate limits (or the ones a test sets), with its rate-limit headers and
+//! 429s.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-use super::{AliasWrite, Sim};
+use super::{AliasWrite, Metered, Sim};
 use crate::clock::now_ms;
 
-pub fn routes() -> Router<Sim> {
+pub fn routes(sim: Sim) -> Router<Sim> {
     Router::new()
         .route("/v2/deployments/{id}/aliases", post(assign_alias))
         .route("/v4/aliases", get(list_aliases))
@@ -25,29 +28,68 @@ pub fn routes() -> Router<Sim> {
         .route("/v9/projects/{project}", get(get_project))
         .route("/v6/deployments", get(list_deployments))
         .route("/v13/deployments/{id}", get(get_deployment))
+        .layer(axum::middleware::from_fn_with_state(sim, metered))
+}
+
+/// Milliseconds to whole seconds, rounded up (a reset is never early).
+fn ceil_s(ms: i64) -> i64 {
+    (ms + 999) / 1000
+}
+
+/// The bucket of Vercel's published rate limits a call spends, if any.
+fn bucket_of(method: &Method, path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["v2", "deployments", _, "aliases"]) => Some("alias creation"),
+        ("GET", ["v4", "aliases"]) => Some("aliases list"),
+        ("GET", ["v4", "aliases", _]) => Some("alias retrieval"),
+        ("GET", ["v13", "deployments", _]) => Some("deployments retrieval"),
+        ("GET", ["v6", "deployments"]) => Some("deployments list"),
+        _ => None,
+    }
+}
+
+/// Spends the call's bucket: answers 429 (Vercel's `rate_limited` body)
+/// once its window is spent, and tells every answer the window's state in
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds).
+async fn metered(State(sim): State<Sim>, req: Request, next: Next) -> Response {
+    let Some(bucket) = bucket_of(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let spent = sim.world().spend_vercel(bucket, now_ms());
+    let (limit, remaining, reset_ms, mut response) = match spent {
+        None => return next.run(req).await,
+        Some(Metered::Within(limit, remaining, reset)) => {
+            (limit, remaining, reset, next.run(req).await)
+        }
+        Some(Metered::Spent(limit, reset)) => {
+            let wait_s = ceil_s((reset - now_ms()).max(0));
+            let body = json!({"error": {
+                "code": "rate_limited",
+                "message": format!("The rate limit of {limit} exceeded for '{bucket}'. Try again in {wait_s} seconds"),
+                "limit": {"remaining": 0, "reset": ceil_s(reset), "resetMs": reset, "total": limit}
+            }});
+            let r = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            (limit, 0, reset, r)
+        }
+    };
+    let h = response.headers_mut();
+    h.insert("x-ratelimit-limit", limit.into());
+    h.insert("x-ratelimit-remaining", remaining.into());
+    h.insert("x-ratelimit-reset", ceil_s(reset_ms).into());
+    response
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    with_limits(
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response(),
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
     )
+        .into_response()
 }
 
 fn ok(status: StatusCode, body: Value) -> Response {
-    with_limits((status, Json(body)).into_response())
-}
-
-/// Every Vercel response carries its rate-limit headers.
-fn with_limits(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert("x-ratelimit-limit", 120.into());
-    h.insert("x-ratelimit-remaining", 119.into());
-    h.insert("x-ratelimit-reset", (now_ms() / 1000 + 600).into());
-    r
+    (status, Json(body)).into_response()
 }
 
 /// The rejection for a request without the right credentials.
@@ -220,7 +262,7 @@ async fn rollback(
         .unwrap_or_default();
     let job = json!({"jobStatus": "in-progress", "fromDeploymentId": from, "toDeploymentId": deployment, "requestedAt": now_ms(), "type": "rollback"});
     w.alias_jobs.insert(project, (job, false));
-    with_limits(StatusCode::CREATED.into_response())
+    StatusCode::CREATED.into_response()
 }
 
 /// A rollback job finishes once it has been seen in progress: the first

@@ -210,11 +210,65 @@ pub struct World {
     pub max_in_flight: BTreeMap<super::Provider, usize>,
     /// Every request answered, by every provider, in order.
     pub served: Vec<Served>,
+    /// Vercel's rate limits: bucket → `(calls, window in ms)`. `Sim::new`
+    /// sets the published ones (`VERCEL_PUBLISHED_LIMITS`); a bucket not
+    /// here is not metered.
+    pub vercel_limits: BTreeMap<String, (u64, i64)>,
+    /// Vercel: each metered bucket's current window, `(start ms, calls)`.
+    pub vercel_windows: BTreeMap<String, (i64, u64)>,
     /// Counter for ids and timestamps.
     pub seq: u64,
 }
 
+/// Vercel's published API rate limits for the endpoints Backstop calls,
+/// from https://vercel.com/docs/limits#rate-limits: `(bucket, calls,
+/// window in seconds)`. Instant Rollback and project reads are not named
+/// there, so the simulator does not meter them.
+pub const VERCEL_PUBLISHED_LIMITS: &[(&str, u64, i64)] = &[
+    ("alias creation", 120, 600),
+    ("alias retrieval", 300, 600),
+    ("aliases list", 500, 60),
+    ("deployments retrieval", 500, 60),
+    ("deployments list", 1000, 60),
+];
+
+/// What a metered Vercel call found in its bucket's window.
+pub enum Metered {
+    /// Within the window: `(limit, remaining, reset in Unix ms)`.
+    Within(u64, u64, i64),
+    /// Spent until `reset` (Unix ms): `(limit, reset)`.
+    Spent(u64, i64),
+}
+
 impl World {
+    /// Sets Vercel's rate limits to the published ones.
+    pub fn meter_vercel_as_published(&mut self) {
+        self.vercel_limits = VERCEL_PUBLISHED_LIMITS
+            .iter()
+            .map(|(b, n, s)| (b.to_string(), (*n, s * 1000)))
+            .collect();
+        self.vercel_windows.clear();
+    }
+
+    /// Spends one call of `bucket` at `now` (Unix ms); `None` when the
+    /// bucket is not metered. A window starts with its first call.
+    pub fn spend_vercel(&mut self, bucket: &str, now: i64) -> Option<Metered> {
+        let (limit, window_ms) = *self.vercel_limits.get(bucket)?;
+        let (start, used) = self
+            .vercel_windows
+            .entry(bucket.to_string())
+            .or_insert((now, 0));
+        if now >= *start + window_ms {
+            (*start, *used) = (now, 0);
+        }
+        let reset = *start + window_ms;
+        if *used >= limit {
+            return Some(Metered::Spent(limit, reset));
+        }
+        *used += 1;
+        Some(Metered::Within(limit, limit - *used, reset))
+    }
+
     /// Adds a project with its production domains.
     pub fn add_project(&mut self, id: &str, domains: &[&str]) {
         self.projects

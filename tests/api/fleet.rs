@@ -382,3 +382,108 @@ async fn three_instances_roll_a_fleet_back_once_per_service() {
     let cards = w.messages.iter().filter(|m| m.thread_ts.is_none()).count();
     assert_eq!(cards, f.fleet.services, "one card per service");
 }
+
+/// Vercel publishes a budget of alias creations per ten minutes per team
+/// (120). Five services of three domains against a budget of nine: three
+/// services are moved whole, the other two are not touched at all (not
+/// one domain of theirs moved, nothing sent into the spent window), and
+/// they are paged at once, saying until when Vercel's window is spent,
+/// instead of knocking until their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_vercels_alias_budget_services_move_whole_or_not_at_all_and_the_rest_are_paged() {
+    let fleet = Fleet {
+        services: 5,
+        domains: 3,
+    };
+    let Some(f) = FleetApp::start(fleet, 20, |_| {}).await else {
+        return;
+    };
+    f.sim
+        .sim
+        .world()
+        .vercel_limits
+        .insert("alias creation".into(), (9, 600_000));
+    f.fire_all().await;
+    let w = f.sim.sim.world();
+    let (mut moved, mut untouched) = (Vec::new(), Vec::new());
+    for i in 0..f.fleet.services {
+        let [good, live] = Fleet::history(i, 0);
+        let serving: Vec<&String> = f
+            .fleet
+            .domains_of(i)
+            .iter()
+            .map(|d| &w.aliases[d])
+            .collect();
+        if serving.iter().all(|s| **s == good.0) {
+            moved.push(i);
+        } else if serving.iter().all(|s| **s == live.0) {
+            untouched.push(i);
+        } else {
+            panic!("service {i} is half moved: {serving:?}");
+        }
+    }
+    assert_eq!(moved.len(), 3, "the budget moves three services whole");
+    let refused = w
+        .served
+        .iter()
+        .filter(|s| s.provider == Provider::Vercel && s.method == "POST" && s.status == 429)
+        .count();
+    assert_eq!(refused, 0, "nothing was sent into the spent window");
+    assert_eq!(w.incidents.len(), f.fleet.services, "every service paged");
+    for i in untouched {
+        let incident = w
+            .incidents
+            .values()
+            .find(|inc| inc.key.contains(&Fleet::name(i)))
+            .expect("paged");
+        let s = &incident.summary;
+        assert!(
+            s.contains("rollback failed — manual action needed")
+                && s.contains("alias creation rate limit (9 a window) is spent until")
+                && s.contains("asked to wait"),
+            "{s}"
+        );
+    }
+}
+
+/// The same budget in a window of three seconds, with a rollback deadline
+/// that outlasts it: the services that did not fit wait for the window to
+/// reset and are then rolled back, whole; Vercel never answers 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_past_the_alias_budget_roll_back_when_the_window_resets_within_their_deadline() {
+    let fleet = Fleet {
+        services: 5,
+        domains: 3,
+    };
+    let Some(f) = FleetApp::start(fleet, 20, |c| {
+        c.engine.push_str("\nrollback_deadline = \"30s\"");
+    })
+    .await
+    else {
+        return;
+    };
+    f.sim
+        .sim
+        .world()
+        .vercel_limits
+        .insert("alias creation".into(), (9, 3_000));
+    f.fire_all().await;
+    let w = f.sim.sim.world();
+    for i in 0..f.fleet.services {
+        for d in f.fleet.domains_of(i) {
+            assert_eq!(w.aliases[&d], Fleet::history(i, 0)[0].0, "{d}");
+        }
+    }
+    assert_eq!(
+        w.alias_writes.len(),
+        f.fleet.services * f.fleet.domains,
+        "one write per domain"
+    );
+    assert!(
+        !w.served
+            .iter()
+            .any(|s| s.provider == Provider::Vercel && s.status == 429),
+        "Vercel never had to refuse a call"
+    );
+    assert_eq!(w.incidents.len(), f.fleet.services);
+}

@@ -237,6 +237,47 @@ async fn hung_vercel_times_out_on_every_try() {
     assert_eq!(requests(&server).await.len(), 3, "every try was made");
 }
 
+// ---- rate-limit windows ------------------------------------------------------------
+
+/// Vercel's documented rate-limit headers, read from an answer, decide the
+/// next group: two domains do not fit in a window with one call left, so
+/// neither is sent, and the error says until when.
+#[tokio::test]
+async fn a_group_of_writes_that_does_not_fit_the_window_vercel_reported_is_not_sent() {
+    let server = MockServer::start().await;
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    Mock::given(method("POST"))
+        .and(path(ASSIGN_PATH))
+        .respond_with(
+            json_body(200, ASSIGN_ALIAS)
+                .insert_header("x-ratelimit-limit", "120")
+                .insert_header("x-ratelimit-remaining", "1")
+                .insert_header("x-ratelimit-reset", reset.to_string().as_str()),
+        )
+        .mount(&server)
+        .await;
+    let vercel = client(&server);
+    vercel.assign_alias("dpl_x", DOMAIN).await.unwrap();
+    let two = [DOMAIN, "www.example.com"].map(String::from);
+    let err = vercel.assign_aliases("dpl_x", &two).await.unwrap_err();
+    assert!(err.is_retryable());
+    assert!(err.retry_after().unwrap() > Duration::from_secs(500));
+    assert!(
+        err.to_string()
+            .contains("alias creation rate limit (120 a window) is spent until"),
+        "{err}"
+    );
+    assert_eq!(requests(&server).await.len(), 1, "neither was sent");
+    // One still fits.
+    let one = vercel.assign_aliases("dpl_x", &two[..1]).await.unwrap();
+    assert!(one[0].1.is_ok());
+    assert_eq!(requests(&server).await.len(), 2);
+}
+
 // ---- alias_targets --------------------------------------------------------------
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! three round trips (read the aliases, write them, read them back, every
 //! domain and service side by side). Reports when the last service was
 //! verified back on its known-good deployment, paged and posted, and the
-//! ratio to the floor.
+//! ratio to the floor. With `--vercel-limits` the simulated Vercel meters
+//! its published rate limits: how many services moved whole, how many were
+//! held (not touched, and paged), and that none was half moved.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +32,9 @@ pub(super) async fn fleet(
         .world(&DEMO)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await?;
+    if !opts.vercel_limits {
+        sim.sim.world().vercel_limits.clear();
+    }
     let port = free_port()?;
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let mut config = Config::new(DEMO, Bases::of(&sim), db, listen);
@@ -96,11 +101,31 @@ pub(super) async fn fleet(
     // Pages and cards that reached their provider (one each per service).
     let pages = w.incidents.len();
     let cards = w.messages.iter().filter(|m| m.thread_ts.is_none()).count();
+    // Per service: every domain moved, none moved, or some (never wanted).
+    let (mut whole, mut untouched, mut half) = (0, 0, 0);
+    for i in 0..fleet.services {
+        let [good, _] = Fleet::history(i, 0);
+        let domains = fleet.domains_of(i);
+        let on_good = domains
+            .iter()
+            .filter(|d| w.aliases.get(*d) == Some(&good.0))
+            .count();
+        match on_good {
+            n if n == domains.len() => whole += 1,
+            0 => untouched += 1,
+            _ => half += 1,
+        }
+    }
+    let refused = w
+        .served
+        .iter()
+        .filter(|s| s.provider == Provider::Vercel && s.status == 429)
+        .count();
     let floor_ms = 3.0 * opts.latency_ms as f64;
     let ms = |us: i64| us as f64 / 1000.0;
     let per_service: Vec<f64> = verified.values().map(|us| ms(*us)).collect();
     let note = format!(
-        "{accepted}/{} acknowledged (last ack {:.0} ms); last verified {:.0} ms = {:.2}× the floor of {floor_ms:.0} ms; last page {:.0} ms, last post {:.0} ms; {pages} pages, {cards} cards; {} alias writes; {} services verified",
+        "{accepted}/{} acknowledged (last ack {:.0} ms); last verified {:.0} ms = {:.2}× the floor of {floor_ms:.0} ms; last page {:.0} ms, last post {:.0} ms; {pages} pages, {cards} cards; {} alias writes; {} services verified; services moved whole {whole}, untouched {untouched}, half moved {half}; Vercel 429s {refused}",
         fleet.services,
         ms(acked_us),
         per_service.iter().cloned().fold(0.0, f64::max),
@@ -111,12 +136,17 @@ pub(super) async fn fleet(
         verified.len(),
     );
     let name = format!(
-        "fleet {} n={} d={} {}ms{}",
+        "fleet {} n={} d={} {}ms{}{}",
         backend(db),
         fleet.services,
         fleet.domains,
         opts.latency_ms,
-        if opts.ai_hang { " ai-hanging" } else { "" }
+        if opts.ai_hang { " ai-hanging" } else { "" },
+        if opts.vercel_limits {
+            " vercel-limits"
+        } else {
+            ""
+        }
     );
     drop(w);
     Ok(report(name, per_service, None, server.peak_rss_mib(), note))

@@ -104,6 +104,11 @@ pub struct BenchOpts {
     /// answers (fleet): the rollback, page and post must not wait for it.
     #[arg(long)]
     pub ai_hang: bool,
+    /// Meter the simulated Vercel with its published rate limits (fleet):
+    /// 120 alias creations per ten minutes, and so on. Off by default, so
+    /// the fleet rows measure Backstop itself.
+    #[arg(long)]
+    pub vercel_limits: bool,
     /// Deployments of the service to grow the ledger by (growth).
     #[arg(long, default_value_t = 20_000)]
     pub deployments: usize,
