@@ -36,6 +36,10 @@ const PROBE_WAIT: Duration = Duration::from_secs(30);
 pub(crate) struct Windows {
     buckets: Arc<Mutex<HashMap<&'static str, Bucket>>>,
     changed: Arc<Notify>,
+    /// Buckets where calls may join a probe without waiting for its
+    /// answer, up to this many (the provider's published limit): reads,
+    /// where a call refused costs a retry and never half a service.
+    priors: Arc<HashMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +130,15 @@ impl Drop for Admission {
 }
 
 impl Windows {
+    /// Windows where calls to `priors`' buckets join a probe, up to the
+    /// number given, instead of waiting for its answer.
+    pub fn with_priors(priors: &[(&'static str, u64)]) -> Self {
+        Self {
+            priors: Arc::new(priors.iter().copied().collect()),
+            ..Self::default()
+        }
+    }
+
     /// Admits a group of `n` calls to `bucket`, waiting for a probe's
     /// answer, or for a window's reset no further away than `max_wait`.
     /// A window that stays spent past that is a retryable error saying
@@ -198,7 +211,13 @@ impl Windows {
                     Verdict::SpentUntil(w.reset_at_ms, w.limit)
                 }
             }
-            _ if b.probing => Verdict::WaitForProbe,
+            _ if b.probing => match self.priors.get(bucket) {
+                Some(prior) if b.probe_size + n <= *prior => {
+                    b.probe_size += n;
+                    Verdict::Go
+                }
+                _ => Verdict::WaitForProbe,
+            },
             _ => {
                 b.window = None;
                 b.probing = true;
@@ -335,6 +354,21 @@ mod tests {
                 "a third group would be cut in half: it waits whole"
             );
         }
+    }
+
+    #[test]
+    fn reads_join_a_probe_up_to_the_published_limit_and_are_counted() {
+        let w = Windows::with_priors(&[(B, 5)]);
+        assert!(matches!(w.decide(B, 2, 0), Verdict::Probe(_)));
+        assert!(matches!(w.decide(B, 3, 0), Verdict::Go), "joins, 5 sent");
+        assert!(
+            matches!(w.decide(B, 1, 0), Verdict::WaitForProbe),
+            "past the prior it waits"
+        );
+        // The first answer counted one call; all five sent are ours.
+        w.record(B, reading(8, 7, now_ms() + 60_000), None);
+        assert!(go(&w, 3, 0));
+        assert!(!go(&w, 1, 0));
     }
 
     #[test]

@@ -84,7 +84,13 @@ impl VercelClient {
             api: Endpoint::new(PROVIDER, base, timeout, 4, backoff)?,
             token,
             team_id,
-            windows: Windows::default(),
+            // Reads go without waiting for a window they do not know yet,
+            // up to the published limit; alias writes wait for it.
+            windows: Windows::with_priors(&[
+                (ALIASES_LIST, 500),
+                (DEPLOYMENTS_RETRIEVAL, 500),
+                (DEPLOYMENTS_LIST, 1000),
+            ]),
         })
     }
 

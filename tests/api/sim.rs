@@ -176,6 +176,65 @@ async fn simulated_vercel_answers_like_vercel() {
     assert!(list["pagination"]["next"].is_i64(), "a second page exists");
 }
 
+/// Vercel's calls are metered as Vercel meters them: the window in the
+/// headers of every answer, and a spent window answered 429 with Vercel's
+/// `rate_limited` body (the reference example's shape).
+#[tokio::test]
+async fn simulated_vercel_meters_its_rate_limits_like_vercel() {
+    let (sim, http) = start().await;
+    let v = sim.api_base(Provider::Vercel);
+    let set = |limits: Value| {
+        let http = http.clone();
+        let url = format!("{}/_sim/vercel-limits", sim.base);
+        async move {
+            let r = http.post(url).json(&limits).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    set(json!({"limits": {"alias creation": [1, 60_000]}})).await;
+    let write = || {
+        http.post(format!("{v}/v2/deployments/dpl_old/aliases"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"alias": "a.example.com"}))
+            .send()
+    };
+    let first = write().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let header = |r: &reqwest::Response, h: &str| -> i64 {
+        r.headers()[h].to_str().unwrap().parse().unwrap()
+    };
+    assert_eq!(header(&first, "x-ratelimit-limit"), 1);
+    assert_eq!(header(&first, "x-ratelimit-remaining"), 0);
+    let reset = header(&first, "x-ratelimit-reset");
+    let second = write().await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(header(&second, "x-ratelimit-reset"), reset);
+    let body: Value = second.json().await.unwrap();
+    let reference = fixture("vercel/error_rate_limited.json");
+    assert_eq!(keys(&body["error"]), keys(&reference["error"]));
+    assert_eq!(
+        keys(&body["error"]["limit"]),
+        keys(&reference["error"]["limit"])
+    );
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["limit"]["reset"], reset);
+    assert_eq!(
+        sim.sim.world().alias_writes.len(),
+        1,
+        "the refused write did not move anything"
+    );
+    // Unmetered: no headers, no refusals.
+    set(json!({})).await;
+    let r = write().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("x-ratelimit-remaining"));
+    // The published limits again: 120 alias creations per ten minutes.
+    set(json!({"published": true})).await;
+    let r = write().await.unwrap();
+    assert_eq!(header(&r, "x-ratelimit-limit"), 120);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), 119);
+}
+
 #[tokio::test]
 async fn simulated_instant_rollback_reports_its_job_and_moves_production() {
     let (sim, http) = start().await;

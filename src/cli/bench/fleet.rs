@@ -33,7 +33,7 @@ pub(super) async fn fleet(
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await?;
     if !opts.vercel_limits {
-        sim.sim.world().vercel_limits.clear();
+        unmetered(&sim);
     }
     let port = free_port()?;
     let listen = SocketAddr::from(([127, 0, 0, 1], port));

@@ -27,6 +27,7 @@ pub(super) async fn growth(
     let sim = world(&DEMO)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await?;
+    unmetered(&sim);
     let port = free_port()?;
     let config_text = config(db, port, Some(&sim));
     let (server, _) = Server::start(exe, dir, &config_text, port).await?;

@@ -20,6 +20,7 @@ pub(super) async fn rollback(
     let sim = world(&DEMO)
         .start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await?;
+    unmetered(&sim);
     let port = free_port()?;
     let (server, _) = Server::start(exe, dir, &config(db, port, Some(&sim)), port).await?;
     let http = reqwest::Client::new();
