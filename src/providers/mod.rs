@@ -380,8 +380,8 @@ impl Backoff {
 }
 
 /// Runs `call` up to `tries` times, retrying retryable failures after a
-/// capped, jittered backoff (or the server's `Retry-After`, when it is no
-/// longer than the backoff's cap); a retry whose wait would end past
+/// capped, jittered backoff or the server's `Retry-After` (a longer one
+/// only when there is a `deadline`); a retry whose wait would end past
 /// `deadline` is not made: the error in hand is returned (a caller's budget
 /// ends with the provider's words, not a bare timeout).
 pub(crate) async fn with_retries_until<T, F, Fut>(
@@ -399,13 +399,16 @@ where
         match call().await {
             Err(e) if e.is_retryable() && retry + 1 < tries => {
                 // A provider that names a wait longer than this client's
-                // own backoff (a rate-limit window resetting in minutes)
-                // is answered now: the caller, who knows its deadline,
-                // schedules that wait; trying earlier only spends calls.
-                if e.retry_after().is_some_and(|ra| ra > backoff.max) {
-                    return Err(e);
-                }
-                let wait = backoff.delay(retry, e.retry_after());
+                // own backoff (a rate-limit window resetting in minutes) is
+                // waited out whole when the caller gave a deadline it fits
+                // in; without one it is answered now, for the caller (the
+                // engine keeps the step's deadline) to schedule. Trying
+                // earlier only spends calls.
+                let wait = match (e.retry_after(), deadline) {
+                    (Some(asked), None) if asked > backoff.max => return Err(e),
+                    (Some(asked), Some(_)) if asked > backoff.max => asked,
+                    (asked, _) => backoff.delay(retry, asked),
+                };
                 if deadline.is_some_and(|d| tokio::time::Instant::now() + wait >= d) {
                     return Err(e);
                 }
@@ -421,6 +424,52 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call answered "429, come back in 60 s" twice, then served;
+    /// returns how many tries were made and the outcome.
+    async fn rate_limited_twice(deadline: Option<Duration>) -> (u32, Result<(), ProviderError>) {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let backoff = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_secs(1),
+        };
+        let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
+        let result = with_retries_until(4, backoff, deadline, || async {
+            match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Err(ProviderError::Retryable {
+                    provider: "vercel",
+                    message: "HTTP 429".into(),
+                    retry_after: Some(Duration::from_secs(60)),
+                }),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        (tries.into_inner(), result)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_after_is_waited_whole_within_a_deadline_and_handed_back_without_one() {
+        let started = tokio::time::Instant::now();
+        let (tries, result) = rate_limited_twice(Some(Duration::from_secs(300))).await;
+        assert!(result.is_ok());
+        assert_eq!(tries, 3);
+        assert!(
+            started.elapsed() >= Duration::from_secs(120),
+            "waited as asked"
+        );
+
+        let (tries, result) = rate_limited_twice(None).await;
+        assert_eq!(tries, 1, "no deadline: the caller schedules the wait");
+        assert_eq!(
+            result.unwrap_err().retry_after(),
+            Some(Duration::from_secs(60))
+        );
+
+        let (tries, result) = rate_limited_twice(Some(Duration::from_secs(90))).await;
+        assert_eq!(tries, 2, "the second wait would end past the deadline");
+        assert!(result.is_err());
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {
