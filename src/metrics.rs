@@ -150,16 +150,16 @@ fn provider_families() -> &'static (
     })
 }
 
-/// A call held back, not sent: the provider's rate-limit window was spent
-/// until further than the caller could wait.
-pub fn provider_held(provider: &str) {
+/// `calls` held back, not sent: the provider's rate-limit window was
+/// spent until further than the caller could wait.
+pub fn provider_held(provider: &str, calls: u64) {
     provider_families()
         .0
         .get_or_create(&ProviderOutcomeLabels {
             provider: provider.into(),
             outcome: "held".into(),
         })
-        .inc();
+        .inc_by(calls);
 }
 
 /// A provider call ended (`status` when it was answered).

@@ -315,10 +315,17 @@ pub(crate) fn classify(
         code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
     );
     if s == 408 || s == 409 || s == 429 || status.is_server_error() {
+        // A rate limit's reset says when to come back only on a 429 (Vercel
+        // sends its headers on every answer, a 500 included); any other
+        // status is waited for only when it says so itself (`Retry-After`).
+        let retry_after = match s {
+            429 => retry_after(headers),
+            _ => seconds(headers, "retry-after").map(Duration::from_secs),
+        };
         ProviderError::Retryable {
             provider,
             message,
-            retry_after: retry_after(headers),
+            retry_after,
         }
     } else {
         ProviderError::Fatal {
@@ -333,7 +340,7 @@ pub(crate) fn classify(
 /// `Retry-After` (seconds), `X-RateLimit-Reset` (epoch seconds) or
 /// `ratelimit-reset` (seconds from now), whichever is present.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let num = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+    let num = |name: &str| seconds(headers, name);
     if let Some(secs) = num("retry-after") {
         return Some(Duration::from_secs(secs));
     }
@@ -350,6 +357,11 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         }));
     }
     num("ratelimit-reset").map(Duration::from_secs)
+}
+
+/// A header holding a whole number.
+fn seconds(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok()
 }
 
 /// Capped exponential backoff with jitter.
@@ -524,6 +536,27 @@ mod tests {
         let err = build_client("vercel", broken).unwrap_err();
         assert_eq!(err.envelope().code, "client_unavailable");
         assert!(http_client("vercel", Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn a_server_error_carrying_rate_limit_headers_is_not_a_rate_limit() {
+        let mut h = HeaderMap::new();
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        h.insert("x-ratelimit-remaining", "90".parse().unwrap());
+        h.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
+        let status = |s| reqwest::StatusCode::from_u16(s).unwrap();
+        let e = classify("vercel", status(500), &h, None, "x".into());
+        assert_eq!(e.retry_after(), None, "retried on the client's backoff");
+        let e = classify("vercel", status(429), &h, None, "x".into());
+        assert!(e.retry_after().unwrap() > Duration::from_secs(500));
+        // A 503 that names its own wait is waited for.
+        h.insert("retry-after", "30".parse().unwrap());
+        let e = classify("vercel", status(503), &h, None, "x".into());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //! published limits, such as Vercel's "alias creation"), shared by every
 //! clone of a client: how many calls the current window has left and when
 //! it resets, read from the headers of each answer (`X-RateLimit-Limit`,
-//! `-Remaining`, `-Reset`).
+//! `-Remaining`, `-Reset`), and until when a 429 said to stay away.
 //!
 //! Calls are admitted against it a group at a time (a service's domains
 //! together), so a spent window turns a whole group away before anything
 //! is sent, never half of one, and says when to come back. While a
 //! bucket's window is unknown (first use, or it has reset) one group
-//! probes it and the others wait for its first answer. A bucket whose
-//! answers carry no such headers is not metered. Several instances each
-//! keep their own view: what one spends, another learns from the headers
-//! or, at worst, from a 429.
+//! probes it and the others wait for an answer that tells it; reads may
+//! join the probe up to the provider's published limit. A bucket whose
+//! successful answers carry no such headers is not metered, until an
+//! answer does. Answers about a window older than the one known are
+//! ignored. Several instances each keep their own view: what one spends,
+//! another learns from the headers or, at worst, from a 429.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::ProviderError;
 use crate::clock::{format_time, now_ms};
@@ -27,8 +30,7 @@ use crate::clock::{format_time, now_ms};
 /// unmetered before it is probed again.
 const UNMETERED_FOR_MS: i64 = 60_000;
 
-/// The longest a group waits for a probe's first answer before probing
-/// itself.
+/// The longest a group waits for a probe's answer before probing itself.
 const PROBE_WAIT: Duration = Duration::from_secs(30);
 
 /// The rate-limit windows of one provider, per bucket.
@@ -45,17 +47,20 @@ pub(crate) struct Windows {
 #[derive(Debug, Default)]
 struct Bucket {
     window: Option<Window>,
-    /// A group was sent while the window was unknown; its first answer
-    /// tells the window, and until then the others wait.
+    /// Calls sent (or admitted to be sent) and not answered yet.
+    outstanding: u64,
+    /// A probe is out: the window is unknown until an answer tells it,
+    /// and groups wait (reads join, up to their prior).
     probing: bool,
-    /// Which probe (a probe's admission, dropped unanswered, frees only
-    /// its own).
+    /// The current (or last) probe's number.
     probe: u64,
-    /// When that group was sent.
-    probe_started_ms: i64,
-    /// How many calls that group sent.
-    probe_size: u64,
-    /// Answers carry no rate-limit headers: admitted freely until then.
+    probe_started: Option<Instant>,
+    /// Calls sent since the probe went out.
+    probe_sent: u64,
+    /// A 429 said to stay away until then (Unix ms), and its limit.
+    blocked_until_ms: i64,
+    blocked_limit: u64,
+    /// Successful answers carry no rate-limit headers: admitted freely.
     unmetered_until_ms: i64,
 }
 
@@ -69,16 +74,11 @@ struct Window {
     reset_at_ms: i64,
     sent: u64,
     others: u64,
-    /// A 429 said so.
-    exhausted: bool,
 }
 
 impl Window {
     fn remaining(&self) -> u64 {
-        match self.exhausted {
-            true => 0,
-            false => self.limit.saturating_sub(self.sent + self.others),
-        }
+        self.limit.saturating_sub(self.sent + self.others)
     }
 }
 
@@ -91,40 +91,81 @@ pub(crate) struct Reading {
 }
 
 impl Reading {
-    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds), when
-    /// the answer has all three.
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds; a
+    /// small number is seconds from now), when the answer has all three.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
         let num = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
-        let reset = num("x-ratelimit-reset")?;
+        let reset = i64::try_from(num("x-ratelimit-reset")?).ok()?;
+        let reset_at_ms = match reset {
+            r if r > 1_000_000_000 => r.saturating_mul(1000),
+            r => now_ms() + r.saturating_mul(1000),
+        };
         Some(Self {
             limit: num("x-ratelimit-limit")?,
             remaining: num("x-ratelimit-remaining")?,
-            reset_at_ms: i64::try_from(reset).ok()?.saturating_mul(1000),
+            reset_at_ms,
         })
+    }
+}
+
+/// What one call's answer said of its bucket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Answer {
+    /// Headers; `true` when it was a 429.
+    Headers(Reading, bool),
+    /// A 429 without headers, saying when to come back.
+    Limited(Duration),
+    /// No headers; whether the call succeeded.
+    Plain(bool),
+    /// No answer (the call failed in transit).
+    Lost,
+}
+
+impl Answer {
+    /// What an answer with this status and these headers says.
+    pub fn of(status: reqwest::StatusCode, headers: &HeaderMap) -> Self {
+        let limited = status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+        match Reading::from_headers(headers) {
+            Some(r) => Answer::Headers(r, limited),
+            None if limited => {
+                Answer::Limited(super::retry_after(headers).unwrap_or(Duration::from_secs(1)))
+            }
+            None => Answer::Plain(status.is_success()),
+        }
     }
 }
 
 /// What an admission decided.
 enum Verdict {
-    Go,
+    /// Go: a member of probe `Some(n)` (whose answers may tell the window).
+    Go(Option<u64>),
     /// Go, probing the unknown window (this probe's number).
     Probe(u64),
     WaitForProbe,
     SpentUntil(i64, u64),
 }
 
-/// A group's admission, held while its calls are out. A probe dropped
-/// before any answer told the window (its calls failed in transit, or were
-/// cut off by a deadline) lets the next group probe.
+/// A group's admission, held while its calls are out. Its calls report
+/// their answers with [`Admission::probe`]. A probe dropped before any
+/// answer told the window (its calls failed in transit, or were cut off
+/// by a deadline) lets the next group probe.
 #[must_use]
 pub(crate) struct Admission {
-    probe: Option<(Windows, &'static str, u64)>,
+    member_of: Option<u64>,
+    guard: Option<(Windows, &'static str, u64)>,
+}
+
+impl Admission {
+    /// The probe this group's calls belong to, if any.
+    pub fn probe(&self) -> Option<u64> {
+        self.member_of
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some((windows, bucket, probe)) = self.probe.take() {
-            windows.unanswered(bucket, probe);
+        if let Some((windows, bucket, probe)) = self.guard.take() {
+            windows.end_probe(bucket, probe);
         }
     }
 }
@@ -155,22 +196,28 @@ impl Windows {
             tokio::pin!(changed);
             changed.as_mut().enable();
             match self.decide(bucket, n, now_ms()) {
-                Verdict::Go => return Ok(Admission { probe: None }),
+                Verdict::Go(member_of) => {
+                    return Ok(Admission {
+                        member_of,
+                        guard: None,
+                    })
+                }
                 Verdict::Probe(probe) => {
                     return Ok(Admission {
-                        probe: Some((self.clone(), bucket, probe)),
+                        member_of: Some(probe),
+                        guard: Some((self.clone(), bucket, probe)),
                     })
                 }
                 Verdict::WaitForProbe => {
                     // Bounded: a probe is itself bounded by its client's
                     // timeout, and its admission frees the bucket when it ends.
                     let _ = tokio::time::timeout(PROBE_WAIT, changed).await;
-                    self.unanswered_after(bucket, PROBE_WAIT);
+                    self.give_up_stale_probe(bucket);
                 }
-                Verdict::SpentUntil(reset_at_ms, limit) => {
-                    let wait = Duration::from_millis((reset_at_ms - now_ms()).max(0) as u64);
+                Verdict::SpentUntil(until_ms, limit) => {
+                    let wait = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
                     if wait > max_wait {
-                        crate::metrics::provider_held(provider);
+                        crate::metrics::provider_held(provider, n);
                         let size = match limit {
                             0 => String::new(),
                             l => format!(" ({l} a window)"),
@@ -179,7 +226,7 @@ impl Windows {
                             provider,
                             message: format!(
                                 "the {bucket} rate limit{size} is spent until {}; nothing was sent",
-                                format_time(reset_at_ms)
+                                format_time(until_ms)
                             ),
                             retry_after: Some(wait),
                         });
@@ -193,28 +240,31 @@ impl Windows {
     fn decide(&self, bucket: &'static str, n: u64, now: i64) -> Verdict {
         let mut buckets = self.lock();
         let b = buckets.entry(bucket).or_default();
+        if now < b.blocked_until_ms {
+            let limit = b.window.map_or(b.blocked_limit, |w| w.limit);
+            return Verdict::SpentUntil(b.blocked_until_ms, limit);
+        }
         if now < b.unmetered_until_ms {
-            return Verdict::Go;
+            b.outstanding += n;
+            return Verdict::Go(None);
         }
         match &mut b.window {
             Some(w) if now < w.reset_at_ms => {
                 // A group larger than a whole window goes when it is whole.
-                let need = if w.limit > 0 {
-                    n.min(w.limit)
-                } else {
-                    n.max(1)
-                };
+                let need = n.min(w.limit.max(1));
                 if w.remaining() >= need {
                     w.sent += need;
-                    Verdict::Go
+                    b.outstanding += n;
+                    Verdict::Go(None)
                 } else {
                     Verdict::SpentUntil(w.reset_at_ms, w.limit)
                 }
             }
             _ if b.probing => match self.priors.get(bucket) {
-                Some(prior) if b.probe_size + n <= *prior => {
-                    b.probe_size += n;
-                    Verdict::Go
+                Some(prior) if b.probe_sent + n <= *prior => {
+                    b.probe_sent += n;
+                    b.outstanding += n;
+                    Verdict::Go(Some(b.probe))
                 }
                 _ => Verdict::WaitForProbe,
             },
@@ -222,86 +272,79 @@ impl Windows {
                 b.window = None;
                 b.probing = true;
                 b.probe += 1;
-                b.probe_started_ms = now;
-                b.probe_size = n;
+                b.probe_started = Some(Instant::now());
+                b.probe_sent = n;
+                b.outstanding += n;
                 Verdict::Probe(b.probe)
             }
         }
     }
 
-    /// A probe out longer than `stale` is given up on (its answer is not
-    /// coming): the next group probes.
-    fn unanswered_after(&self, bucket: &'static str, stale: Duration) {
-        let probe = {
-            let buckets = self.lock();
-            match buckets.get(bucket) {
-                Some(b)
-                    if b.probing && now_ms() - b.probe_started_ms >= stale.as_millis() as i64 =>
-                {
-                    b.probe
-                }
-                _ => return,
-            }
-        };
-        self.unanswered(bucket, probe);
+    /// A call of a group is sent again (a retry): one more outstanding.
+    pub fn resending(&self, bucket: &'static str) {
+        self.lock().entry(bucket).or_default().outstanding += 1;
     }
 
-    /// Learns from one answer to a call to `bucket`: its headers, or that
-    /// it was a 429 (the window is spent until `retry_after`, if no header
-    /// says), or that it carried nothing (the bucket is not metered).
-    pub fn record(
-        &self,
-        bucket: &'static str,
-        reading: Option<Reading>,
-        rate_limited: Option<Duration>,
-    ) {
+    /// Learns from the answer to one call to `bucket`, a member of probe
+    /// `probe` if it was one.
+    pub fn record(&self, bucket: &'static str, probe: Option<u64>, answer: Answer) {
         let now = now_ms();
         let mut buckets = self.lock();
         let b = buckets.entry(bucket).or_default();
-        let was_probing = std::mem::take(&mut b.probing);
-        match (reading, rate_limited) {
-            (Some(r), _) => {
+        // This call among them: what else of ours a new window holds.
+        let ours = b.outstanding.max(1);
+        b.outstanding = b.outstanding.saturating_sub(1);
+        let of_the_probe = b.probing && probe == Some(b.probe);
+        let mut window_known = false;
+        match answer {
+            Answer::Headers(r, limited) => {
+                b.unmetered_until_ms = 0;
                 let used = r.limit.saturating_sub(r.remaining);
-                let w = match b.window {
-                    Some(w) if w.reset_at_ms == r.reset_at_ms => w,
-                    // A new window: the probing group is what this process
-                    // sent into it (else just this call).
-                    _ => Window {
-                        limit: r.limit,
-                        reset_at_ms: r.reset_at_ms,
-                        sent: if was_probing { b.probe_size } else { 1 },
-                        others: 0,
-                        exhausted: false,
-                    },
-                };
-                b.window = Some(Window {
-                    limit: r.limit,
-                    others: w.others.max(used.saturating_sub(w.sent)),
-                    exhausted: w.exhausted || rate_limited.is_some(),
-                    ..w
-                });
+                match &mut b.window {
+                    // An answer about an earlier window, or one already over.
+                    Some(w) if r.reset_at_ms < w.reset_at_ms => {}
+                    _ if r.reset_at_ms <= now => {}
+                    Some(w) if r.reset_at_ms == w.reset_at_ms => {
+                        w.limit = r.limit;
+                        w.others = w.others.max(used.saturating_sub(w.sent));
+                        window_known = true;
+                    }
+                    // A new window: all of ours still out may land in it.
+                    _ => {
+                        b.window = Some(Window {
+                            limit: r.limit,
+                            reset_at_ms: r.reset_at_ms,
+                            sent: ours,
+                            others: used.saturating_sub(ours),
+                        });
+                        window_known = true;
+                    }
+                }
+                if limited && r.reset_at_ms > now {
+                    b.blocked_until_ms = b.blocked_until_ms.max(r.reset_at_ms);
+                    b.blocked_limit = r.limit;
+                }
             }
-            (None, Some(wait)) => {
-                b.window = Some(Window {
-                    limit: b.window.map_or(0, |w| w.limit),
-                    reset_at_ms: now + wait.as_millis() as i64,
-                    sent: 0,
-                    others: 0,
-                    exhausted: true,
-                });
+            Answer::Limited(wait) => {
+                b.blocked_until_ms = b.blocked_until_ms.max(now + wait.as_millis() as i64);
             }
-            (None, None) if was_probing || b.window.is_none() => {
+            Answer::Plain(true) if of_the_probe || b.window.is_none() => {
                 b.unmetered_until_ms = now + UNMETERED_FOR_MS;
+                window_known = true;
             }
-            (None, None) => {}
+            Answer::Plain(_) | Answer::Lost => {}
         }
-        if was_probing {
+        // The probe ends with its own answer, or with any answer that
+        // told the window (the others need not wait for the probe's).
+        if b.probing && (of_the_probe || window_known) {
+            b.probing = false;
             self.changed.notify_waiters();
         }
     }
 
-    /// Probe `probe` ended without an answer: the next group probes.
-    fn unanswered(&self, bucket: &'static str, probe: u64) {
+    /// Probe `probe` is over (its admission was dropped): if no answer
+    /// told the window, the next group probes.
+    fn end_probe(&self, bucket: &'static str, probe: u64) {
         let mut buckets = self.lock();
         if let Some(b) = buckets.get_mut(bucket) {
             if b.probing && b.probe == probe {
@@ -309,6 +352,23 @@ impl Windows {
                 self.changed.notify_waiters();
             }
         }
+    }
+
+    /// A probe out longer than [`PROBE_WAIT`] is given up on (its answer
+    /// is not coming): the next group probes.
+    fn give_up_stale_probe(&self, bucket: &'static str) {
+        let probe = {
+            let buckets = self.lock();
+            match buckets.get(bucket) {
+                Some(b)
+                    if b.probing && b.probe_started.is_some_and(|t| t.elapsed() >= PROBE_WAIT) =>
+                {
+                    b.probe
+                }
+                _ => return,
+            }
+        };
+        self.end_probe(bucket, probe);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<&'static str, Bucket>> {
@@ -322,33 +382,46 @@ mod tests {
 
     const B: &str = "alias creation";
 
-    fn reading(limit: u64, remaining: u64, reset_at_ms: i64) -> Option<Reading> {
-        Some(Reading {
-            limit,
-            remaining,
-            reset_at_ms,
-        })
+    fn headers(limit: u64, remaining: u64, reset_at_ms: i64) -> Answer {
+        Answer::Headers(
+            Reading {
+                limit,
+                remaining,
+                reset_at_ms,
+            },
+            false,
+        )
     }
 
-    fn go(w: &Windows, n: u64, now: i64) -> bool {
-        matches!(w.decide(B, n, now), Verdict::Go | Verdict::Probe(_))
+    /// Admits (or not) at `now`, as a probe or not; the probe number of
+    /// the admitted calls.
+    fn admit(w: &Windows, n: u64, now: i64) -> Option<Option<u64>> {
+        match w.decide(B, n, now) {
+            Verdict::Go(member) => Some(member),
+            Verdict::Probe(p) => Some(Some(p)),
+            _ => None,
+        }
+    }
+
+    fn soon() -> i64 {
+        now_ms() + 600_000
     }
 
     #[test]
     fn a_probe_goes_alone_and_its_answers_count_its_whole_group_in_any_order() {
         for first_seen in [8, 6] {
             let w = Windows::default();
-            assert!(go(&w, 3, 0), "the first group probes");
+            let probe = admit(&w, 3, 0).expect("the first group probes");
             assert!(
                 matches!(w.decide(B, 3, 0), Verdict::WaitForProbe),
                 "the next waits for the probe's answer"
             );
             // The server counted one, or all three, of the probe's calls by
             // the answer seen first: 6 are left for the others either way.
-            let reset = now_ms() + 600_000;
-            w.record(B, reading(9, first_seen, reset), None);
-            assert!(go(&w, 3, 0));
-            assert!(go(&w, 3, 0));
+            let reset = soon();
+            w.record(B, probe, headers(9, first_seen, reset));
+            assert!(admit(&w, 3, 0).is_some());
+            assert!(admit(&w, 3, 0).is_some());
             assert!(
                 matches!(w.decide(B, 3, 0), Verdict::SpentUntil(r, 9) if r == reset),
                 "a third group would be cut in half: it waits whole"
@@ -357,56 +430,91 @@ mod tests {
     }
 
     #[test]
-    fn reads_join_a_probe_up_to_the_published_limit_and_are_counted() {
-        let w = Windows::with_priors(&[(B, 5)]);
-        assert!(matches!(w.decide(B, 2, 0), Verdict::Probe(_)));
-        assert!(matches!(w.decide(B, 3, 0), Verdict::Go), "joins, 5 sent");
-        assert!(
-            matches!(w.decide(B, 1, 0), Verdict::WaitForProbe),
-            "past the prior it waits"
-        );
-        // The first answer counted one call; all five sent are ours.
-        w.record(B, reading(8, 7, now_ms() + 60_000), None);
-        assert!(go(&w, 3, 0));
-        assert!(!go(&w, 1, 0));
-    }
-
-    #[test]
     fn what_others_spend_is_learned_from_the_answers() {
         let w = Windows::default();
-        let reset = now_ms() + 600_000;
-        assert!(go(&w, 1, 0));
-        w.record(B, reading(10, 9, reset), None);
-        assert!(go(&w, 5, 0)); // 6 sent here, 4 left
-        w.record(B, reading(10, 8, reset), None); // an answer from before those five
-        assert!(!go(&w, 5, 0), "still 4 left, not 8");
+        let reset = soon();
+        let probe = admit(&w, 1, 0).unwrap();
+        w.record(B, probe, headers(10, 9, reset));
+        assert!(admit(&w, 5, 0).is_some()); // 6 sent here, 4 left
+        w.record(B, None, headers(10, 8, reset)); // from before those five
+        assert!(admit(&w, 5, 0).is_none(), "still 4 left, not 8");
         // Someone else spent the window: 9 counted, 6 of them ours.
-        w.record(B, reading(10, 1, reset), None);
-        assert!(!go(&w, 2, 0));
-        assert!(go(&w, 1, 0));
-        assert!(!go(&w, 1, 0));
+        w.record(B, None, headers(10, 1, reset));
+        assert!(admit(&w, 2, 0).is_none());
+        assert!(admit(&w, 1, 0).is_some());
+        assert!(admit(&w, 1, 0).is_none());
     }
 
     #[test]
-    fn a_429_spends_the_window_and_a_reset_window_is_probed_again() {
+    fn an_answer_about_an_earlier_window_changes_nothing() {
         let w = Windows::default();
+        let reset = soon();
+        let probe = admit(&w, 1, 0).unwrap();
+        w.record(B, probe, headers(10, 9, reset));
+        assert!(admit(&w, 6, 0).is_some()); // 3 left
+                                            // A straggler from the window before: "10 left", resetting earlier.
+        w.record(B, None, headers(10, 10, reset - 60_000));
+        assert!(admit(&w, 4, 0).is_none(), "still 3 left");
+        assert!(admit(&w, 3, 0).is_some());
+    }
+
+    #[test]
+    fn a_429_blocks_until_it_says_even_inside_a_known_window() {
+        let w = Windows::default();
+        let probe = admit(&w, 1, 0).unwrap();
+        let reset = soon();
+        w.record(B, probe, headers(120, 100, reset));
+        // Someone else's calls, then a 429 saying: back in two seconds.
+        let back = now_ms() + 2_000;
+        w.record(B, None, Answer::Limited(Duration::from_secs(2)));
+        assert!(matches!(w.decide(B, 1, now_ms()), Verdict::SpentUntil(u, 120) if u >= back));
+        assert!(
+            admit(&w, 1, back + 10).is_some(),
+            "after it, the window again"
+        );
+    }
+
+    #[test]
+    fn a_429_with_headers_spends_the_window_and_a_reset_window_is_probed_again() {
+        let w = Windows::default();
+        let probe = admit(&w, 1, 0).unwrap();
         let reset = now_ms() + 2_000;
-        assert!(go(&w, 1, 0));
-        w.record(B, reading(120, 0, reset), Some(Duration::from_secs(2)));
-        assert!(matches!(w.decide(B, 1, 0), Verdict::SpentUntil(r, 120) if r == reset));
+        w.record(
+            B,
+            probe,
+            Answer::Headers(
+                Reading {
+                    limit: 120,
+                    remaining: 0,
+                    reset_at_ms: reset,
+                },
+                true,
+            ),
+        );
+        assert!(matches!(w.decide(B, 1, now_ms()), Verdict::SpentUntil(r, 120) if r == reset));
         // After the reset the window is unknown: one probe, the rest wait.
-        assert!(go(&w, 1, reset));
+        assert!(matches!(w.decide(B, 1, reset), Verdict::Probe(_)));
         assert!(matches!(w.decide(B, 1, reset), Verdict::WaitForProbe));
     }
 
     #[test]
-    fn a_bucket_whose_answers_carry_no_headers_is_not_metered() {
+    fn only_a_successful_answer_without_headers_unmeters_a_bucket_until_one_has_them() {
         let w = Windows::default();
-        assert!(go(&w, 2, 0));
-        w.record(B, None, None);
+        let probe = admit(&w, 2, 0).unwrap();
+        // A failure without headers (an edge 5xx) says nothing of limits.
+        w.record(B, probe, Answer::Plain(false));
+        assert!(
+            matches!(w.decide(B, 1, now_ms()), Verdict::Probe(_)),
+            "the probe ended, unanswered: the next group probes"
+        );
+        let probe = Some(2);
+        w.record(B, probe, Answer::Plain(true));
         for _ in 0..100 {
-            assert!(go(&w, 2, now_ms()));
+            assert!(matches!(w.decide(B, 2, now_ms()), Verdict::Go(None)));
         }
+        // An answer with headers meters it again.
+        w.record(B, None, headers(10, 0, soon()));
+        assert!(matches!(w.decide(B, 1, now_ms()), Verdict::SpentUntil(..)));
     }
 
     #[tokio::test]
@@ -418,37 +526,61 @@ mod tests {
         let second = w.admit("vercel", B, 1, Duration::ZERO).await.unwrap();
         assert!(matches!(w.decide(B, 1, 0), Verdict::WaitForProbe));
         // An old probe's end does not free the current one.
-        w.unanswered(B, 1);
+        w.end_probe(B, 1);
         assert!(matches!(w.decide(B, 1, 0), Verdict::WaitForProbe));
         drop(second);
-        assert!(go(&w, 1, 0), "the next group probes");
+        assert!(matches!(w.decide(B, 1, 0), Verdict::Probe(_)));
     }
 
     #[tokio::test]
-    async fn a_group_waiting_for_a_probe_goes_on_its_first_answer() {
+    async fn a_group_waiting_for_a_probe_goes_when_an_answer_tells_the_window() {
+        use futures_util::FutureExt;
         let w = Windows::default();
         let probe = w.admit("vercel", B, 1, Duration::ZERO).await.unwrap();
-        let waiting = tokio::spawn({
-            let w = w.clone();
-            async move { w.admit("vercel", B, 2, Duration::ZERO).await.map(drop) }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        w.record(B, reading(120, 119, now_ms() + 600_000), None);
-        waiting.await.unwrap().unwrap();
-        drop(probe);
+        let mut waiting = Box::pin(w.admit("vercel", B, 2, Duration::ZERO));
         assert!(
-            matches!(w.decide(B, 117, 0), Verdict::Go),
+            (&mut waiting).now_or_never().is_none(),
+            "it waits for the probe"
+        );
+        w.record(B, probe.probe(), headers(120, 119, soon()));
+        // Woken by the answer, not by the probe's 30 s give-up.
+        let admitted = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the answer")
+            .unwrap();
+        assert_eq!(admitted.probe(), None, "admitted from the known window");
+        assert!(
+            matches!(w.decide(B, 117, 0), Verdict::Go(None)),
             "119 left less the two the waiting group took"
         );
+    }
+
+    #[test]
+    fn reads_join_a_probe_up_to_the_published_limit_and_are_counted() {
+        let w = Windows::with_priors(&[(B, 5)]);
+        let Verdict::Probe(p) = w.decide(B, 2, 0) else {
+            panic!("the first read probes");
+        };
+        assert!(
+            matches!(w.decide(B, 3, 0), Verdict::Go(Some(q)) if q == p),
+            "joins, 5 sent"
+        );
+        assert!(
+            matches!(w.decide(B, 1, 0), Verdict::WaitForProbe),
+            "past the prior it waits"
+        );
+        // The first answer counted one call; all five sent are ours.
+        w.record(B, Some(p), headers(8, 7, soon()));
+        assert!(admit(&w, 3, 0).is_some());
+        assert!(admit(&w, 1, 0).is_none());
     }
 
     #[tokio::test]
     async fn a_window_spent_past_the_wait_allowed_is_an_error_saying_when() {
         let w = Windows::default();
-        let _probe = w.admit("vercel", B, 1, Duration::ZERO).await.unwrap();
+        let probe = w.admit("vercel", B, 1, Duration::ZERO).await.unwrap();
         let reset_s = now_ms() / 1000 + 600;
-        w.record(B, reading(120, 0, reset_s * 1000), None);
+        w.record(B, probe.probe(), headers(120, 0, reset_s * 1000));
         let Err(err) = w.admit("vercel", B, 3, Duration::from_secs(10)).await else {
             panic!("admitted into a spent window");
         };
@@ -463,6 +595,22 @@ mod tests {
             msg.contains("alias creation rate limit (120 a window) is spent until")
                 && msg.contains("nothing was sent"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_reset_given_as_seconds_from_now_is_read_as_such() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-limit", "120".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "3".parse().unwrap());
+        h.insert("x-ratelimit-reset", "30".parse().unwrap());
+        let r = Reading::from_headers(&h).unwrap();
+        let ahead = r.reset_at_ms - now_ms();
+        assert!((29_000..=30_000).contains(&ahead), "{ahead}");
+        h.insert("x-ratelimit-reset", "1900000000".parse().unwrap());
+        assert_eq!(
+            Reading::from_headers(&h).unwrap().reset_at_ms,
+            1_900_000_000_000
         );
     }
 }

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ratelimit::{Reading, Windows};
+use super::ratelimit::{Answer, Windows};
 use super::{classify, json_body, send, Backoff, Endpoint, ProviderError};
 
 const PROVIDER: &str = "vercel";
@@ -25,6 +25,7 @@ const MAX_LIST_PAGES: usize = 5;
 /// published table (https://vercel.com/docs/limits#rate-limits).
 const ALIAS_CREATION: &str = "alias creation";
 const ALIASES_LIST: &str = "aliases list";
+const ALIAS_RETRIEVAL: &str = "alias retrieval";
 const DEPLOYMENTS_RETRIEVAL: &str = "deployments retrieval";
 const DEPLOYMENTS_LIST: &str = "deployments list";
 /// Not named in Vercel's table: metered only if its answers say so.
@@ -88,6 +89,7 @@ impl VercelClient {
             // up to the published limit; alias writes wait for it.
             windows: Windows::with_priors(&[
                 (ALIASES_LIST, 500),
+                (ALIAS_RETRIEVAL, 300),
                 (DEPLOYMENTS_RETRIEVAL, 500),
                 (DEPLOYMENTS_LIST, 1000),
             ]),
@@ -125,7 +127,7 @@ impl VercelClient {
         deployment: &str,
         domains: &[String],
     ) -> Result<Vec<(String, Result<(), ProviderError>)>, ProviderError> {
-        let _group = self
+        let group = self
             .windows
             .admit(
                 PROVIDER,
@@ -138,17 +140,22 @@ impl VercelClient {
             "/v2/deployments/{}/aliases",
             super::path_segment(deployment)
         );
+        let (path, probe) = (path.as_str(), group.probe());
         let writes = domains.iter().map(|domain| {
             let body = serde_json::json!({ "alias": domain });
-            let path = path.as_str();
             async move {
                 // Vercel answers 409 when the alias is already assigned to
                 // this deployment; the read-back verifies production either way.
                 let result = self
-                    .api
-                    .retry(|| {
-                        self.once(ALIAS_CREATION, Method::POST, path, &[], Some(&body), &[409])
-                    })
+                    .tries(
+                        ALIAS_CREATION,
+                        probe,
+                        Method::POST,
+                        path,
+                        &[],
+                        Some(&body),
+                        &[409],
+                    )
                     .await
                     .map(|_| ());
                 (domain.clone(), result)
@@ -177,54 +184,83 @@ impl VercelClient {
         &self,
         domains: &[String],
     ) -> Result<Vec<Option<String>>, ProviderError> {
-        let mut found: BTreeMap<&str, (i64, Option<String>)> = BTreeMap::new();
+        let mut out = Vec::with_capacity(domains.len());
         for chunk in domains.chunks(MAX_DOMAINS_PER_LIST) {
-            let mut until: Option<String> = None;
-            for _ in 0..MAX_LIST_PAGES {
-                let mut query: Vec<(&str, &str)> =
-                    chunk.iter().map(|d| ("domain", d.as_str())).collect();
-                query.push(("limit", "100"));
-                if let Some(u) = &until {
-                    query.push(("until", u.as_str()));
-                }
-                let v = self
-                    .call(ALIASES_LIST, Method::GET, "/v4/aliases", &query, None)
-                    .await?;
-                let items = v.get("aliases").and_then(Value::as_array);
-                for item in items.into_iter().flatten() {
-                    let Some(domain) = chunk
-                        .iter()
-                        .find(|d| item["alias"].as_str() == Some(d.as_str()))
-                    else {
-                        continue;
-                    };
-                    // Several records for one domain: the newest tells.
-                    let at = item["updatedAt"]
-                        .as_i64()
-                        .or_else(|| item["createdAt"].as_i64())
-                        .unwrap_or(0);
-                    let target = item["deploymentId"]
-                        .as_str()
-                        .or_else(|| item.pointer("/deployment/id").and_then(Value::as_str))
-                        .map(str::to_owned);
-                    if found
-                        .get(domain.as_str())
-                        .is_none_or(|(seen, _)| at >= *seen)
-                    {
-                        found.insert(domain.as_str(), (at, target));
-                    }
-                }
-                let all_found = chunk.iter().all(|d| found.contains_key(d.as_str()));
-                match v.pointer("/pagination/next").and_then(Value::as_i64) {
-                    Some(next) if !all_found => until = Some(next.to_string()),
-                    _ => break,
-                }
+            let (found, complete) = self.list_aliases_of(chunk).await?;
+            for domain in chunk {
+                let target = match found.get(domain.to_ascii_lowercase().as_str()) {
+                    Some((_, target)) => target.clone(),
+                    // Not listed and the list was read to its end: no alias.
+                    None if complete => None,
+                    // Not within the pages read: asked for alone.
+                    None => self.alias_target(domain).await?,
+                };
+                out.push(target);
             }
         }
-        Ok(domains
-            .iter()
-            .map(|d| found.get(d.as_str()).and_then(|(_, t)| t.clone()))
-            .collect())
+        Ok(out)
+    }
+
+    /// The newest record of each of `domains` (lower-cased) in the
+    /// domain-filtered list, and whether the list was read to its end.
+    async fn list_aliases_of(
+        &self,
+        domains: &[String],
+    ) -> Result<(BTreeMap<String, (i64, Option<String>)>, bool), ProviderError> {
+        let wanted: Vec<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        let mut found: BTreeMap<String, (i64, Option<String>)> = BTreeMap::new();
+        let mut until: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut query: Vec<(&str, &str)> =
+                domains.iter().map(|d| ("domain", d.as_str())).collect();
+            query.push(("limit", "100"));
+            if let Some(u) = &until {
+                query.push(("until", u.as_str()));
+            }
+            let v = self
+                .call(ALIASES_LIST, Method::GET, "/v4/aliases", &query, None)
+                .await?;
+            let items = v.get("aliases").and_then(Value::as_array);
+            for item in items.into_iter().flatten() {
+                let Some(name) = item["alias"].as_str().map(str::to_ascii_lowercase) else {
+                    continue;
+                };
+                if !wanted.contains(&name) {
+                    continue;
+                }
+                // Several records for one domain: the newest tells.
+                let at = item["updatedAt"]
+                    .as_i64()
+                    .or_else(|| item["createdAt"].as_i64())
+                    .unwrap_or(0);
+                if found.get(&name).is_none_or(|(seen, _)| at >= *seen) {
+                    found.insert(name, (at, alias_deployment(item)));
+                }
+            }
+            match v.pointer("/pagination/next").and_then(Value::as_i64) {
+                None => return Ok((found, true)),
+                Some(_) if wanted.iter().all(|d| found.contains_key(d)) => {
+                    return Ok((found, true))
+                }
+                Some(next) => until = Some(next.to_string()),
+            }
+        }
+        Ok((found, false))
+    }
+
+    /// The deployment one domain serves (`GET /v4/aliases/{domain}`, the
+    /// "alias retrieval" limit); `None` on 404. Both documented shapes.
+    async fn alias_target(&self, domain: &str) -> Result<Option<String>, ProviderError> {
+        let path = format!("/v4/aliases/{}", super::path_segment(domain));
+        match self
+            .call(ALIAS_RETRIEVAL, Method::GET, &path, &[], None)
+            .await
+        {
+            Ok(Value::Array(items)) => Ok(items.first().and_then(alias_deployment)),
+            Ok(item) => Ok(alias_deployment(&item)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Starts an Instant Rollback (`POST /v1/projects/{p}/rollback/{d}`).
@@ -333,20 +369,45 @@ impl VercelClient {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, ProviderError> {
-        let _admitted = self
+        let admitted = self
             .windows
             .admit(PROVIDER, bucket, 1, self.api.backoff.max)
             .await?;
+        self.tries(bucket, admitted.probe(), method, path, query, body, &[])
+            .await
+    }
+
+    /// This client's tries of one admitted call (a retry is one more call
+    /// out in `bucket`).
+    #[allow(clippy::too_many_arguments)]
+    async fn tries(
+        &self,
+        bucket: &'static str,
+        probe: Option<u64>,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        accept: &[u16],
+    ) -> Result<Value, ProviderError> {
+        let tried = std::sync::atomic::AtomicBool::new(false);
         self.api
-            .retry(|| self.once(bucket, method.clone(), path, query, body, &[]))
+            .retry(|| {
+                if tried.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    self.windows.resending(bucket);
+                }
+                self.once(bucket, probe, method.clone(), path, query, body, accept)
+            })
             .await
     }
 
     /// One try; what its answer says of `bucket`'s window is kept. The
     /// `accept` statuses count as success.
+    #[allow(clippy::too_many_arguments)]
     async fn once(
         &self,
         bucket: &'static str,
+        probe: Option<u64>,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
@@ -365,11 +426,15 @@ impl VercelClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let (status, headers, text) = send(PROVIDER, req).await?;
-        let limited = (status == StatusCode::TOO_MANY_REQUESTS)
-            .then(|| super::retry_after(&headers).unwrap_or(Duration::from_secs(1)));
+        let (status, headers, text) = match send(PROVIDER, req).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.windows.record(bucket, probe, Answer::Lost);
+                return Err(e);
+            }
+        };
         self.windows
-            .record(bucket, Reading::from_headers(&headers), limited);
+            .record(bucket, probe, Answer::of(status, &headers));
         if status.is_success() || accept.contains(&status.as_u16()) {
             if text.trim().is_empty() || !status.is_success() {
                 return Ok(Value::Null);
@@ -401,6 +466,15 @@ fn error_body(status: StatusCode, text: &str) -> (Option<String>, String) {
             }
         });
     (code, message)
+}
+
+/// The deployment an alias record points at (`deploymentId`, or
+/// `deployment.id`).
+fn alias_deployment(item: &Value) -> Option<String> {
+    item["deploymentId"]
+        .as_str()
+        .or_else(|| item.pointer("/deployment/id").and_then(Value::as_str))
+        .map(str::to_owned)
 }
 
 fn listed(v: &Value) -> Option<ListedDeployment> {

@@ -11,6 +11,7 @@ use wiremock::matchers::{body_json, header, method, path, query_param, query_par
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const LIST_ALIASES: &str = include_str!("../fixtures/vercel/list_aliases_200.json");
+const GET_ALIAS: &str = include_str!("../fixtures/vercel/get_alias_200.json");
 const ASSIGN_ALIAS: &str = include_str!("../fixtures/vercel/assign_alias_200.json");
 const NOT_FOUND: &str = include_str!("../fixtures/vercel/error_not_found.json");
 const FORBIDDEN: &str = include_str!("../fixtures/vercel/error_forbidden.json");
@@ -359,6 +360,62 @@ async fn alias_targets_asks_at_most_twenty_domains_a_call_and_takes_the_newest_r
         .map(|r| r.url.query_pairs().filter(|(k, _)| k == "domain").count())
         .collect();
     assert_eq!(sizes, [20, 5], "Vercel takes at most 20 domains a call");
+}
+
+/// A list that goes on past the pages read (Vercel's filter may be wider
+/// than the exact hostname): a domain not found in them is asked for alone,
+/// never taken to serve nothing; names match whatever their case.
+#[tokio::test]
+async fn alias_targets_follows_pages_then_asks_alone_for_a_domain_not_in_them() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v4/aliases"))
+        .respond_with(|r: &Request| {
+            let page = query(r, "until").map_or(0, |u| 1_000 - u.parse::<i64>().unwrap());
+            let mut aliases = vec![json!({"alias": format!("preview-{page}.example.com"), "deploymentId": "dpl_preview"})];
+            if page == 0 {
+                aliases.push(json!({"alias": "Shop.Example.com", "deploymentId": "dpl_shop"}));
+            }
+            ResponseTemplate::new(200).set_body_json(json!({
+                "aliases": aliases,
+                "pagination": {"count": aliases.len(), "next": 1_000 - page - 1, "prev": null}
+            }))
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v4/aliases/www.example.com"))
+        .respond_with(json_body(200, GET_ALIAS))
+        .mount(&server)
+        .await;
+
+    let asked = [DOMAIN, "www.example.com"].map(String::from);
+    let targets = client(&server).alias_targets(&asked).await.unwrap();
+    assert_eq!(
+        targets,
+        [
+            Some("dpl_shop".to_string()),
+            Some("dpl_5m8CQaRBm3FnWRW1od3wKTpaECPx".to_string())
+        ]
+    );
+    let sent = requests(&server).await;
+    let untils: Vec<Option<String>> = sent
+        .iter()
+        .filter(|r| r.url.path() == "/v4/aliases")
+        .map(|r| query(r, "until"))
+        .collect();
+    assert_eq!(
+        untils,
+        [
+            None,
+            Some("999".into()),
+            Some("998".into()),
+            Some("997".into()),
+            Some("996".into())
+        ],
+        "each page from the last one's `next`, five at most"
+    );
+    assert_eq!(sent.len(), 6, "then one read of the domain alone");
 }
 
 #[tokio::test]
