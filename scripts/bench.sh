@@ -20,8 +20,9 @@ for db in sqlite postgres; do
     for n in 1 20 100; do
         "$bin" bench --scenario fleet --services "$n" --domains 3 --latency-ms 100 "${extra[@]}"
     done
-    # Against Vercel's published rate limits (120 alias creations per ten
-    # minutes): who moves whole, who is held and paged, none half moved.
+    # Against Vercel's published rate limits (120 alias creations a window,
+    # the window shortened to 10 s): who moves whole, who is held and paged
+    # at once and rolled back at the reset, none half moved.
     "$bin" bench --scenario fleet --services 100 --domains 3 --latency-ms 100 --vercel-limits "${extra[@]}"
     # The same with the agents on and their model endpoint hanging.
     for n in 1 20; do

@@ -481,6 +481,14 @@ pub struct EngineSettings {
     /// included: each attempt is cut off when it would run past it.
     #[serde(deserialize_with = "de_duration")]
     pub rollback_deadline: Duration,
+    /// How much longer than `rollback_deadline` a rollback may wait for a
+    /// provider that named when to come back (Vercel's rate-limit window
+    /// resetting, a 429's `Retry-After`). The on-call is paged at once that
+    /// the rollback is held and until when; it goes ahead then, unless the
+    /// service was paused meanwhile. `0s`: no such wait, the rollback fails
+    /// and pages "rollback failed".
+    #[serde(deserialize_with = "de_duration")]
+    pub rate_limit_wait: Duration,
     /// How long each later step (`resync`, `page`, `announce`, `followup`)
     /// may take, every attempt and retry included.
     #[serde(deserialize_with = "de_duration")]
@@ -494,6 +502,7 @@ impl Default for EngineSettings {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             rollback_deadline: Duration::from_secs(120),
+            rate_limit_wait: Duration::from_secs(900),
             step_deadline: Duration::from_secs(600),
         }
     }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::step::{Finished, StepError};
+use futures_util::future::BoxFuture;
+
+use super::step::{Finished, Hold, StepError};
 use super::{Engine, EngineError, RunCtx};
 use crate::clock::now_ms;
 use crate::config::{ServiceSettings, Strategy};
@@ -43,23 +45,36 @@ impl Engine {
             return Err(EngineError::Store(StoreError::Corrupt(why)));
         };
         let svc = self.service(&service)?.clone();
-        let deadline = self.settings().engine.rollback_deadline;
+        let engine = &self.settings().engine;
+        let (deadline, held_for) = (engine.rollback_deadline, engine.rate_limit_wait);
         let received = ctx.claimed.received_at_ms;
         // Which attempt moved each domain, across attempts.
         let moved: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
         let (svc, from, to, moved) = (&svc, &from, &to, &moved);
+        let tell = move |wait: Duration, why: StepError| -> BoxFuture<'_, ()> {
+            Box::pin(async move { self.tell_held(ctx, svc, wait, &why).await })
+        };
+        let hold = Hold {
+            longest: held_for,
+            tell: &tell,
+        };
         let finished = self
-            .attempt_loop(
+            .attempt_loop_holding(
                 ctx,
                 StepName::Rollback,
                 deadline,
                 false,
+                Some(hold),
                 move |attempt| async move {
                     // A retry moves only the domains not on the target yet,
-                    // and stops if a person moved production meanwhile.
+                    // and stops if a person paused the service or moved
+                    // production meanwhile.
                     let pending = match attempt {
                         1 => svc.domains.clone(),
-                        _ => self.still_ours(svc, from, to).await?,
+                        _ => {
+                            self.not_paused_since(svc).await?;
+                            self.still_ours(svc, from, to).await?
+                        }
                     };
                     let started = Instant::now();
                     let description =
@@ -229,6 +244,79 @@ impl Engine {
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
             }
+        }
+    }
+
+    /// A rollback held past its deadline (a provider named when to come
+    /// back): noted on the run, and the on-call paged at once under a key
+    /// of its own, saying until when and how to stop it. Telling never
+    /// fails the rollback.
+    async fn tell_held(
+        &self,
+        ctx: &RunCtx,
+        svc: &ServiceSettings,
+        wait: Duration,
+        why: &StepError,
+    ) {
+        let until = crate::clock::format_time(now_ms() + wait.as_millis() as i64);
+        let text = format!(
+            "rollback held until {until}: {}. Backstop rolls back then, unless the service is paused (backstop pause {})",
+            why.message, svc.name
+        );
+        let data = json!({"until": until, "why": why.message});
+        let run = &ctx.claimed.run.id;
+        if let Err(e) = self
+            .store()
+            .add_note(run, "rollback-held", &text, Some(&data))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot note the held rollback");
+        }
+        let Some(pd) = self.inner.providers.pagerduty.as_ref() else {
+            return;
+        };
+        let facts = match self.facts(ctx).await {
+            Ok(facts) => facts,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot page the held rollback");
+                return;
+            }
+        };
+        let severity = self.settings().pagerduty.severity_rollback_failed;
+        let summary = crate::providers::pagerduty::truncate(&format!("{}: {text}", svc.name), 1024);
+        let mut page = self.page_of(&facts, summary, severity.as_str());
+        page.incident_key = format!("{}/held", facts.incident_key);
+        page.class = "rollback-held".into();
+        page.custom_details = json!({"held": data, "decision": facts.origin.run.decision});
+        if let Err(e) = pd.trigger(&page).await {
+            tracing::warn!(error = %e, "cannot page the held rollback");
+        }
+    }
+
+    /// Before retrying: the service must not have been paused (or frozen)
+    /// since the decision; a person's hold stops an automatic rollback
+    /// still retrying.
+    async fn not_paused_since(&self, svc: &ServiceSettings) -> Result<(), StepError> {
+        let pause = self.store().pause_of(&svc.name).await.map_err(|e| {
+            StepError::retryable(
+                "store_unavailable",
+                format!("cannot read the service's pause: {e}"),
+            )
+        })?;
+        match pause {
+            None => Ok(()),
+            Some(p) => Err(StepError::fatal(
+                "paused",
+                format!(
+                    "{} was paused during the rollback's retries{}{}: not rolled back",
+                    svc.name,
+                    p.by.map(|by| format!(" by {by}")).unwrap_or_default(),
+                    match p.reason.as_str() {
+                        "" => String::new(),
+                        r => format!(" ({r})"),
+                    }
+                ),
+            )),
         }
     }
 

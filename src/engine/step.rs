@@ -2,11 +2,14 @@
 //! timeout that keeps it inside the step's deadline, record how it ended,
 //! and retry retryable failures with capped, jittered backoff until the
 //! deadline (counted from the step's first attempt, which is stored, so the
-//! deadline survives restarts).
+//! deadline survives restarts). A step may be *held* past its deadline, a
+//! bounded time more, when a provider named when to come back (a
+//! rate-limit window): people are told first.
 
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Engine, EngineError, RunCtx};
@@ -51,6 +54,13 @@ impl Finished {
     }
 }
 
+/// How a step may be held past its deadline: for at most `longest`, once
+/// `tell` (given the wait and why) has told people.
+pub(crate) struct Hold<'a> {
+    pub longest: Duration,
+    pub tell: &'a (dyn Fn(Duration, StepError) -> BoxFuture<'a, ()> + Send + Sync),
+}
+
 const STEP_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(500),
     max: Duration::from_secs(30),
@@ -72,6 +82,26 @@ impl Engine {
         step: StepName,
         deadline: Duration,
         finish: bool,
+        attempt: F,
+    ) -> Result<Finished, EngineError>
+    where
+        F: FnMut(i64) -> Fut,
+        Fut: Future<Output = Result<Value, StepError>>,
+    {
+        self.attempt_loop_holding(ctx, step, deadline, finish, None, attempt)
+            .await
+    }
+
+    /// Like [`Engine::attempt_loop`], and a provider that named when to
+    /// come back past the deadline is waited for, up to `hold.longest`
+    /// past it, once `hold.tell` has told people so.
+    pub(crate) async fn attempt_loop_holding<F, Fut>(
+        &self,
+        ctx: &RunCtx,
+        step: StepName,
+        deadline: Duration,
+        finish: bool,
+        hold: Option<Hold<'_>>,
         mut attempt: F,
     ) -> Result<Finished, EngineError>
     where
@@ -119,12 +149,26 @@ impl Engine {
                 Some(asked) if asked > STEP_BACKOFF.max => asked,
                 asked => STEP_BACKOFF.delay((n - 1).clamp(0, 16) as u32, asked),
             };
-            let retry = e.retryable && since(started) + wait < deadline;
+            let ends = since(started) + wait;
+            let held = hold.as_ref().filter(|h| {
+                e.retryable
+                    && e.retry_after.is_some()
+                    && ends >= deadline
+                    && ends < deadline + h.longest
+            });
+            let retry = e.retryable && (ends < deadline || held.is_some());
             let mut e = e;
             if let Some(asked) = e.retry_after.filter(|_| e.retryable && !retry) {
                 // Said where it is decided: why this step stopped waiting.
+                let held_for = match hold.as_ref().map(|h| h.longest) {
+                    Some(longest) if !longest.is_zero() => format!(
+                        " and the {} it may be held past it",
+                        humantime::format_duration(longest)
+                    ),
+                    _ => String::new(),
+                };
                 e.message = format!(
-                    "{}; asked to wait {}, past this step's deadline of {}",
+                    "{}; asked to wait {}, past this step's deadline of {}{held_for}",
                     e.message,
                     humantime::format_duration(Duration::from_secs(asked.as_secs().max(1))),
                     humantime::format_duration(deadline)
@@ -145,8 +189,17 @@ impl Engine {
                 }
                 return Ok(Finished::Failed(e));
             }
-            tracing::info!(step = %step, attempt = n, error = %e, wait_ms = wait.as_millis() as u64, "step will retry");
-            tokio::time::sleep(wait).await;
+            match held {
+                Some(h) => {
+                    tracing::warn!(step = %step, attempt = n, error = %e, wait_ms = wait.as_millis() as u64, "step held: the provider named when to come back");
+                    // Telling people runs beside the wait, never after it.
+                    tokio::join!((h.tell)(wait, e), tokio::time::sleep(wait));
+                }
+                None => {
+                    tracing::info!(step = %step, attempt = n, error = %e, wait_ms = wait.as_millis() as u64, "step will retry");
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
     }
 

@@ -133,7 +133,7 @@ impl VercelClient {
                 PROVIDER,
                 ALIAS_CREATION,
                 domains.len() as u64,
-                self.api.backoff.max,
+                Duration::ZERO,
             )
             .await?;
         let path = format!(
@@ -359,7 +359,9 @@ impl VercelClient {
         Ok(out)
     }
 
-    /// One call, admitted against `bucket`'s rate-limit window, with this
+    /// One call, admitted against `bucket`'s rate-limit window (a spent
+    /// window is handed back at once, saying until when: the engine, which
+    /// knows the step's deadline, decides whether to wait), with this
     /// client's retries.
     async fn call(
         &self,
@@ -371,7 +373,7 @@ impl VercelClient {
     ) -> Result<Value, ProviderError> {
         let admitted = self
             .windows
-            .admit(PROVIDER, bucket, 1, self.api.backoff.max)
+            .admit(PROVIDER, bucket, 1, Duration::ZERO)
             .await?;
         self.tries(bucket, admitted.probe(), method, path, query, body, &[])
             .await

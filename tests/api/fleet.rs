@@ -243,10 +243,16 @@ impl FleetApp {
         })
     }
 
-    /// Every service's alert at once, to every instance (as Sentry
-    /// retrying to another replica would); then waits (bounded) for every
-    /// run. Each alert is stored once: one `202`, the rest duplicates.
+    /// Every service's alert at once, then waits (bounded) for every run.
     async fn fire_all(&self) {
+        self.send_all().await;
+        self.until_finished().await;
+    }
+
+    /// Every service's alert at once, to every instance (as Sentry
+    /// retrying to another replica would). Each alert is stored once: one
+    /// `202`, the rest duplicates.
+    async fn send_all(&self) {
         let http = reqwest::Client::new();
         let sends = (0..self.fleet.services).flat_map(|i| {
             let body = CrashAlert::critical(
@@ -282,6 +288,10 @@ impl FleetApp {
             );
             assert!(of.iter().all(|st| *st == 202 || *st == 200), "{of:?}");
         }
+    }
+
+    /// Waits (bounded) until no run is left unfinished.
+    async fn until_finished(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while self.store.count_unfinished_runs().await.unwrap() > 0 {
             assert!(
@@ -384,18 +394,24 @@ async fn three_instances_roll_a_fleet_back_once_per_service() {
 }
 
 /// Vercel publishes a budget of alias creations per ten minutes per team
-/// (120). Five services of three domains against a budget of nine: three
-/// services are moved whole, the other two are not touched at all (not
-/// one domain of theirs moved, nothing sent into the spent window), and
-/// they are paged at once, saying until when Vercel's window is spent,
-/// instead of knocking until their deadline.
+/// (120). Five services of three domains against a budget of nine, with
+/// `engine.rate_limit_wait = 0s`: three services are moved whole, the other
+/// two are not touched at all (not one domain of theirs moved, nothing
+/// sent into the spent window), and they are paged at once "rollback
+/// failed", saying until when Vercel's window is spent, instead of knocking
+/// until their deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_vercels_alias_budget_services_move_whole_or_not_at_all_and_the_rest_are_paged() {
     let fleet = Fleet {
         services: 5,
         domains: 3,
     };
-    let Some(f) = FleetApp::start(fleet, 20, |_| {}).await else {
+    // No hold past the deadline: what does not fit fails, and says why.
+    let Some(f) = FleetApp::start(fleet, 20, |c| {
+        c.engine.push_str("\nrate_limit_wait = \"0s\"");
+    })
+    .await
+    else {
         return;
     };
     f.sim
@@ -486,4 +502,168 @@ async fn services_past_the_alias_budget_roll_back_when_the_window_resets_within_
         "Vercel never had to refuse a call"
     );
     assert_eq!(w.incidents.len(), f.fleet.services);
+}
+
+/// The same budget in a window of four seconds, past a rollback deadline
+/// of one: the services that do not fit are *held*. Their on-call is paged
+/// at once, under a key of its own, that the rollback waits for Vercel's
+/// window and until when; when it resets they are rolled back, whole, and
+/// paged as usual. Vercel never answers 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_past_the_alias_budget_are_held_paged_at_once_and_rolled_back_when_it_resets() {
+    let Some(f) = held_fleet().await else {
+        return;
+    };
+    f.fire_all().await;
+    {
+        let w = f.sim.sim.world();
+        for i in 0..f.fleet.services {
+            for d in f.fleet.domains_of(i) {
+                assert_eq!(w.aliases[&d], Fleet::history(i, 0)[0].0, "{d}");
+            }
+        }
+        assert!(
+            !w.served
+                .iter()
+                .any(|s| s.provider == Provider::Vercel && s.status == 429),
+            "Vercel never had to refuse a call"
+        );
+        let held: Vec<&backstop::sim::Incident> = w
+            .incidents
+            .values()
+            .filter(|i| i.key.ends_with("/held"))
+            .collect();
+        assert_eq!(held.len(), 2, "the two services that did not fit were held");
+        for incident in held {
+            let svc = (0..f.fleet.services)
+                .map(Fleet::name)
+                .find(|n| incident.key.contains(n.as_str()))
+                .unwrap();
+            assert!(
+                incident.summary.contains("rollback held until")
+                    && incident
+                        .summary
+                        .contains("alias creation rate limit (9 a window) is spent")
+                    && incident.summary.contains(&format!("backstop pause {svc}")),
+                "{}",
+                incident.summary
+            );
+            let first_write = w
+                .alias_writes
+                .iter()
+                .filter(|a| a.domain.contains(svc.as_str()))
+                .map(|a| a.at_us)
+                .min()
+                .unwrap();
+            assert!(
+                incident.first_event_at_us < first_write,
+                "{svc}: paged that it was held before it was rolled back"
+            );
+            assert_eq!(incident.events, 1);
+        }
+        let rolled_back = w
+            .incidents
+            .values()
+            .filter(|i| !i.key.ends_with("/held"))
+            .count();
+        assert_eq!(
+            rolled_back, f.fleet.services,
+            "every service paged as usual too"
+        );
+    }
+    let runs = f.store.list_runs(10).await.unwrap();
+    let mut noted = 0;
+    for run in &runs {
+        assert_eq!(run.status, backstop::ledger::RunStatus::Done);
+        let notes = f.store.notes(&run.id).await.unwrap();
+        noted += notes.iter().filter(|n| n.kind == "rollback-held").count();
+    }
+    assert_eq!(noted, 2, "runs show says which were held, and until when");
+}
+
+/// A person pauses a held service while it waits: it is not rolled back
+/// when the window resets; its rollback ends failed, saying who held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_paused_while_its_rollback_is_held_is_not_rolled_back() {
+    let Some(f) = held_fleet().await else {
+        return;
+    };
+    f.send_all().await;
+    // The first service paged as held is paused by its on-call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let key = f
+            .sim
+            .sim
+            .world()
+            .incidents
+            .values()
+            .find(|i| i.key.ends_with("/held"))
+            .map(|i| i.key.clone());
+        if let Some(key) = key {
+            break key;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing was held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let i = (0..f.fleet.services)
+        .find(|i| held.contains(&format!("/{}/", Fleet::name(*i))))
+        .unwrap();
+    let name = Fleet::name(i);
+    f.store
+        .pause_by(&name, Some("fixing it by hand"), "<@U0ONCALL>")
+        .await
+        .unwrap();
+    f.until_finished().await;
+    {
+        let w = f.sim.sim.world();
+        for d in f.fleet.domains_of(i) {
+            assert_eq!(
+                w.aliases[&d],
+                Fleet::history(i, 0)[1].0,
+                "{d} was left alone"
+            );
+        }
+    }
+    let runs = f.store.list_runs(10).await.unwrap();
+    let run = runs
+        .iter()
+        .find(|r| r.service.as_deref() == Some(name.as_str()))
+        .unwrap();
+    assert_eq!(run.status, backstop::ledger::RunStatus::Failed);
+    let detail = f.store.run_detail(&run.id).await.unwrap();
+    let error = detail
+        .step(backstop::ledger::StepName::Rollback)
+        .unwrap()
+        .error
+        .clone()
+        .unwrap();
+    assert!(
+        error
+            .message
+            .contains("paused during the rollback's retries by <@U0ONCALL> (fixing it by hand)"),
+        "{}",
+        error.message
+    );
+}
+
+/// Five services of three domains, a budget of nine alias creations per
+/// four seconds, a rollback deadline of one second, and held rollbacks
+/// allowed 30 s past it.
+async fn held_fleet() -> Option<FleetApp> {
+    let fleet = Fleet {
+        services: 5,
+        domains: 3,
+    };
+    let f = FleetApp::start(fleet, 20, |c| {
+        c.engine
+            .push_str("\nrollback_deadline = \"1s\"\nrate_limit_wait = \"30s\"");
+    })
+    .await?;
+    f.sim
+        .sim
+        .world()
+        .vercel_limits
+        .insert("alias creation".into(), (9, 4_000));
+    Some(f)
 }

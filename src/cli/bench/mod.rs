@@ -105,8 +105,10 @@ pub struct BenchOpts {
     #[arg(long)]
     pub ai_hang: bool,
     /// Meter the simulated Vercel with its published rate limits (fleet):
-    /// 120 alias creations per ten minutes, and so on. Off by default, so
-    /// the fleet rows measure Backstop itself.
+    /// 120 alias creations a window (shortened from ten minutes to ten
+    /// seconds, so the held services are seen rolled back), 500 alias lists
+    /// a minute, and so on. Off by default, so the fleet rows measure
+    /// Backstop itself.
     #[arg(long)]
     pub vercel_limits: bool,
     /// Deployments of the service to grow the ledger by (growth).

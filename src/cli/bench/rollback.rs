@@ -131,10 +131,10 @@ pub(super) async fn promote_in(
 
 /// Waits until every run is finished.
 pub(super) async fn wait_idle(store: &Store) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while store.count_unfinished_runs().await? > 0 {
         if Instant::now() > deadline {
-            bail!("runs did not finish within 30 s");
+            bail!("runs did not finish within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
