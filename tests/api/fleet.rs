@@ -36,15 +36,7 @@ async fn a_fleet_of_alerts_is_rolled_back_side_by_side() {
         "one write per domain, no service twice"
     );
     assert_eq!(w.incidents.len(), fleet.services, "one page per service");
-    for i in 0..fleet.services {
-        for d in fleet.domains_of(i) {
-            assert_eq!(
-                w.aliases[&d],
-                Fleet::history(i, 0)[0].0,
-                "{d} is back on the known-good deployment"
-            );
-        }
-    }
+    assert_every_service_rolled_back(&w, fleet);
     // Per service: its first alias write, and its page.
     let first_write = |svc: &str| {
         w.alias_writes
@@ -335,17 +327,8 @@ async fn provider_caps_and_rate_limits_hold_under_a_fleet_incident() {
             (1..=4).contains(&max),
             "at most 4 Vercel requests at once, saw {max}"
         );
-        let limited = w
-            .served
-            .iter()
-            .filter(|s| s.provider == Provider::Vercel && s.status == 429)
-            .count();
-        assert!(limited > 0, "Vercel rate-limited some requests");
-        for i in 0..f.fleet.services {
-            for d in f.fleet.domains_of(i) {
-                assert_eq!(w.aliases[&d], Fleet::history(i, 0)[0].0, "{d}");
-            }
-        }
+        assert!(refused(&w) > 0, "Vercel rate-limited some requests");
+        assert_every_service_rolled_back(&w, &f.fleet);
         assert_eq!(w.incidents.len(), f.fleet.services, "one page per service");
     }
     let runs = f.store.list_runs(100).await.unwrap();
@@ -379,11 +362,7 @@ async fn three_instances_roll_a_fleet_back_once_per_service() {
         f.fleet.services * f.fleet.domains,
         "one write per domain: no service rolled back twice"
     );
-    for i in 0..f.fleet.services {
-        for d in f.fleet.domains_of(i) {
-            assert_eq!(w.aliases[&d], Fleet::history(i, 0)[0].0, "{d}");
-        }
-    }
+    assert_every_service_rolled_back(&w, &f.fleet);
     assert_eq!(w.incidents.len(), f.fleet.services);
     assert!(
         w.incidents.values().all(|i| i.events == 1),
@@ -402,23 +381,10 @@ async fn three_instances_roll_a_fleet_back_once_per_service() {
 /// until their deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_vercels_alias_budget_services_move_whole_or_not_at_all_and_the_rest_are_paged() {
-    let fleet = Fleet {
-        services: 5,
-        domains: 3,
-    };
     // No hold past the deadline: what does not fit fails, and says why.
-    let Some(f) = FleetApp::start(fleet, 20, |c| {
-        c.engine.push_str("\nrate_limit_wait = \"0s\"");
-    })
-    .await
-    else {
+    let Some(f) = budget_fleet("rate_limit_wait = \"0s\"", 600_000).await else {
         return;
     };
-    f.sim
-        .sim
-        .world()
-        .vercel_limits
-        .insert("alias creation".into(), (9, 600_000));
     f.fire_all().await;
     let w = f.sim.sim.world();
     let (mut moved, mut untouched) = (Vec::new(), Vec::new());
@@ -439,12 +405,7 @@ async fn past_vercels_alias_budget_services_move_whole_or_not_at_all_and_the_res
         }
     }
     assert_eq!(moved.len(), 3, "the budget moves three services whole");
-    let refused = w
-        .served
-        .iter()
-        .filter(|s| s.provider == Provider::Vercel && s.method == "POST" && s.status == 429)
-        .count();
-    assert_eq!(refused, 0, "nothing was sent into the spent window");
+    assert_eq!(refused(&w), 0, "nothing was sent into the spent window");
     assert_eq!(w.incidents.len(), f.fleet.services, "every service paged");
     for i in untouched {
         let incident = w
@@ -467,40 +428,18 @@ async fn past_vercels_alias_budget_services_move_whole_or_not_at_all_and_the_res
 /// reset and are then rolled back, whole; Vercel never answers 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_past_the_alias_budget_roll_back_when_the_window_resets_within_their_deadline() {
-    let fleet = Fleet {
-        services: 5,
-        domains: 3,
-    };
-    let Some(f) = FleetApp::start(fleet, 20, |c| {
-        c.engine.push_str("\nrollback_deadline = \"30s\"");
-    })
-    .await
-    else {
+    let Some(f) = budget_fleet("rollback_deadline = \"30s\"", 3_000).await else {
         return;
     };
-    f.sim
-        .sim
-        .world()
-        .vercel_limits
-        .insert("alias creation".into(), (9, 3_000));
     f.fire_all().await;
     let w = f.sim.sim.world();
-    for i in 0..f.fleet.services {
-        for d in f.fleet.domains_of(i) {
-            assert_eq!(w.aliases[&d], Fleet::history(i, 0)[0].0, "{d}");
-        }
-    }
+    assert_every_service_rolled_back(&w, &f.fleet);
     assert_eq!(
         w.alias_writes.len(),
         f.fleet.services * f.fleet.domains,
         "one write per domain"
     );
-    assert!(
-        !w.served
-            .iter()
-            .any(|s| s.provider == Provider::Vercel && s.status == 429),
-        "Vercel never had to refuse a call"
-    );
+    assert_eq!(refused(&w), 0, "Vercel never had to refuse a call");
     assert_eq!(w.incidents.len(), f.fleet.services);
 }
 
@@ -517,17 +456,8 @@ async fn services_past_the_alias_budget_are_held_paged_at_once_and_rolled_back_w
     f.fire_all().await;
     {
         let w = f.sim.sim.world();
-        for i in 0..f.fleet.services {
-            for d in f.fleet.domains_of(i) {
-                assert_eq!(w.aliases[&d], Fleet::history(i, 0)[0].0, "{d}");
-            }
-        }
-        assert!(
-            !w.served
-                .iter()
-                .any(|s| s.provider == Provider::Vercel && s.status == 429),
-            "Vercel never had to refuse a call"
-        );
+        assert_every_service_rolled_back(&w, &f.fleet);
+        assert_eq!(refused(&w), 0, "Vercel never had to refuse a call");
         let held: Vec<&backstop::sim::Incident> = w
             .incidents
             .values()
@@ -651,19 +581,50 @@ async fn a_service_paused_while_its_rollback_is_held_is_not_rolled_back() {
 /// four seconds, a rollback deadline of one second, and held rollbacks
 /// allowed 30 s past it.
 async fn held_fleet() -> Option<FleetApp> {
+    budget_fleet(
+        "rollback_deadline = \"1s\"\nrate_limit_wait = \"30s\"",
+        4_000,
+    )
+    .await
+}
+
+/// Five services of three domains against a budget of nine alias
+/// creations per `window_ms`, with these `[engine]` lines.
+async fn budget_fleet(engine: &str, window_ms: i64) -> Option<FleetApp> {
     let fleet = Fleet {
         services: 5,
         domains: 3,
     };
     let f = FleetApp::start(fleet, 20, |c| {
-        c.engine
-            .push_str("\nrollback_deadline = \"1s\"\nrate_limit_wait = \"30s\"");
+        c.engine.push('\n');
+        c.engine.push_str(engine);
     })
     .await?;
     f.sim
         .sim
         .world()
         .vercel_limits
-        .insert("alias creation".into(), (9, 4_000));
+        .insert("alias creation".into(), (9, window_ms));
     Some(f)
+}
+
+/// Every domain of every service serves its known-good deployment.
+fn assert_every_service_rolled_back(w: &backstop::sim::World, fleet: &Fleet) {
+    for i in 0..fleet.services {
+        for d in fleet.domains_of(i) {
+            assert_eq!(
+                w.aliases[&d],
+                Fleet::history(i, 0)[0].0,
+                "{d} is back on the known-good deployment"
+            );
+        }
+    }
+}
+
+/// Vercel calls answered 429.
+fn refused(w: &backstop::sim::World) -> usize {
+    w.served
+        .iter()
+        .filter(|s| s.provider == Provider::Vercel && s.status == 429)
+        .count()
 }

@@ -41,6 +41,18 @@ fn keys(v: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// A Vercel GET with the right token, its JSON answer.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn fixture(path: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(format!("tests/fixtures/{path}")).unwrap())
         .unwrap()
@@ -83,15 +95,7 @@ async fn simulated_vercel_answers_like_vercel() {
     assert_eq!(body["oldDeploymentId"], "dpl_new");
 
     // Reading it back tells the truth.
-    let r: Value = http
-        .get(format!("{v}/v4/aliases/a.example.com"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = get_json(&http, format!("{v}/v4/aliases/a.example.com")).await;
     assert_eq!(r["deploymentId"], "dpl_old");
     let reference = fixture("vercel/get_alias_200.json")[0].clone();
     for k in [
@@ -107,17 +111,9 @@ async fn simulated_vercel_answers_like_vercel() {
     }
     // The list, filtered to the domains asked about, tells the same truth
     // in the documented shape; a domain without an alias is not listed.
-    let r: Value = http
-        .get(format!(
+    let r = get_json(&http, format!(
             "{v}/v4/aliases?domain=a.example.com&domain=b.example.com&domain=nowhere.example.com&limit=100"
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        )).await;
     let reference = fixture("vercel/list_aliases_200.json");
     assert_eq!(keys(&r), keys(&reference));
     assert_eq!(keys(&r["pagination"]), keys(&reference["pagination"]));
@@ -156,17 +152,11 @@ async fn simulated_vercel_answers_like_vercel() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    let list: Value = http
-        .get(format!(
-            "{v}/v6/deployments?projectId=prj_1&target=production&state=READY&limit=1"
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(
+        &http,
+        format!("{v}/v6/deployments?projectId=prj_1&target=production&state=READY&limit=1"),
+    )
+    .await;
     assert_eq!(
         keys(&list),
         keys(&fixture("vercel/list_deployments_200.json"))
