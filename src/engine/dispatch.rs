@@ -62,6 +62,9 @@ impl Engine {
                 }
             }
             if *shutdown.borrow() {
+                // Runs waiting between attempts stop; the ones mid-attempt
+                // finish it.
+                self.inner.stopping.send_replace(true);
                 break;
             }
             tokio::select! {

@@ -80,6 +80,10 @@ pub enum EngineError {
     /// A configured template does not compile.
     #[error("templates: {0}")]
     Templates(String),
+    /// The process is shutting down: the run stopped between attempts and
+    /// resumes at the next start (or on another instance, after its lease).
+    #[error("shutting down: the run resumes at the next start")]
+    ShuttingDown,
 }
 
 impl From<StoreError> for EngineError {
@@ -108,6 +112,8 @@ struct Inner {
     failpoint: Option<String>,
     groups: steer::Groups,
     metrics: crate::metrics::Metrics,
+    /// Set when the process shuts down: runs waiting between attempts stop.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// A run being worked on: the claim, what the heartbeat learned, and the
@@ -177,6 +183,7 @@ impl Engine {
                     .filter(|f| !f.is_empty()),
                 groups: steer::Groups::default(),
                 metrics: crate::metrics::Metrics::new(),
+                stopping: tokio::sync::watch::Sender::new(false),
             }),
             worker: worker.into(),
         })

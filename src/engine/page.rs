@@ -11,6 +11,7 @@ use crate::config::{PagerDutySettings, Severity};
 use crate::ledger::StepName;
 use crate::notice::Kind;
 use crate::policy::Decision;
+use crate::providers::pagerduty::PagerDutyClient;
 
 /// PagerDuty's grouping key for an incident:
 /// `backstop/<service>/<deployment rolled back from>`.
@@ -77,7 +78,38 @@ impl Engine {
                 }))
             })
             .await?;
+        if !resolve {
+            self.resolve_held(ctx, &facts, pd).await;
+        }
         Ok(finished.succeeded())
+    }
+
+    /// A rollback that was held (paged under `<key>/held`) has ended, one
+    /// way or the other: that page is resolved, after this run's own page
+    /// said how. Best effort: its failure is logged, nothing more.
+    async fn resolve_held(&self, ctx: &RunCtx, facts: &super::facts::Facts, pd: &PagerDutyClient) {
+        let held = match self.store().notes(&ctx.claimed.run.id).await {
+            Ok(notes) => notes.iter().any(|n| n.kind == "rollback-held"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the rollback was held");
+                return;
+            }
+        };
+        if !held {
+            return;
+        }
+        let mut page = self.page_of(
+            facts,
+            format!(
+                "{}: the held rollback has ended (see the incident {})",
+                facts.svc.name, facts.incident_key
+            ),
+            "info",
+        );
+        page.incident_key = format!("{}/held", facts.incident_key);
+        if let Err(e) = pd.resolve(&page, None).await {
+            tracing::warn!(error = %e, "cannot resolve the held rollback's page");
+        }
     }
 }
 

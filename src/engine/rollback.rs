@@ -52,7 +52,13 @@ impl Engine {
         let moved: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
         let (svc, from, to, moved) = (&svc, &from, &to, &moved);
         let tell = move |wait: Duration, why: StepError| -> BoxFuture<'_, ()> {
-            Box::pin(async move { self.tell_held(ctx, svc, wait, &why).await })
+            let moved: Vec<String> = moved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            Box::pin(async move { self.tell_held(ctx, svc, wait, &why, &moved).await })
         };
         let hold = Hold {
             longest: held_for,
@@ -186,6 +192,8 @@ impl Engine {
                         Err(StepError {
                             message: format!("alias write failed for {}", which.join("; ")),
                             retryable: failed.iter().all(|(_, e)| e.retryable),
+                            // The longest wait any of them was asked for.
+                            retry_after: failed.iter().filter_map(|(_, e)| e.retry_after).max(),
                             ..first.clone()
                         })
                     }
@@ -257,13 +265,22 @@ impl Engine {
         svc: &ServiceSettings,
         wait: Duration,
         why: &StepError,
+        moved: &[String],
     ) {
         let until = crate::clock::format_time(now_ms() + wait.as_millis() as i64);
+        // Half moved already (another instance spent the window): say so.
+        let split = match moved {
+            [] => String::new(),
+            moved => format!(
+                " Production is split meanwhile: {} already serve the target.",
+                moved.join(", ")
+            ),
+        };
         let text = format!(
-            "rollback held until {until}: {}. Backstop rolls back then, unless the service is paused (backstop pause {})",
+            "rollback held until {until}: {}.{split} Backstop rolls back then, unless the service is paused (backstop pause {})",
             why.message, svc.name
         );
-        let data = json!({"until": until, "why": why.message});
+        let data = json!({"until": until, "why": why.message, "moved": moved});
         let run = &ctx.claimed.run.id;
         if let Err(e) = self
             .store()

@@ -110,11 +110,15 @@ impl Engine {
     {
         let store = self.store();
         let claim = &ctx.claimed.claim;
+        // The deadline in force: a step held past its deadline gets a whole
+        // deadline again after the wait, never past `deadline + longest`.
+        let mut until = deadline;
+        let longest = hold.as_ref().map_or(Duration::ZERO, |h| h.longest);
         loop {
             ctx.still_held()?;
             let (n, started) = store.begin_attempt(claim, step).await?;
             let elapsed = since(started);
-            let budget = deadline
+            let budget = until
                 .saturating_sub(elapsed)
                 .max(deadline.min(ATTEMPT_FLOOR));
             let span = tracing::info_span!("step", step = %step, attempt = n);
@@ -125,7 +129,7 @@ impl Engine {
                     "deadline_exceeded",
                     format!(
                         "{step} did not finish within its deadline of {}",
-                        humantime::format_duration(deadline)
+                        humantime::format_duration(until)
                     ),
                 )),
             };
@@ -150,22 +154,22 @@ impl Engine {
                 asked => STEP_BACKOFF.delay((n - 1).clamp(0, 16) as u32, asked),
             };
             let ends = since(started) + wait;
-            let held = hold.as_ref().filter(|h| {
-                e.retryable
-                    && e.retry_after.is_some()
-                    && ends >= deadline
-                    && ends < deadline + h.longest
-            });
-            let retry = e.retryable && (ends < deadline || held.is_some());
+            // Held: the provider named a time past the deadline in force,
+            // and it comes before the hold runs out.
+            let held = e.retryable
+                && e.retry_after.is_some_and(|asked| !asked.is_zero())
+                && ends >= until
+                && ends < deadline + longest;
+            let retry = e.retryable && (ends < until || held);
             let mut e = e;
             if let Some(asked) = e.retry_after.filter(|_| e.retryable && !retry) {
                 // Said where it is decided: why this step stopped waiting.
-                let held_for = match hold.as_ref().map(|h| h.longest) {
-                    Some(longest) if !longest.is_zero() => format!(
+                let held_for = match longest.is_zero() {
+                    true => String::new(),
+                    false => format!(
                         " and the {} it may be held past it",
                         humantime::format_duration(longest)
                     ),
-                    _ => String::new(),
                 };
                 e.message = format!(
                     "{}; asked to wait {}, past this step's deadline of {}{held_for}",
@@ -189,17 +193,43 @@ impl Engine {
                 }
                 return Ok(Finished::Failed(e));
             }
-            match held {
-                Some(h) => {
+            let tell = match (&hold, held) {
+                (Some(h), true) => {
                     tracing::warn!(step = %step, attempt = n, error = %e, wait_ms = wait.as_millis() as u64, "step held: the provider named when to come back");
-                    // Telling people runs beside the wait, never after it.
-                    tokio::join!((h.tell)(wait, e), tokio::time::sleep(wait));
+                    until = (ends + deadline).min(deadline + longest);
+                    Some((h.tell)(wait, e))
                 }
-                None => {
+                _ => {
                     tracing::info!(step = %step, attempt = n, error = %e, wait_ms = wait.as_millis() as u64, "step will retry");
-                    tokio::time::sleep(wait).await;
+                    None
                 }
+            };
+            self.wait_between_attempts(wait, tell).await?;
+        }
+    }
+
+    /// Sleeps `wait` before the next attempt, telling people meanwhile
+    /// (never for longer than the wait: the retry does not wait for the
+    /// telling). A process shutting down does not sleep it out: the run
+    /// stops here and resumes at the next start, or on another instance.
+    async fn wait_between_attempts(
+        &self,
+        wait: Duration,
+        tell: Option<BoxFuture<'_, ()>>,
+    ) -> Result<(), EngineError> {
+        let sleep = async {
+            match tell {
+                Some(tell) => {
+                    let told = tokio::time::timeout(wait, tell);
+                    let _ = tokio::join!(told, tokio::time::sleep(wait));
+                }
+                None => tokio::time::sleep(wait).await,
             }
+        };
+        let mut stopping = self.inner.stopping.subscribe();
+        tokio::select! {
+            _ = sleep => Ok(()),
+            _ = stopping.wait_for(|stop| *stop) => Err(EngineError::ShuttingDown),
         }
     }
 

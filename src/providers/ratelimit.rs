@@ -145,27 +145,59 @@ enum Verdict {
     SpentUntil(i64, u64),
 }
 
-/// A group's admission, held while its calls are out. Its calls report
-/// their answers with [`Admission::probe`]. A probe dropped before any
-/// answer told the window (its calls failed in transit, or were cut off
-/// by a deadline) lets the next group probe.
+/// A group's admission, held while its calls are out; each call reports
+/// its answer through it ([`Windows::record`]). Dropped with calls still
+/// unanswered (cut off by a deadline, or never sent), it takes them off
+/// the bucket's count of calls out; a probe dropped before any answer told
+/// the window lets the next group probe.
 #[must_use]
 pub(crate) struct Admission {
+    windows: Windows,
+    bucket: &'static str,
+    /// The probe this group's calls belong to, if any.
     member_of: Option<u64>,
-    guard: Option<(Windows, &'static str, u64)>,
+    /// This group is that probe.
+    probing: bool,
+    /// Calls of the group out and not answered yet.
+    unsettled: std::sync::atomic::AtomicU64,
 }
 
 impl Admission {
-    /// The probe this group's calls belong to, if any.
-    pub fn probe(&self) -> Option<u64> {
-        self.member_of
+    fn new(
+        windows: &Windows,
+        bucket: &'static str,
+        n: u64,
+        member_of: Option<u64>,
+        probing: bool,
+    ) -> Self {
+        Self {
+            windows: windows.clone(),
+            bucket,
+            member_of,
+            probing,
+            unsettled: n.into(),
+        }
+    }
+
+    /// Counts one answer; false when every call was already counted.
+    fn settle(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.unsettled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some((windows, bucket, probe)) = self.guard.take() {
-            windows.end_probe(bucket, probe);
+        let left = *self.unsettled.get_mut();
+        let mut buckets = self.windows.lock();
+        if let Some(b) = buckets.get_mut(self.bucket) {
+            b.outstanding = b.outstanding.saturating_sub(left);
+        }
+        drop(buckets);
+        if let (true, Some(probe)) = (self.probing, self.member_of) {
+            self.windows.end_probe(self.bucket, probe);
         }
     }
 }
@@ -197,16 +229,10 @@ impl Windows {
             changed.as_mut().enable();
             match self.decide(bucket, n, now_ms()) {
                 Verdict::Go(member_of) => {
-                    return Ok(Admission {
-                        member_of,
-                        guard: None,
-                    })
+                    return Ok(Admission::new(self, bucket, n, member_of, false))
                 }
                 Verdict::Probe(probe) => {
-                    return Ok(Admission {
-                        member_of: Some(probe),
-                        guard: Some((self.clone(), bucket, probe)),
-                    })
+                    return Ok(Admission::new(self, bucket, n, Some(probe), true))
                 }
                 Verdict::WaitForProbe => {
                     // Bounded: a probe is itself bounded by its client's
@@ -280,20 +306,31 @@ impl Windows {
         }
     }
 
-    /// A call of a group is sent again (a retry): one more outstanding.
-    pub fn resending(&self, bucket: &'static str) {
-        self.lock().entry(bucket).or_default().outstanding += 1;
+    /// A call of `group` is sent again (a retry): one more out.
+    pub fn resending(&self, group: &Admission) {
+        group
+            .unsettled
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.lock().entry(group.bucket).or_default().outstanding += 1;
+    }
+
+    /// Learns from the answer to one call of `group`.
+    pub fn record(&self, group: &Admission, answer: Answer) {
+        let settled = group.settle();
+        self.record_in(group.bucket, group.member_of, settled, answer);
     }
 
     /// Learns from the answer to one call to `bucket`, a member of probe
-    /// `probe` if it was one.
-    pub fn record(&self, bucket: &'static str, probe: Option<u64>, answer: Answer) {
+    /// `probe` if it was one; `settled`: it was counted out.
+    fn record_in(&self, bucket: &'static str, probe: Option<u64>, settled: bool, answer: Answer) {
         let now = now_ms();
         let mut buckets = self.lock();
         let b = buckets.entry(bucket).or_default();
         // This call among them: what else of ours a new window holds.
         let ours = b.outstanding.max(1);
-        b.outstanding = b.outstanding.saturating_sub(1);
+        if settled {
+            b.outstanding = b.outstanding.saturating_sub(1);
+        }
         let of_the_probe = b.probing && probe == Some(b.probe);
         let mut window_known = false;
         match answer {
@@ -419,7 +456,7 @@ mod tests {
             // The server counted one, or all three, of the probe's calls by
             // the answer seen first: 6 are left for the others either way.
             let reset = soon();
-            w.record(B, probe, headers(9, first_seen, reset));
+            w.record_in(B, probe, true, headers(9, first_seen, reset));
             assert!(admit(&w, 3, 0).is_some());
             assert!(admit(&w, 3, 0).is_some());
             assert!(
@@ -434,12 +471,12 @@ mod tests {
         let w = Windows::default();
         let reset = soon();
         let probe = admit(&w, 1, 0).unwrap();
-        w.record(B, probe, headers(10, 9, reset));
+        w.record_in(B, probe, true, headers(10, 9, reset));
         assert!(admit(&w, 5, 0).is_some()); // 6 sent here, 4 left
-        w.record(B, None, headers(10, 8, reset)); // from before those five
+        w.record_in(B, None, true, headers(10, 8, reset)); // from before those five
         assert!(admit(&w, 5, 0).is_none(), "still 4 left, not 8");
         // Someone else spent the window: 9 counted, 6 of them ours.
-        w.record(B, None, headers(10, 1, reset));
+        w.record_in(B, None, true, headers(10, 1, reset));
         assert!(admit(&w, 2, 0).is_none());
         assert!(admit(&w, 1, 0).is_some());
         assert!(admit(&w, 1, 0).is_none());
@@ -450,10 +487,10 @@ mod tests {
         let w = Windows::default();
         let reset = soon();
         let probe = admit(&w, 1, 0).unwrap();
-        w.record(B, probe, headers(10, 9, reset));
+        w.record_in(B, probe, true, headers(10, 9, reset));
         assert!(admit(&w, 6, 0).is_some()); // 3 left
                                             // A straggler from the window before: "10 left", resetting earlier.
-        w.record(B, None, headers(10, 10, reset - 60_000));
+        w.record_in(B, None, true, headers(10, 10, reset - 60_000));
         assert!(admit(&w, 4, 0).is_none(), "still 3 left");
         assert!(admit(&w, 3, 0).is_some());
     }
@@ -463,10 +500,10 @@ mod tests {
         let w = Windows::default();
         let probe = admit(&w, 1, 0).unwrap();
         let reset = soon();
-        w.record(B, probe, headers(120, 100, reset));
+        w.record_in(B, probe, true, headers(120, 100, reset));
         // Someone else's calls, then a 429 saying: back in two seconds.
         let back = now_ms() + 2_000;
-        w.record(B, None, Answer::Limited(Duration::from_secs(2)));
+        w.record_in(B, None, true, Answer::Limited(Duration::from_secs(2)));
         assert!(matches!(w.decide(B, 1, now_ms()), Verdict::SpentUntil(u, 120) if u >= back));
         assert!(
             admit(&w, 1, back + 10).is_some(),
@@ -479,9 +516,10 @@ mod tests {
         let w = Windows::default();
         let probe = admit(&w, 1, 0).unwrap();
         let reset = now_ms() + 2_000;
-        w.record(
+        w.record_in(
             B,
             probe,
+            true,
             Answer::Headers(
                 Reading {
                     limit: 120,
@@ -502,19 +540,40 @@ mod tests {
         let w = Windows::default();
         let probe = admit(&w, 2, 0).unwrap();
         // A failure without headers (an edge 5xx) says nothing of limits.
-        w.record(B, probe, Answer::Plain(false));
+        w.record_in(B, probe, true, Answer::Plain(false));
         assert!(
             matches!(w.decide(B, 1, now_ms()), Verdict::Probe(_)),
             "the probe ended, unanswered: the next group probes"
         );
         let probe = Some(2);
-        w.record(B, probe, Answer::Plain(true));
+        w.record_in(B, probe, true, Answer::Plain(true));
         for _ in 0..100 {
             assert!(matches!(w.decide(B, 2, now_ms()), Verdict::Go(None)));
         }
         // An answer with headers meters it again.
-        w.record(B, None, headers(10, 0, soon()));
+        w.record_in(B, None, true, headers(10, 0, soon()));
         assert!(matches!(w.decide(B, 1, now_ms()), Verdict::SpentUntil(..)));
+    }
+
+    #[tokio::test]
+    async fn calls_cut_off_before_their_answer_are_not_counted_out_for_good() {
+        let w = Windows::default();
+        let probe = w.admit("vercel", B, 1, Duration::ZERO).await.unwrap();
+        let reset = soon();
+        w.record(&probe, headers(1000, 999, reset));
+        drop(probe);
+        // Forty groups of three cut off by a deadline, never answered.
+        for _ in 0..40 {
+            let group = w.admit("vercel", B, 3, Duration::ZERO).await.unwrap();
+            drop(group);
+        }
+        assert_eq!(w.lock()[B].outstanding, 0, "nothing is left counted out");
+        // So the next window is counted from what is really out: the probe.
+        let Verdict::Probe(p) = w.decide(B, 1, reset) else {
+            panic!("a new window is probed");
+        };
+        w.record_in(B, Some(p), true, headers(120, 119, reset + 600_000));
+        assert!(matches!(w.decide(B, 119, reset), Verdict::Go(None)));
     }
 
     #[tokio::test]
@@ -542,13 +601,13 @@ mod tests {
             (&mut waiting).now_or_never().is_none(),
             "it waits for the probe"
         );
-        w.record(B, probe.probe(), headers(120, 119, soon()));
+        w.record(&probe, headers(120, 119, soon()));
         // Woken by the answer, not by the probe's 30 s give-up.
         let admitted = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the answer")
             .unwrap();
-        assert_eq!(admitted.probe(), None, "admitted from the known window");
+        assert_eq!(admitted.member_of, None, "admitted from the known window");
         assert!(
             matches!(w.decide(B, 117, 0), Verdict::Go(None)),
             "119 left less the two the waiting group took"
@@ -570,7 +629,7 @@ mod tests {
             "past the prior it waits"
         );
         // The first answer counted one call; all five sent are ours.
-        w.record(B, Some(p), headers(8, 7, soon()));
+        w.record_in(B, Some(p), true, headers(8, 7, soon()));
         assert!(admit(&w, 3, 0).is_some());
         assert!(admit(&w, 1, 0).is_none());
     }
@@ -580,7 +639,7 @@ mod tests {
         let w = Windows::default();
         let probe = w.admit("vercel", B, 1, Duration::ZERO).await.unwrap();
         let reset_s = now_ms() / 1000 + 600;
-        w.record(B, probe.probe(), headers(120, 0, reset_s * 1000));
+        w.record(&probe, headers(120, 0, reset_s * 1000));
         let Err(err) = w.admit("vercel", B, 3, Duration::from_secs(10)).await else {
             panic!("admitted into a spent window");
         };

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ratelimit::{Answer, Windows};
+use super::ratelimit::{Admission, Answer, Windows};
 use super::{classify, json_body, send, Backoff, Endpoint, ProviderError};
 
 const PROVIDER: &str = "vercel";
@@ -133,6 +133,8 @@ impl VercelClient {
                 PROVIDER,
                 ALIAS_CREATION,
                 domains.len() as u64,
+                // Handed back at once, saying until when: the engine, which
+                // knows the step's deadline, decides whether to wait.
                 Duration::ZERO,
             )
             .await?;
@@ -140,22 +142,14 @@ impl VercelClient {
             "/v2/deployments/{}/aliases",
             super::path_segment(deployment)
         );
-        let (path, probe) = (path.as_str(), group.probe());
+        let (path, group) = (path.as_str(), &group);
         let writes = domains.iter().map(|domain| {
             let body = serde_json::json!({ "alias": domain });
             async move {
                 // Vercel answers 409 when the alias is already assigned to
                 // this deployment; the read-back verifies production either way.
                 let result = self
-                    .tries(
-                        ALIAS_CREATION,
-                        probe,
-                        Method::POST,
-                        path,
-                        &[],
-                        Some(&body),
-                        &[409],
-                    )
+                    .tries(group, Method::POST, path, &[], Some(&body), &[409])
                     .await
                     .map(|_| ());
                 (domain.clone(), result)
@@ -359,10 +353,9 @@ impl VercelClient {
         Ok(out)
     }
 
-    /// One call, admitted against `bucket`'s rate-limit window (a spent
-    /// window is handed back at once, saying until when: the engine, which
-    /// knows the step's deadline, decides whether to wait), with this
-    /// client's retries.
+    /// One call, admitted against `bucket`'s rate-limit window (a window
+    /// resetting within the client's backoff cap is waited for; a later
+    /// one is handed back, saying until when), with this client's retries.
     async fn call(
         &self,
         bucket: &'static str,
@@ -373,19 +366,16 @@ impl VercelClient {
     ) -> Result<Value, ProviderError> {
         let admitted = self
             .windows
-            .admit(PROVIDER, bucket, 1, Duration::ZERO)
+            .admit(PROVIDER, bucket, 1, self.api.backoff.max)
             .await?;
-        self.tries(bucket, admitted.probe(), method, path, query, body, &[])
-            .await
+        self.tries(&admitted, method, path, query, body, &[]).await
     }
 
-    /// This client's tries of one admitted call (a retry is one more call
-    /// out in `bucket`).
-    #[allow(clippy::too_many_arguments)]
+    /// This client's tries of one call of an admitted group (a retry is one
+    /// more call out).
     async fn tries(
         &self,
-        bucket: &'static str,
-        probe: Option<u64>,
+        group: &Admission,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
@@ -396,20 +386,18 @@ impl VercelClient {
         self.api
             .retry(|| {
                 if tried.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    self.windows.resending(bucket);
+                    self.windows.resending(group);
                 }
-                self.once(bucket, probe, method.clone(), path, query, body, accept)
+                self.once(group, method.clone(), path, query, body, accept)
             })
             .await
     }
 
-    /// One try; what its answer says of `bucket`'s window is kept. The
+    /// One try; what its answer says of its bucket's window is kept. The
     /// `accept` statuses count as success.
-    #[allow(clippy::too_many_arguments)]
     async fn once(
         &self,
-        bucket: &'static str,
-        probe: Option<u64>,
+        group: &Admission,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
@@ -431,12 +419,11 @@ impl VercelClient {
         let (status, headers, text) = match send(PROVIDER, req).await {
             Ok(answer) => answer,
             Err(e) => {
-                self.windows.record(bucket, probe, Answer::Lost);
+                self.windows.record(group, Answer::Lost);
                 return Err(e);
             }
         };
-        self.windows
-            .record(bucket, probe, Answer::of(status, &headers));
+        self.windows.record(group, Answer::of(status, &headers));
         if status.is_success() || accept.contains(&status.as_u16()) {
             if text.trim().is_empty() || !status.is_success() {
                 return Ok(Value::Null);

@@ -233,6 +233,77 @@ async fn sigterm_lets_the_step_in_flight_finish_and_exits_cleanly() {
     assert_eq!(w.sim.sim.world().messages.len(), 1);
 }
 
+/// SIGTERM while a rollback is held for Vercel's alias window (minutes
+/// away): the process does not sit out the hold, it exits cleanly at once,
+/// the held page having gone out; the next start resumes the run, and
+/// with the window reset it rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_held_rollback_exits_at_once_and_the_next_start_rolls_back() {
+    let w = world_with(None, |c| {
+        c.engine
+            .push_str("\nrollback_deadline = \"1s\"\nrate_limit_wait = \"15m\"");
+    })
+    .await;
+    // The team's alias budget is spent for the next ten minutes.
+    w.sim
+        .sim
+        .world()
+        .vercel_limits
+        .insert("alias creation".into(), (0, 600_000));
+    let mut p = Proc::spawn(&w.config, None);
+    let alert = CrashAlert::critical("storefront-web", "4545", now_ms() - 30_000).body();
+    let (status, _) = sender::deliver(
+        &reqwest::Client::new(),
+        &p.url(),
+        SENTRY,
+        "metric_alert",
+        &alert,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    assert!(
+        p.wait_for("step held", Duration::from_secs(20)).is_some(),
+        "{}",
+        p.output()
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sat out the hold after SIGTERM\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "clean exit: {exit:?}\n{}", p.output());
+    {
+        let world = w.sim.sim.world();
+        assert!(
+            world.incidents.keys().any(|k| k.ends_with("/held")),
+            "the on-call heard it was held"
+        );
+        assert!(world.alias_writes.is_empty(), "nothing moved");
+    }
+    // The window has reset: the next start takes the run up again.
+    w.sim.sim.world().meter_vercel_as_published();
+    let _p = Proc::spawn(&w.config, None);
+    let detail = until_finished(&w.db_url).await;
+    assert_eq!(detail.run.status, RunStatus::Done);
+    let world = w.sim.sim.world();
+    for d in SIM_DOMAINS {
+        assert_eq!(world.aliases[d], SIM_GOOD, "{d}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_line_or_cli_output() {
     let w = world("resolve_on_recovery = true").await;
