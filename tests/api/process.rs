@@ -4,7 +4,7 @@
 //! secrets.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backstop::clock::now_ms;
 use backstop::ledger::{RunStatus, StepName, Store};
@@ -29,17 +29,7 @@ async fn killed_at_every_step_boundary_the_run_resumes_and_acts_once() {
     for fp in FAILPOINTS {
         let w = world("").await;
         let first = Proc::spawn(&w.config, Some(fp));
-        let alert = CrashAlert::critical("storefront-web", "4242", now_ms() - 30_000).body();
-        let (status, _) = sender::deliver(
-            &reqwest::Client::new(),
-            &first.url(),
-            SENTRY,
-            "metric_alert",
-            &alert,
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 202, "{fp}");
+        assert_eq!(first.alert("4242").await, 202, "{fp}");
         assert!(
             first
                 .wait_for(
@@ -95,17 +85,7 @@ async fn killed_after_the_brief_was_posted_the_thread_gets_it_once() {
     })
     .await;
     let first = Proc::spawn(&w.config, Some("brief-posted"));
-    let alert = CrashAlert::critical("storefront-web", "4343", now_ms() - 30_000).body();
-    let (status, _) = sender::deliver(
-        &reqwest::Client::new(),
-        &first.url(),
-        SENTRY,
-        "metric_alert",
-        &alert,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 202);
+    assert_eq!(first.alert("4343").await, 202);
     assert!(
         first
             .wait_for(
@@ -192,36 +172,14 @@ async fn sigterm_lets_the_step_in_flight_finish_and_exits_cleanly() {
         },
     );
     let mut p = Proc::spawn(&w.config, None);
-    let alert = CrashAlert::critical("storefront-web", "4343", now_ms() - 30_000).body();
-    let (status, _) = sender::deliver(
-        &reqwest::Client::new(),
-        &p.url(),
-        SENTRY,
-        "metric_alert",
-        &alert,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 202);
+    assert_eq!(p.alert("4343").await, 202);
     assert!(
         p.wait_for("rollback verified", Duration::from_secs(20))
             .is_some(),
         "{}",
         p.output()
     );
-    let killed = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = p.terminate();
     assert!(exit.success(), "clean exit: {exit:?}\n{}", p.output());
     assert!(p.output().contains("shutting down"));
     let detail = until_finished(&w.db_url).await;
@@ -251,48 +209,27 @@ async fn sigterm_during_a_held_rollback_exits_at_once_and_the_next_start_rolls_b
         .vercel_limits
         .insert("alias creation".into(), (0, 600_000));
     let mut p = Proc::spawn(&w.config, None);
-    let alert = CrashAlert::critical("storefront-web", "4545", now_ms() - 30_000).body();
-    let (status, _) = sender::deliver(
-        &reqwest::Client::new(),
-        &p.url(),
-        SENTRY,
-        "metric_alert",
-        &alert,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 202);
-    assert!(
-        p.wait_for("step held", Duration::from_secs(20)).is_some(),
-        "{}",
-        p.output()
-    );
-    let killed = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            break status;
-        }
+    assert_eq!(p.alert("4646").await, 202);
+    // Held: the on-call hears it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !w
+        .sim
+        .sim
+        .world()
+        .incidents
+        .keys()
+        .any(|k| k.ends_with("/held"))
+    {
         assert!(
-            Instant::now() < deadline,
-            "sat out the hold after SIGTERM\n{}",
+            std::time::Instant::now() < deadline,
+            "never paged as held\n{}",
             p.output()
         );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(exit.success(), "clean exit: {exit:?}\n{}", p.output());
-    {
-        let world = w.sim.sim.world();
-        assert!(
-            world.incidents.keys().any(|k| k.ends_with("/held")),
-            "the on-call heard it was held"
-        );
-        assert!(world.alias_writes.is_empty(), "nothing moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let exit = p.terminate();
+    assert!(exit.success(), "clean exit: {exit:?}\n{}", p.output());
+    assert!(w.sim.sim.world().alias_writes.is_empty(), "nothing moved");
     // The window has reset: the next start takes the run up again.
     w.sim.sim.world().meter_vercel_as_published();
     let _p = Proc::spawn(&w.config, None);
@@ -524,17 +461,7 @@ async fn a_watch_killed_while_acting_on_its_verdict_carries_it_out_after_a_resta
         world.set_health("storefront-web", "production", "9be1c07", 0.95, 10);
     }
     let first = Proc::spawn(&w.config, Some("watch-frozen"));
-    let alert = CrashAlert::critical("storefront-web", "4545", now_ms() - 30_000).body();
-    let (status, _) = sender::deliver(
-        &reqwest::Client::new(),
-        &first.url(),
-        SENTRY,
-        "metric_alert",
-        &alert,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 202);
+    assert_eq!(first.alert("4545").await, 202);
     assert!(
         first
             .wait_for(

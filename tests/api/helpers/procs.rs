@@ -177,6 +177,43 @@ impl Proc {
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
+
+    /// Delivers the storefront's crash alert `identifier` (started 30 s
+    /// ago), signed as Sentry signs; the HTTP status.
+    pub async fn alert(&self, identifier: &str) -> u16 {
+        let alert = backstop::sim::sender::CrashAlert::critical(
+            "storefront-web",
+            identifier,
+            backstop::clock::now_ms() - 30_000,
+        )
+        .body();
+        let http = reqwest::Client::new();
+        backstop::sim::sender::deliver(&http, &self.url(), SENTRY, "metric_alert", &alert)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// Sends SIGTERM and waits (at most 20 s) for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit after SIGTERM\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Proc {
