@@ -21,6 +21,8 @@ impl Engine {
             return;
         }
         let poll = self.settings().engine.poll_interval;
+        // Runs this dispatcher works wait normally until it is told to stop.
+        self.inner.stopping.send_replace(false);
         let room = Arc::new(Semaphore::new(max));
         let mut runs = JoinSet::new();
         // Scoring decisions is a sweep over the ledger, every few seconds

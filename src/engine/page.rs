@@ -13,6 +13,15 @@ use crate::notice::Kind;
 use crate::policy::Decision;
 use crate::providers::pagerduty::PagerDutyClient;
 
+/// The key of a page about an incident but apart from it (`<key>/held`,
+/// `<key>/did-not-help`): within PagerDuty's 255 characters with the
+/// suffix kept, so it never falls back onto the incident's own key.
+pub(crate) fn sub_incident_key(key: &str, suffix: &str) -> String {
+    use crate::providers::pagerduty::{truncate, DEDUP_MAX};
+    let room = DEDUP_MAX.saturating_sub(suffix.chars().count() + 1);
+    format!("{}/{suffix}", truncate(key, room))
+}
+
 /// PagerDuty's grouping key for an incident:
 /// `backstop/<service>/<deployment rolled back from>`.
 pub fn incident_key(service: &str, decision: &Decision) -> String {
@@ -78,7 +87,9 @@ impl Engine {
                 }))
             })
             .await?;
-        if !resolve {
+        // Only once the outcome's own page went out: the held page may be
+        // the only one the on-call has open.
+        if !resolve && finished.succeeded() {
             self.resolve_held(ctx, &facts, pd).await;
         }
         Ok(finished.succeeded())
@@ -106,7 +117,7 @@ impl Engine {
             ),
             "info",
         );
-        page.incident_key = format!("{}/held", facts.incident_key);
+        page.incident_key = sub_incident_key(&facts.incident_key, "held");
         if let Err(e) = pd.resolve(&page, None).await {
             tracing::warn!(error = %e, "cannot resolve the held rollback's page");
         }
@@ -120,5 +131,26 @@ fn severity_of(kind: &Kind, pd: &PagerDutySettings) -> Severity {
         Kind::DryRun => pd.severity_dry_run,
         Kind::Resolved => Severity::Info,
         Kind::Escalated | Kind::Skipped => pd.severity_escalation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sub_key_keeps_its_suffix_within_pagerdutys_limit() {
+        assert_eq!(
+            sub_incident_key("backstop/shop/dpl_1", "held"),
+            "backstop/shop/dpl_1/held"
+        );
+        let long = format!("backstop/{}/dpl_1", "s".repeat(300));
+        let held = sub_incident_key(&long, "held");
+        assert_eq!(held.chars().count(), crate::providers::pagerduty::DEDUP_MAX);
+        assert!(held.ends_with("/held"));
+        assert_ne!(
+            crate::providers::pagerduty::truncate(&held, crate::providers::pagerduty::DEDUP_MAX),
+            crate::providers::pagerduty::truncate(&long, crate::providers::pagerduty::DEDUP_MAX)
+        );
     }
 }

@@ -60,8 +60,17 @@ impl Engine {
                 .collect();
             Box::pin(async move { self.tell_held(ctx, svc, wait, &why, &moved).await })
         };
+        // Held before this process took the run up (it was stopped during
+        // the hold): the retry still gets a whole deadline.
+        let held_before = self
+            .store()
+            .notes(&ctx.claimed.run.id)
+            .await?
+            .iter()
+            .any(|n| n.kind == "rollback-held");
         let hold = Hold {
             longest: held_for,
+            held_before,
             tell: &tell,
         };
         let finished = self
@@ -302,7 +311,7 @@ impl Engine {
         let severity = self.settings().pagerduty.severity_rollback_failed;
         let summary = crate::providers::pagerduty::truncate(&format!("{}: {text}", svc.name), 1024);
         let mut page = self.page_of(&facts, summary, severity.as_str());
-        page.incident_key = format!("{}/held", facts.incident_key);
+        page.incident_key = super::page::sub_incident_key(&facts.incident_key, "held");
         page.class = "rollback-held".into();
         page.custom_details = json!({"held": data, "decision": facts.origin.run.decision});
         if let Err(e) = pd.trigger(&page).await {

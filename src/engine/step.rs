@@ -58,6 +58,9 @@ impl Finished {
 /// `tell` (given the wait and why) has told people.
 pub(crate) struct Hold<'a> {
     pub longest: Duration,
+    /// The step was held before (by a process since stopped): taken up
+    /// past its deadline, its next attempt still gets a whole deadline.
+    pub held_before: bool,
     pub tell: &'a (dyn Fn(Duration, StepError) -> BoxFuture<'a, ()> + Send + Sync),
 }
 
@@ -114,10 +117,14 @@ impl Engine {
         // deadline again after the wait, never past `deadline + longest`.
         let mut until = deadline;
         let longest = hold.as_ref().map_or(Duration::ZERO, |h| h.longest);
+        let mut held_before = hold.as_ref().is_some_and(|h| h.held_before);
         loop {
             ctx.still_held()?;
             let (n, started) = store.begin_attempt(claim, step).await?;
             let elapsed = since(started);
+            if std::mem::take(&mut held_before) && elapsed >= until {
+                until = (elapsed + deadline).min(deadline + longest);
+            }
             let budget = until
                 .saturating_sub(elapsed)
                 .max(deadline.min(ATTEMPT_FLOOR));
@@ -128,8 +135,12 @@ impl Engine {
                 Err(_) => Err(StepError::fatal(
                     "deadline_exceeded",
                     format!(
-                        "{step} did not finish within its deadline of {}",
-                        humantime::format_duration(until)
+                        "{step} did not finish within its deadline of {}{}",
+                        humantime::format_duration(deadline),
+                        match until > deadline {
+                            true => " (renewed after a hold)",
+                            false => "",
+                        }
                     ),
                 )),
             };
@@ -210,13 +221,19 @@ impl Engine {
 
     /// Sleeps `wait` before the next attempt, telling people meanwhile
     /// (never for longer than the wait: the retry does not wait for the
-    /// telling). A process shutting down does not sleep it out: the run
-    /// stops here and resumes at the next start, or on another instance.
+    /// telling). A process shutting down does not sit out a hold or a long
+    /// named wait: the run stops here and resumes at the next start, or on
+    /// another instance, once its lease lapses.
     async fn wait_between_attempts(
         &self,
         wait: Duration,
         tell: Option<BoxFuture<'_, ()>>,
     ) -> Result<(), EngineError> {
+        // A short wait (a backoff) is sat out: a clean stop finishes the run.
+        if wait <= STEP_BACKOFF.max && tell.is_none() {
+            tokio::time::sleep(wait).await;
+            return Ok(());
+        }
         let sleep = async {
             match tell {
                 Some(tell) => {

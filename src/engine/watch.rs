@@ -514,7 +514,7 @@ impl Engine {
             format!("{}: {}", facts.svc.name, ending.reason),
             ending.severity,
         );
-        page.incident_key = format!("{}/{}", facts.incident_key, ending.key);
+        page.incident_key = super::page::sub_incident_key(&facts.incident_key, ending.key);
         page.class = ending.class.into();
         page.custom_details = json!({
             "notice": facts.notice,

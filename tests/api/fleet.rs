@@ -631,3 +631,75 @@ fn refused(w: &backstop::sim::World) -> usize {
         .filter(|s| s.provider == Provider::Vercel && s.status == 429)
         .count()
 }
+
+/// After a hold the retry gets a whole rollback deadline again, not the few
+/// seconds a step past its deadline is otherwise left: here Vercel has
+/// grown slow by the time the window resets, and the retry's three round
+/// trips take longer than those few seconds but less than the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_after_a_hold_gets_a_whole_deadline_again() {
+    let fleet = Fleet {
+        services: 1,
+        domains: 3,
+    };
+    let Some(f) = FleetApp::start(fleet, 20, |c| {
+        c.engine
+            .push_str("\nrollback_deadline = \"9s\"\nrate_limit_wait = \"60s\"");
+    })
+    .await
+    else {
+        return;
+    };
+    // The budget is spent for the next ten seconds.
+    f.sim
+        .sim
+        .world()
+        .vercel_limits
+        .insert("alias creation".into(), (0, 10_000));
+    f.send_all().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f
+        .sim
+        .sim
+        .world()
+        .incidents
+        .keys()
+        .any(|k| k.ends_with("/held"))
+    {
+        assert!(std::time::Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Held. By the reset there is budget again, and Vercel is slow.
+    {
+        let mut w = f.sim.sim.world();
+        w.vercel_limits
+            .insert("alias creation".into(), (120, 600_000));
+        w.vercel_windows.clear();
+    }
+    let slow = Faults {
+        latency_ms: 2_300,
+        ..Faults::default()
+    };
+    f.sim.sim.set_faults(Provider::Vercel, slow);
+    f.until_finished().await;
+    {
+        let w = f.sim.sim.world();
+        assert_every_service_rolled_back(&w, &f.fleet);
+        let held = w
+            .incidents
+            .values()
+            .find(|i| i.key.ends_with("/held"))
+            .unwrap();
+        assert_eq!(held.status, "resolved");
+    }
+    let run = &f.store.list_runs(1).await.unwrap()[0];
+    let detail = f.store.run_detail(&run.id).await.unwrap();
+    let rollback = detail.step(backstop::ledger::StepName::Rollback).unwrap();
+    assert_eq!(
+        rollback.status,
+        StepStatus::Succeeded,
+        "verified within the renewed deadline: {:?}",
+        rollback.error
+    );
+    assert_eq!(run.status, backstop::ledger::RunStatus::Done);
+}
