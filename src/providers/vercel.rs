@@ -180,7 +180,16 @@ impl VercelClient {
     ) -> Result<Vec<Option<String>>, ProviderError> {
         let mut out = Vec::with_capacity(domains.len());
         for chunk in domains.chunks(MAX_DOMAINS_PER_LIST) {
-            let (found, complete) = self.list_aliases_of(chunk).await?;
+            let (found, complete) = match self.list_aliases_of(chunk).await {
+                Ok(listed) => listed,
+                // The list refused the filter as sent (a 400): each domain
+                // is read alone instead, as it always could be.
+                Err(e) if e.status() == Some(400) => {
+                    tracing::warn!(error = %e, "Vercel refused the domain-filtered alias list; reading each domain alone");
+                    (BTreeMap::new(), false)
+                }
+                Err(e) => return Err(e),
+            };
             for domain in chunk {
                 let target = match found.get(domain.to_ascii_lowercase().as_str()) {
                     Some((_, target)) => target.clone(),

@@ -418,6 +418,38 @@ async fn alias_targets_follows_pages_then_asks_alone_for_a_domain_not_in_them() 
     assert_eq!(sent.len(), 6, "then one read of the domain alone");
 }
 
+/// Should Vercel refuse the repeated `domain` filter (a 400), production is
+/// still read: each domain alone, as the single-alias endpoint answers it.
+#[tokio::test]
+async fn alias_targets_reads_each_domain_alone_when_the_list_refuses_its_filter() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v4/aliases"))
+        .respond_with(json_body(
+            400,
+            r#"{"error": {"code": "bad_request", "message": "Invalid query"}}"#,
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v4/aliases/{DOMAIN}")))
+        .respond_with(json_body(200, GET_ALIAS))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v4/aliases/www.example.com"))
+        .respond_with(json_body(404, NOT_FOUND))
+        .mount(&server)
+        .await;
+
+    let asked = [DOMAIN, "www.example.com"].map(String::from);
+    let targets = client(&server).alias_targets(&asked).await.unwrap();
+    assert_eq!(
+        targets,
+        [Some("dpl_5m8CQaRBm3FnWRW1od3wKTpaECPx".to_string()), None]
+    );
+}
+
 #[tokio::test]
 async fn alias_targets_without_permission_is_an_error_not_none() {
     let server = MockServer::start().await;
