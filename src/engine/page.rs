@@ -99,8 +99,8 @@ impl Engine {
     /// way or the other: that page is resolved, after this run's own page
     /// said how. Best effort: its failure is logged, nothing more.
     async fn resolve_held(&self, ctx: &RunCtx, facts: &super::facts::Facts, pd: &PagerDutyClient) {
-        let held = match self.store().notes(&ctx.claimed.run.id).await {
-            Ok(notes) => notes.iter().any(|n| n.kind == "rollback-held"),
+        let held = match self.was_held(ctx).await {
+            Ok(held) => held,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell whether the rollback was held");
                 return;

@@ -21,6 +21,9 @@ use crate::clock::now_ms;
 use crate::config::{ServiceSettings, Strategy};
 use crate::ledger::{RollbackDone, StepName, StepStatus, StoreError};
 
+/// The run note of a rollback held past its deadline (`runs show` lists it).
+pub(super) const HELD_NOTE: &str = "rollback-held";
+
 /// How long to follow an Instant Rollback job before giving this attempt up.
 const JOB_WAIT: Duration = Duration::from_secs(60);
 
@@ -61,13 +64,9 @@ impl Engine {
             Box::pin(async move { self.tell_held(ctx, svc, wait, &why, &moved).await })
         };
         // Held before this process took the run up (it was stopped during
-        // the hold): the retry still gets a whole deadline.
-        let held_before = self
-            .store()
-            .notes(&ctx.claimed.run.id)
-            .await?
-            .iter()
-            .any(|n| n.kind == "rollback-held");
+        // the hold): the retry still gets a whole deadline. Only a resumed
+        // run can have been; a fresh one spends no read on it.
+        let held_before = ctx.decided().is_none() && self.was_held(ctx).await?;
         let hold = Hold {
             longest: held_for,
             held_before,
@@ -264,6 +263,12 @@ impl Engine {
         }
     }
 
+    /// Whether this run's rollback was held (it has a [`HELD_NOTE`]).
+    pub(super) async fn was_held(&self, ctx: &RunCtx) -> Result<bool, StoreError> {
+        let notes = self.store().notes(&ctx.claimed.run.id).await?;
+        Ok(notes.iter().any(|n| n.kind == HELD_NOTE))
+    }
+
     /// A rollback held past its deadline (a provider named when to come
     /// back): noted on the run, and the on-call paged at once under a key
     /// of its own, saying until when and how to stop it. Telling never
@@ -293,7 +298,7 @@ impl Engine {
         let run = &ctx.claimed.run.id;
         if let Err(e) = self
             .store()
-            .add_note(run, "rollback-held", &text, Some(&data))
+            .add_note(run, HELD_NOTE, &text, Some(&data))
             .await
         {
             tracing::warn!(error = %e, "cannot note the held rollback");

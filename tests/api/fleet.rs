@@ -523,22 +523,7 @@ async fn a_service_paused_while_its_rollback_is_held_is_not_rolled_back() {
     };
     f.send_all().await;
     // The first service paged as held is paused by its on-call.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let held = loop {
-        let key = f
-            .sim
-            .sim
-            .world()
-            .incidents
-            .values()
-            .find(|i| i.key.ends_with("/held"))
-            .map(|i| i.key.clone());
-        if let Some(key) = key {
-            break key;
-        }
-        assert!(std::time::Instant::now() < deadline, "nothing was held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let held = until_held(&f.sim.sim).await;
     let i = (0..f.fleet.services)
         .find(|i| held.contains(&format!("/{}/", Fleet::name(*i))))
         .unwrap();
@@ -657,18 +642,7 @@ async fn the_retry_after_a_hold_gets_a_whole_deadline_again() {
         .vercel_limits
         .insert("alias creation".into(), (0, 10_000));
     f.send_all().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !f
-        .sim
-        .sim
-        .world()
-        .incidents
-        .keys()
-        .any(|k| k.ends_with("/held"))
-    {
-        assert!(std::time::Instant::now() < deadline, "never held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_held(&f.sim.sim).await;
     // Held. By the reset there is budget again, and Vercel is slow.
     {
         let mut w = f.sim.sim.world();

@@ -77,13 +77,7 @@ async fn crash_alert_about_live_release_rolls_every_domain_back_and_verifies(db:
         .iter()
         .skip_while(|r| r.method.as_str() != "POST")
         .filter(|r| r.method.as_str() == "GET" && r.url.path() == "/v4/aliases")
-        .map(|r| {
-            r.url
-                .query_pairs()
-                .filter(|(k, _)| k == "domain")
-                .map(|(_, v)| v.into_owned())
-                .collect()
-        })
+        .map(domains_asked)
         .collect();
     assert_eq!(
         reads_after_write,

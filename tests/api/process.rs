@@ -13,7 +13,7 @@ use backstop::sim::{Faults, Provider};
 use secrecy::SecretString;
 
 use crate::helpers::procs::*;
-use crate::helpers::{SIM_DOMAINS, SIM_GOOD};
+use crate::helpers::{until_held, SIM_DOMAINS, SIM_GOOD};
 
 const FAILPOINTS: [&str; 6] = [
     "after-decide",
@@ -211,22 +211,7 @@ async fn sigterm_during_a_held_rollback_exits_at_once_and_the_next_start_rolls_b
     let mut p = Proc::spawn(&w.config, None);
     assert_eq!(p.alert("4646").await, 202);
     // Held: the on-call hears it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !w
-        .sim
-        .sim
-        .world()
-        .incidents
-        .keys()
-        .any(|k| k.ends_with("/held"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never paged as held\n{}",
-            p.output()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_held(&w.sim.sim).await;
     let exit = p.terminate();
     assert!(exit.success(), "clean exit: {exit:?}\n{}", p.output());
     assert!(w.sim.sim.world().alias_writes.is_empty(), "nothing moved");

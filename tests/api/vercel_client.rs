@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+use crate::helpers::domains_asked;
+
 const LIST_ALIASES: &str = include_str!("../fixtures/vercel/list_aliases_200.json");
 const GET_ALIAS: &str = include_str!("../fixtures/vercel/get_alias_200.json");
 const ASSIGN_ALIAS: &str = include_str!("../fixtures/vercel/assign_alias_200.json");
@@ -314,13 +316,11 @@ async fn alias_targets_reads_every_domain_in_one_list_call_of_the_documented_sha
     );
     let sent = requests(&server).await;
     assert_eq!(sent.len(), 1, "one call for every domain");
-    let domains: Vec<String> = sent[0]
-        .url
-        .query_pairs()
-        .filter(|(k, _)| k == "domain")
-        .map(|(_, v)| v.into_owned())
-        .collect();
-    assert_eq!(domains, asked, "each domain as its own `domain` parameter");
+    assert_eq!(
+        domains_asked(&sent[0]),
+        asked,
+        "each domain as its own `domain` parameter"
+    );
 }
 
 #[tokio::test]
@@ -331,11 +331,9 @@ async fn alias_targets_asks_at_most_twenty_domains_a_call_and_takes_the_newest_r
         .respond_with(|r: &Request| {
             // Each domain twice: an older record and the current one; only
             // `deployment.id` on the current one.
-            let aliases: Vec<Value> = r
-                .url
-                .query_pairs()
-                .filter(|(k, _)| k == "domain")
-                .flat_map(|(_, d)| {
+            let aliases: Vec<Value> = domains_asked(r)
+                .into_iter()
+                .flat_map(|d| {
                     [
                         json!({"alias": d, "deploymentId": "dpl_before", "updatedAt": 1}),
                         json!({"alias": d, "deployment": {"id": format!("dpl_{d}")}, "updatedAt": 2}),
@@ -357,7 +355,7 @@ async fn alias_targets_asks_at_most_twenty_domains_a_call_and_takes_the_newest_r
     let sizes: Vec<usize> = requests(&server)
         .await
         .iter()
-        .map(|r| r.url.query_pairs().filter(|(k, _)| k == "domain").count())
+        .map(|r| domains_asked(r).len())
         .collect();
     assert_eq!(sizes, [20, 5], "Vercel takes at most 20 domains a call");
 }

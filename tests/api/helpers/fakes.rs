@@ -57,18 +57,23 @@ pub fn aliases_response(id: &str) -> AliasList {
     AliasList(id.to_string())
 }
 
+/// The domains a `GET /v4/aliases` asked about (its `domain` parameters),
+/// in order.
+pub fn domains_asked(req: &wiremock::Request) -> Vec<String> {
+    req.url
+        .query_pairs()
+        .filter(|(k, _)| k == "domain")
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
 /// The list of aliases serving one deployment, for whichever domains the
 /// request names.
 pub struct AliasList(String);
 
 impl wiremock::Respond for AliasList {
     fn respond(&self, req: &wiremock::Request) -> ResponseTemplate {
-        let domains: Vec<String> = req
-            .url
-            .query_pairs()
-            .filter(|(k, _)| k == "domain")
-            .map(|(_, v)| v.into_owned())
-            .collect();
+        let domains = domains_asked(req);
         let serving: Vec<(&str, Option<&str>)> = domains
             .iter()
             .map(|d| (d.as_str(), Some(self.0.as_str())))

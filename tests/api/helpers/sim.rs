@@ -180,3 +180,22 @@ impl SimApp {
             .collect()
     }
 }
+
+/// Waits (at most 30 s) until the simulated PagerDuty has an incident
+/// for a held rollback (`…/held`); its key.
+pub async fn until_held(sim: &backstop::sim::Sim) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let key = sim
+            .world()
+            .incidents
+            .keys()
+            .find(|k| k.ends_with("/held"))
+            .cloned();
+        if let Some(key) = key {
+            return key;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rollback was held");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

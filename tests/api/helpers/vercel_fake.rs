@@ -52,11 +52,12 @@ struct ReadAlias(Arc<VercelState>);
 impl Respond for ReadAlias {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let aliases = self.0.aliases.lock().unwrap();
-        let asked: Vec<(String, Option<String>)> = req
-            .url
-            .query_pairs()
-            .filter(|(k, _)| k == "domain")
-            .map(|(_, d)| (d.to_string(), aliases.get(d.as_ref()).cloned()))
+        let asked: Vec<(String, Option<String>)> = domains_asked(req)
+            .into_iter()
+            .map(|d| {
+                let id = aliases.get(&d).cloned();
+                (d, id)
+            })
             .collect();
         let serving: Vec<(&str, Option<&str>)> = asked
             .iter()
